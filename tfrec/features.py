@@ -12,6 +12,7 @@ A data directory (``tfrec preprocess --output DIR``) holds:
 ``train/*.tfrecord.gz``   (history -> next item) windows over the training groups
 ``valid/*.tfrecord.gz``   one record per user: history before the validation group, its items
 ``test/*.tfrecord.gz``    one record per user: history before the test group, its items
+                          (the test history is the validation history plus the validation group)
 ``stats.json``            row accounting, dataset sizes, history-length percentiles
 ``rejected/*.jsonl``      every rejected input row with its source, line and reason
 ``config.yaml``           the configuration that produced the directory
@@ -41,6 +42,8 @@ CATEGORICAL_PREFIX = "cat_"
 # Example records.
 USER_ID = "user_id"
 HISTORY = "history"
+HISTORY_GROUP = "history_group"
+"""Evaluation records only: the group ordinal (0 = the user's first group) of each history item."""
 TARGET = "target"
 TARGETS = "targets"
 
@@ -99,9 +102,18 @@ def train_example(user_id: str, history: Sequence[int], target: int) -> bytes:
     )
 
 
-def eval_example(user_id: str, history: Sequence[int], targets: Sequence[int]) -> bytes:
+def eval_example(
+    user_id: str, history: Sequence[int], history_group: Sequence[int], targets: Sequence[int]
+) -> bytes:
+    if len(history) != len(history_group):
+        raise ValueError("history and history_group must have the same length")
     return _serialize(
-        {USER_ID: _bytes([user_id]), HISTORY: _ints(history), TARGETS: _ints(targets)}
+        {
+            USER_ID: _bytes([user_id]),
+            HISTORY: _ints(history),
+            HISTORY_GROUP: _ints(history_group),
+            TARGETS: _ints(targets),
+        }
     )
 
 
@@ -132,5 +144,6 @@ def eval_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
     return {
         USER_ID: tf.io.FixedLenFeature([], tf.string),
         HISTORY: tf.io.RaggedFeature(tf.int64),
+        HISTORY_GROUP: tf.io.RaggedFeature(tf.int64),
         TARGETS: tf.io.RaggedFeature(tf.int64),
     }
