@@ -1,0 +1,8 @@
+"""The Apache Beam preprocessing job: raw logs and catalogue -> TFRecords, vocabulary, stats.
+
+``pipelines.preprocess.run_preprocess`` runs it (``tfrec preprocess``); the modules hold
+its parts: ``sources`` (reading files into numbered records), ``rows`` (row validation),
+``catalogue``, ``sequences`` (per-user splits) and ``stats``.
+"""
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

@@ -1,0 +1,230 @@
+"""The preprocessing job: raw interaction logs and a catalogue -> a tfrec data directory.
+
+The steps, as they appear on any runner's graph::
+
+    ReadCatalogue     (only with data.catalogue) catalogue file(s) -> item rows, rejections
+    ReadInteractions  log file(s) -> events, item rows (inline catalogue), rejections
+    BuildCatalogue    item rows -> one canonical text per item, the sorted id -> index map
+    SplitSequences    events per user -> train windows, valid / test records
+    WriteExamples     -> DIR/{train,valid,test}/part-*.tfrecord.gz
+    WriteCatalogue    -> DIR/items.tfrecord.gz, DIR/vocab/items.txt
+    WriteRejected     -> DIR/rejected/*.jsonl
+    WriteStats        -> DIR/stats.json
+
+The layout and record formats are those of ``tfrec.features``. Rows are parsed and
+validated in the reading step itself (one pass, low per-row overhead); the grouping by
+user and by item that follows spreads the work over the workers, so no extra Reshuffle
+is needed. The job runs on the DirectRunner unless Beam options say otherwise
+(``--runner=DataflowRunner ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from pipelines import sources
+from pipelines.catalogue import BuildCatalogue, WriteCatalogue
+from pipelines.rows import CatalogueParser, InteractionParser
+from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
+from pipelines.stats import WriteStats
+from tfrec import features
+from tfrec.config import Config, DataConfig
+from tfrec.errors import TfrecError
+
+SHARD_PREFIX = "part"
+REJECTED_PREFIX = "rejected"
+REJECTED_SUFFIX = ".jsonl"
+LISTED_FILES = 10
+"""Input files printed by name before the job starts."""
+CHECKED_FILES = 20
+"""Input files whose header (CSV) or schema (Parquet) is checked for the configured columns
+before the job starts; in a later file a missing column rejects its rows."""
+
+
+class WriteExamples(beam.PTransform):
+    """``{"train", "valid", "test"}`` serialized examples -> GZIP TFRecord shards under ``output``."""
+
+    def __init__(self, output: str, num_shards: int):
+        super().__init__()
+        self.output = output
+        self.num_shards = num_shards
+
+    def expand(self, splits):
+        return {
+            split: splits[split] | f"Write{split.capitalize()}" >> beam.io.WriteToTFRecord(
+                FileSystems.join(self.output, split, SHARD_PREFIX),
+                file_name_suffix=features.SHARD_SUFFIX,
+                num_shards=self.num_shards,
+                compression_type=CompressionTypes.GZIP,
+            )
+            for split in features.SPLITS
+        }
+
+
+class WriteRejected(beam.PTransform):
+    """``Rejection``s -> JSON lines under ``output/rejected``."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self.output = output
+
+    def expand(self, rejections):
+        return (
+            rejections
+            | "ToJson" >> beam.Map(lambda rejection: rejection.to_json())
+            | "WriteJsonLines" >> beam.io.WriteToText(
+                FileSystems.join(self.output, features.REJECTED_DIR, REJECTED_PREFIX),
+                file_name_suffix=REJECTED_SUFFIX,
+            )
+        )
+
+
+def row_parsers(data: DataConfig) -> tuple[InteractionParser, CatalogueParser | None]:
+    """The row parsers; interaction rows carry the item text only when there is no catalogue file."""
+    if data.catalogue is None:
+        return InteractionParser(data.interactions, data.items), None
+    return InteractionParser(data.interactions, None), CatalogueParser(data.catalogue, data.items)
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None:
+    """Adds every step of the job to ``pipeline``, writing into ``output``."""
+    data = config.data
+    interaction_parser, catalogue_parser = row_parsers(data)
+    rejected = []
+    catalogue_files = None
+    known_items = None
+    if data.catalogue is not None:
+        read_catalogue = pipeline | "ReadCatalogue" >> sources.ReadRows(
+            data.catalogue.paths, data.catalogue.format, data.catalogue.delimiter, catalogue_parser,
+        )
+        catalogue = read_catalogue[sources.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
+        rejected.append(read_catalogue[sources.REJECTED])
+        catalogue_files = read_catalogue[sources.COUNTS]
+        known_items = beam.pvalue.AsSingleton(catalogue["index"])
+
+    interactions = pipeline | "ReadInteractions" >> sources.ReadRows(
+        data.interactions.paths, data.interactions.format, data.interactions.delimiter,
+        interaction_parser, known_items=known_items,
+    )
+    rejected.append(interactions[sources.REJECTED])
+    if data.catalogue is None:
+        catalogue = interactions[sources.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
+
+    splits = interactions.rows | "SplitSequences" >> SplitSequences(
+        data.sequences, beam.pvalue.AsSingleton(catalogue["index"])
+    )
+    {split: splits[split] for split in features.SPLITS} | "WriteExamples" >> WriteExamples(
+        output, data.num_shards)
+    {
+        "items": catalogue["items"], "index": catalogue["index"], "train_counts": splits[TRAIN_COUNTS],
+    } | "WriteCatalogue" >> WriteCatalogue(output, data.items.categorical_fields)
+    tuple(rejected) | "FlattenRejected" >> beam.Flatten() | "WriteRejected" >> WriteRejected(output)
+    stats_inputs = {
+        "interaction_files": interactions[sources.COUNTS],
+        "summaries": splits[SUMMARY],
+        "index": catalogue["index"],
+        "train_counts": splits[TRAIN_COUNTS],
+    }
+    if catalogue_files is not None:
+        stats_inputs["catalogue_files"] = catalogue_files
+    stats_inputs | "WriteStats" >> WriteStats(output, config.fingerprint("data"))
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _list_inputs(config: Config) -> None:
+    """Prints the files each input pattern matches; raises ``TfrecError`` for a missing one or column."""
+    data = config.data
+    interaction_parser, catalogue_parser = row_parsers(data)
+    inputs = [("data.interactions", data.interactions, interaction_parser)]
+    if data.catalogue is not None:
+        inputs.append(("data.catalogue", data.catalogue, catalogue_parser))
+    else:
+        print("catalogue: inline (item text from the interaction rows)")
+    for key, section, parser in inputs:
+        files = sources.match_files(section.paths, f"{key}.paths")
+        name = key.split(".")[-1]
+        for n, (path, size) in enumerate(files):
+            fmt = sources.detect_format(path, section.format)
+            if n < CHECKED_FILES:
+                sources.check_columns(path, fmt, section.delimiter, parser.columns, key)
+            if n < LISTED_FILES:
+                print(f"{name}: {path} ({fmt}, {size / 1e6:,.1f} MB)")
+        if len(files) > LISTED_FILES:
+            print(f"{name}: ... {len(files):,} files, {sum(size for _, size in files) / 1e6:,.1f} MB in all")
+
+
+def clear_outputs(output: str) -> None:
+    """Deletes what an earlier run wrote into ``output``, so stale shards never mix with new ones."""
+    patterns = [FileSystems.join(output, split, "*") for split in features.SPLITS]
+    patterns += [FileSystems.join(output, features.REJECTED_DIR, "*")]
+    patterns += [FileSystems.join(output, name) for name in (
+        features.ITEMS_FILE, features.VOCAB_FILE, features.STATS_FILE, features.CONFIG_FILE)]
+    stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
+    if stale:
+        FileSystems.delete(stale)
+
+
+def _write_text(path: str, text: str) -> None:
+    with FileSystems.create(path, mime_type="text/plain", compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_stats(output: str | Path) -> dict[str, Any]:
+    with FileSystems.open(FileSystems.join(str(output), features.STATS_FILE),
+                          compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _print_summary(stats: dict[str, Any], output: str, seconds: float) -> None:
+    sections = [("rows", stats)]
+    if "catalogue" in stats:
+        sections.append(("catalogue rows", stats["catalogue"]))
+    for name, counts in sections:
+        print(f"{name}: read {counts['rows_read']:,}, kept {counts['rows_kept']:,}, "
+              f"rejected {counts['rows_rejected']:,}")
+        for reason, n in counts["rejected_by_reason"].items():
+            print(f"  {reason:<32} {n:>10,}")
+    dropped = ", ".join(f"{k} {v:,}" for k, v in stats["users_dropped"].items()) or "none"
+    examples = stats["examples"]
+    print(f"users: {stats['users']:,} ({stats['users_evaluated']:,} evaluated, "
+          f"{stats['users_train_only']:,} train only, dropped: {dropped})")
+    print(f"items: {stats['items']:,} ({stats['cold_start_items']:,} never a training target)")
+    print(f"interactions: {stats['interactions']:,} in {stats['groups']:,} groups "
+          f"({stats['duplicates_merged']:,} duplicate rows merged)")
+    print(f"examples: train {examples['train']:,}, valid {examples['valid']:,}, test {examples['test']:,}")
+    lengths = ", ".join(f"{k} {v:,}" for k, v in stats["history_length"].items())
+    print(f"test history length: {lengths}")
+    print(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{features.SHARD_SUFFIX}, "
+          f"{features.ITEMS_FILE}, {features.VOCAB_FILE}, {features.STATS_FILE}, "
+          f"{features.REJECTED_DIR}/*{REJECTED_SUFFIX}, {features.CONFIG_FILE}")
+
+
+def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+    """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
+    output = str(output)
+    options = PipelineOptions(list(beam_args))
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    print(f"== preprocess {config.name}: -> {output} (runner: {runner})")
+    _list_inputs(config)
+    clear_outputs(output)
+    start = time.perf_counter()
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, config, output)
+    _write_text(FileSystems.join(output, features.CONFIG_FILE), config.to_yaml())
+    stats = read_stats(output)
+    _print_summary(stats, output, time.perf_counter() - start)
+    if not stats["rows_kept"]:
+        raise TfrecError(f"no interaction row was kept; the reasons are above and in "
+                         f"{FileSystems.join(output, features.REJECTED_DIR)}")
+    return stats

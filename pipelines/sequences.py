@@ -1,0 +1,192 @@
+"""Per-user time splits: one user's events become training windows and evaluation records.
+
+A user's events are ordered by (timestamp, group id, source, line) and gathered into
+groups (baskets, invoices, sessions; without a group column every event is its own
+group), ordered by their first event. The last group is the test group, the one before
+it the validation group, the rest are training groups:
+
+* training: for every event of training group ``j >= 1``, the ``max_history`` most recent
+  items of groups ``< j`` (oldest first) -> the event's item. No window ever sees an item
+  of its own group or a later one.
+* validation: every item of the training groups (with their group ordinals) -> the
+  distinct items of the validation group.
+* test: the same history plus the validation group -> the distinct items of the test group.
+
+Users with fewer than ``max(min_groups, 2)`` groups are "short": dropped, or with
+``short_users: train_only`` used for training windows only (all their groups are training).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Mapping
+from typing import NamedTuple
+
+import apache_beam as beam
+
+import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from pipelines.rows import Event
+from tfrec import features
+from tfrec.config import Sequences
+
+# Outcomes of a user, as counted in stats.json.
+EVALUATED = "evaluated"
+TRAIN_ONLY = "train_only"
+DROPPED_SHORT = "short_history"
+"""Dropped: fewer groups than ``min_groups`` (with ``short_users: drop``)."""
+DROPPED_NO_WINDOW = "no_training_window"
+"""Dropped: a ``train_only`` user with a single group yields no example at all."""
+
+# Tagged outputs of SplitUserFn.
+TRAIN_COUNTS = "train_counts"
+SUMMARY = "summary"
+
+
+class EvalRecord(NamedTuple):
+    history: list[int]
+    history_group: list[int]
+    targets: list[int]
+
+
+class UserSplit(NamedTuple):
+    """Everything one user contributes."""
+
+    outcome: str
+    train: list[tuple[list[int], int]]
+    """(history, target) windows."""
+    valid: EvalRecord | None
+    test: EvalRecord | None
+    interactions: int
+    """Events after deduplication."""
+    groups: int
+    quantity: float
+    """Summed quantity of the user's events."""
+
+
+class UserSummary(NamedTuple):
+    """The per-user figures ``stats.json`` adds up."""
+
+    outcome: str
+    interactions: int
+    groups: int
+    quantity: float
+    train_examples: int
+    test_history_length: int | None
+
+
+def order_key(event: Event) -> tuple:
+    return (event.timestamp, event.group or "", event.source, event.line)
+
+
+def deduplicate(events: list[Event]) -> list[Event]:
+    """One event per (item, group), the earliest, with the quantities summed; ``events`` sorted."""
+    merged: dict[tuple, Event] = {}
+    for event in events:
+        key = (event.item, event.group if event.group is not None else (event.source, event.line))
+        first = merged.get(key)
+        merged[key] = event if first is None else first._replace(quantity=first.quantity + event.quantity)
+    return list(merged.values())
+
+
+def group_items(events: list[Event], index: Mapping[str, int]) -> list[list[int]]:
+    """Item indices per group, groups in order of their first event; ``events`` sorted."""
+    groups: dict[object, list[int]] = {}
+    for event in events:
+        key = event.group if event.group is not None else (event.source, event.line)
+        groups.setdefault(key, []).append(index[event.item])
+    return list(groups.values())
+
+
+def training_windows(groups: list[list[int]], max_history: int) -> list[tuple[list[int], int]]:
+    history: list[int] = []
+    windows = []
+    for j, group in enumerate(groups):
+        if j:
+            window = history[-max_history:]
+            windows.extend((window, item) for item in group)
+        history.extend(group)
+    return windows
+
+
+def eval_record(groups: list[list[int]], held_out: list[int]) -> EvalRecord:
+    history = [item for group in groups for item in group]
+    ordinals = [j for j, group in enumerate(groups) for _ in group]
+    return EvalRecord(history, ordinals, sorted(set(held_out)))
+
+
+def split_user(events: Iterable[Event], sequences: Sequences, index: Mapping[str, int]) -> UserSplit:
+    """Splits one user's events (any order) into training windows and evaluation records."""
+    ordered = sorted(events, key=order_key)
+    if sequences.dedupe:
+        ordered = deduplicate(ordered)
+    groups = group_items(ordered, index)
+    quantity = sum(e.quantity for e in ordered)
+
+    def result(outcome, train=(), valid=None, test=None) -> UserSplit:
+        return UserSplit(outcome, list(train), valid, test, len(ordered), len(groups), quantity)
+
+    if len(groups) < max(sequences.min_groups, 2):
+        if sequences.short_users == "drop":
+            return result(DROPPED_SHORT)
+        train = training_windows(groups, sequences.max_history)
+        return result(TRAIN_ONLY, train) if train else result(DROPPED_NO_WINDOW)
+    training = groups[:-2]
+    return result(
+        EVALUATED,
+        training_windows(training, sequences.max_history),
+        valid=eval_record(training, groups[-2]),
+        test=eval_record(groups[:-1], groups[-1]),
+    )
+
+
+class SplitUserFn(beam.DoFn):
+    """``(user, events)`` -> serialized train / valid / test records.
+
+    Tagged outputs: ``TRAIN_COUNTS`` (``(item_index, n)``: how often the user's windows
+    target each item) and ``SUMMARY`` (one ``UserSummary``).
+    """
+
+    def __init__(self, sequences: Sequences):
+        self.sequences = sequences
+
+    def process(self, element: tuple[str, Iterable[Event]], index: Mapping[str, int]):
+        user, events = element
+        split = split_user(events, self.sequences, index)
+        for history, target in split.train:
+            yield beam.pvalue.TaggedOutput("train", features.train_example(user, history, target))
+        for name, record in (("valid", split.valid), ("test", split.test)):
+            if record is not None:
+                yield beam.pvalue.TaggedOutput(name, features.eval_example(user, *record))
+        counts = collections.Counter(target for _, target in split.train)
+        for item, n in counts.items():
+            yield beam.pvalue.TaggedOutput(TRAIN_COUNTS, (item, n))
+        yield beam.pvalue.TaggedOutput(SUMMARY, UserSummary(
+            split.outcome, split.interactions, split.groups, split.quantity, len(split.train),
+            len(split.test.history) if split.test is not None else None,
+        ))
+
+
+class SplitSequences(beam.PTransform):
+    """Events -> ``{"train", "valid", "test", TRAIN_COUNTS, SUMMARY}`` PCollections.
+
+    ``index`` is a side input mapping item id -> item index.
+    """
+
+    def __init__(self, sequences: Sequences, index: beam.pvalue.AsSideInput):
+        super().__init__()
+        self.sequences = sequences
+        self.index = index
+
+    def expand(self, events):
+        outputs = (
+            events
+            | "KeyByUser" >> beam.Map(lambda event: (event.user, event))
+            | "GroupByUser" >> beam.GroupByKey()
+            | "Split" >> beam.ParDo(SplitUserFn(self.sequences), index=self.index).with_outputs(
+                "train", "valid", "test", TRAIN_COUNTS, SUMMARY
+            )
+        )
+        counts = outputs[TRAIN_COUNTS] | "CountTargets" >> beam.CombinePerKey(sum)
+        return {split: outputs[split] for split in features.SPLITS} | {
+            TRAIN_COUNTS: counts, SUMMARY: outputs[SUMMARY],
+        }
