@@ -202,7 +202,8 @@ def _print_summary(stats: dict[str, Any], output: str, seconds: float) -> None:
     print(f"items: {stats['items']:,} ({stats['cold_start_items']:,} never a training target)")
     print(f"interactions: {stats['interactions']:,} in {stats['groups']:,} groups "
           f"({stats['duplicates_merged']:,} duplicate rows merged)")
-    print(f"examples: train {examples['train']:,}, valid {examples['valid']:,}, test {examples['test']:,}")
+    print(f"examples: train {examples['train']:,} ({stats['train_targets']:,} target items), "
+          f"valid {examples['valid']:,}, test {examples['test']:,}")
     lengths = ", ".join(f"{k} {v:,}" for k, v in stats["history_length"].items())
     print(f"test history length: {lengths}")
     print(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{features.SHARD_SUFFIX}, "

@@ -5,9 +5,9 @@ groups (baskets, invoices, sessions; without a group column every event is its o
 group), ordered by their first event. The last group is the test group, the one before
 it the validation group, the rest are training groups:
 
-* training: for every event of training group ``j >= 1``, the ``max_history`` most recent
-  items of groups ``< j`` (oldest first) -> the event's item. No window ever sees an item
-  of its own group or a later one.
+* training: for every training group ``j >= 1``, the ``max_history`` most recent items of
+  groups ``< j`` (oldest first) -> the group's items (one window, one target per event).
+  No window ever sees an item of its own group or a later one.
 * validation: every item of the training groups (with their group ordinals) -> the
   distinct items of the validation group.
 * test: the same history plus the validation group -> the distinct items of the test group.
@@ -52,8 +52,8 @@ class UserSplit(NamedTuple):
     """Everything one user contributes."""
 
     outcome: str
-    train: list[tuple[list[int], int]]
-    """(history, target) windows."""
+    train: list[tuple[list[int], list[int]]]
+    """(history, targets) windows, one per training group after the first."""
     valid: EvalRecord | None
     test: EvalRecord | None
     interactions: int
@@ -71,6 +71,7 @@ class UserSummary(NamedTuple):
     groups: int
     quantity: float
     train_examples: int
+    train_targets: int
     test_history_length: int | None
 
 
@@ -97,13 +98,12 @@ def group_items(events: list[Event], index: Mapping[str, int]) -> list[list[int]
     return list(groups.values())
 
 
-def training_windows(groups: list[list[int]], max_history: int) -> list[tuple[list[int], int]]:
+def training_windows(groups: list[list[int]], max_history: int) -> list[tuple[list[int], list[int]]]:
     history: list[int] = []
     windows = []
     for j, group in enumerate(groups):
         if j:
-            window = history[-max_history:]
-            windows.extend((window, item) for item in group)
+            windows.append((history[-max_history:], list(group)))
         history.extend(group)
     return windows
 
@@ -152,16 +152,17 @@ class SplitUserFn(beam.DoFn):
     def process(self, element: tuple[str, Iterable[Event]], index: Mapping[str, int]):
         user, events = element
         split = split_user(events, self.sequences, index)
-        for history, target in split.train:
-            yield beam.pvalue.TaggedOutput("train", features.train_example(user, history, target))
+        for history, targets in split.train:
+            yield beam.pvalue.TaggedOutput("train", features.train_example(user, history, targets))
         for name, record in (("valid", split.valid), ("test", split.test)):
             if record is not None:
                 yield beam.pvalue.TaggedOutput(name, features.eval_example(user, *record))
-        counts = collections.Counter(target for _, target in split.train)
+        counts = collections.Counter(target for _, targets in split.train for target in targets)
         for item, n in counts.items():
             yield beam.pvalue.TaggedOutput(TRAIN_COUNTS, (item, n))
         yield beam.pvalue.TaggedOutput(SUMMARY, UserSummary(
             split.outcome, split.interactions, split.groups, split.quantity, len(split.train),
+            sum(len(targets) for _, targets in split.train),
             len(split.test.history) if split.test is not None else None,
         ))
 

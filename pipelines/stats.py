@@ -73,7 +73,7 @@ class UserStatsFn(beam.CombineFn):
 
     def create_accumulator(self) -> dict[str, Any]:
         return {"outcomes": collections.Counter(), "interactions": 0, "groups": 0, "quantity": 0.0,
-                "train": 0, "history": collections.Counter()}
+                "train": 0, "train_targets": 0, "history": collections.Counter()}
 
     def add_input(self, acc, summary: UserSummary):
         acc["outcomes"][summary.outcome] += 1
@@ -81,6 +81,7 @@ class UserStatsFn(beam.CombineFn):
         acc["groups"] += summary.groups
         acc["quantity"] += summary.quantity
         acc["train"] += summary.train_examples
+        acc["train_targets"] += summary.train_targets
         if summary.test_history_length is not None:
             acc["history"][summary.test_history_length] += 1
         return acc
@@ -125,6 +126,7 @@ def build_stats(
         "quantity": users["quantity"],
         "groups": users["groups"],
         "examples": {"train": users["train"], "valid": evaluated, "test": evaluated},
+        "train_targets": users["train_targets"],
         "history_length": percentiles(users["history"]),
     }
     return stats

@@ -9,7 +9,7 @@ A data directory (``tfrec preprocess --output DIR``) holds:
 ========================  =============================================================
 ``items.tfrecord.gz``     one record per catalogue item (``item_spec``)
 ``vocab/items.txt``       item ids, line ``i`` is the item of index ``i``
-``train/*.tfrecord.gz``   (history -> next item) windows over the training groups
+``train/*.tfrecord.gz``   one record per training group: the history before it -> its items
 ``valid/*.tfrecord.gz``   one record per user: history before the validation group, its items
 ``test/*.tfrecord.gz``    one record per user: history before the test group, its items
                           (the test history is the validation history plus the validation group)
@@ -21,7 +21,9 @@ A data directory (``tfrec preprocess --output DIR``) holds:
 Item indices are integers ``0..num_items-1`` in sorted item-id order. Histories are
 item indices, oldest first. Training histories are capped at ``max_history`` items;
 evaluation histories are complete (the repeat baseline and the ``explore`` protocol
-need every past item), and models truncate them themselves.
+need every past item), and models truncate them themselves. A training record holds
+every item of its group as ``targets``: all of them share one history, so a trainer
+computes the query once for the whole group.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ USER_ID = "user_id"
 HISTORY = "history"
 HISTORY_GROUP = "history_group"
 """Evaluation records only: the group ordinal (0 = the user's first group) of each history item."""
-TARGET = "target"
 TARGETS = "targets"
 
 SPLITS = ("train", "valid", "test")
@@ -96,9 +97,9 @@ def item_example(
     return _serialize(features)
 
 
-def train_example(user_id: str, history: Sequence[int], target: int) -> bytes:
+def train_example(user_id: str, history: Sequence[int], targets: Sequence[int]) -> bytes:
     return _serialize(
-        {USER_ID: _bytes([user_id]), HISTORY: _ints(history), TARGET: _ints([target])}
+        {USER_ID: _bytes([user_id]), HISTORY: _ints(history), TARGETS: _ints(targets)}
     )
 
 
@@ -136,7 +137,7 @@ def train_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
     return {
         USER_ID: tf.io.FixedLenFeature([], tf.string),
         HISTORY: tf.io.RaggedFeature(tf.int64),
-        TARGET: tf.io.FixedLenFeature([], tf.int64),
+        TARGETS: tf.io.RaggedFeature(tf.int64),
     }
 
 

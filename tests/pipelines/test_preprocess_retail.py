@@ -65,7 +65,8 @@ def test_stats_match_pandas(expected, sample_config, sample_data_dir):
     assert stats["users"] == len(groups)
     assert stats["users_evaluated"] == len(evaluated)
     assert stats["users_dropped"] == {"short_history": len(groups) - len(evaluated)}
-    assert stats["examples"]["train"] == sum(len(i) for u in evaluated for g in groups[u][1:-2] for i in [g])
+    assert stats["examples"]["train"] == sum(len(groups[u][1:-2]) for u in evaluated)
+    assert stats["train_targets"] == sum(len(g) for u in evaluated for g in groups[u][1:-2])
     assert stats["examples"]["valid"] == stats["examples"]["test"] == len(evaluated)
     assert stats["history_length"]["max"] == max(sum(map(len, groups[u][:-1])) for u in evaluated)
     assert stats["config_fingerprint"] == sample_config.fingerprint("data")
@@ -77,7 +78,7 @@ def test_vocabulary_and_item_records(expected, sample_data_dir):
     items = outputs.items(sample_data_dir)
     assert sorted(r["item_index"][0] for r in items) == list(range(len(vocab)))
     assert {r["item_id"][0]: r["text"][0] for r in items} == expected["texts"]
-    train_targets = collections.Counter(r["target"][0] for r in outputs.split(sample_data_dir, "train"))
+    train_targets = collections.Counter(t for r in outputs.split(sample_data_dir, "train") for t in r["targets"])
     assert {r["item_index"][0]: r["train_count"][0] for r in items if r["train_count"][0]} == train_targets
     assert outputs.stats(sample_data_dir)["cold_start_items"] == len(vocab) - len(train_targets)
 
@@ -87,9 +88,10 @@ def test_no_split_sees_its_future(expected, sample_config, sample_data_dir):
     groups = {u: [[index[i] for i in g] for g in gs] for u, gs in expected["groups"].items()}
     max_history = sample_config.data.sequences.max_history
     for example in outputs.split(sample_data_dir, "train"):
-        user_groups, target = groups[example["user_id"][0]], example["target"][0]
-        earlier = [flat(user_groups[:j]) for j in range(1, len(user_groups) - 2) if target in user_groups[j]]
-        assert any(example["history"] == history[-max_history:] for history in earlier), example
+        user_groups = groups[example["user_id"][0]]
+        # The window of training group j: the items of groups < j -> the items of group j.
+        windows = [(flat(user_groups[:j])[-max_history:], user_groups[j]) for j in range(1, len(user_groups) - 2)]
+        assert (example["history"], example["targets"]) in windows, example
     for split, held_out in (("valid", -2), ("test", -1)):
         for example in outputs.split(sample_data_dir, split):
             user_groups = groups[example["user_id"][0]]

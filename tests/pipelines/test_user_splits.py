@@ -35,7 +35,7 @@ def test_windows_valid_and_test_records():
     split = split_user(reversed(EVENTS), Sequences(max_history=2), INDEX)
     assert split.outcome == EVALUATED
     a, b, c, d, e, f, g = range(7)
-    assert split.train == [([a, b], b), ([b, b], c)]
+    assert split.train == [([a, b], [b]), ([b, b], [c])]
     assert split.valid == ([a, b, b, c], [0, 0, 1, 2], [a, d])
     assert split.test == ([a, b, b, c, a, d], [0, 0, 1, 2, 3, 3], [e, f, g])
     assert (split.interactions, split.groups, split.quantity) == (9, 5, 11.0)
@@ -51,7 +51,7 @@ def test_without_group_column_every_event_is_a_group():
     events = [event(item, None, t, t) for t, item in enumerate("abcab")]
     split = split_user(events, Sequences(max_history=3), INDEX)
     assert split.groups == 5
-    assert split.train == [([0], 1), ([0, 1], 2)]
+    assert split.train == [([0], [1]), ([0, 1], [2])]
     assert split.valid.targets == [0] and split.test.targets == [1]
     assert split.test.history_group == [0, 1, 2, 3]
 
@@ -59,8 +59,8 @@ def test_without_group_column_every_event_is_a_group():
 def test_windows_never_see_their_own_or_later_groups():
     split = split_user(EVENTS, Sequences(max_history=50), INDEX)
     groups = [[0, 1], [1], [2], [0, 3], [4, 5, 6]]
-    for history, target in split.train:
-        j = next(j for j, group in enumerate(groups[:-2]) if target in group and j > 0)
+    assert [targets for _, targets in split.train] == groups[1:-2]
+    for j, (history, _) in enumerate(split.train, start=1):
         assert history == [i for group in groups[:j] for i in group]
 
 
