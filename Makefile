@@ -29,8 +29,7 @@ test: install
 lint: install
 	$(BIN)/ruff check tfrec pipelines serving tests bench
 
-bench: install
-	$(BIN)/pip install -q -e '.[bench]'
+bench: demo
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/index.py

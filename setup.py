@@ -28,7 +28,7 @@ INSTALL_REQUIRES = [
 
 EXTRAS = {
     "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6"],
-    "bench": ["implicit==0.7.3", "matplotlib>=3.7", "faiss-cpu"],
+    "bench": ["implicit==0.7.3", "matplotlib>=3.7"],
 }
 
 setup(

@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
-import platform
 import statistics
 import tempfile
 import time
-from importlib.metadata import version
 from pathlib import Path
+
+from benchlib import machine, write_json
 
 import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipelines.preprocess import run_preprocess
@@ -74,9 +73,7 @@ def main() -> None:
         "modes": results,
         "multi_over_in_memory_speed": round(
             results["multi_processing_2"]["rows_per_s"] / results["in_memory"]["rows_per_s"], 2),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "beam": version("apache-beam"),
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine(load_before, ("apache-beam",)),
     }
 
     print(f"\n{rows:,} rows read, median of {args.repeats} runs")
@@ -84,9 +81,7 @@ def main() -> None:
     for mode, r in results.items():
         print(f"{mode:<22}{r['median_s']:>10.1f}{r['rows_per_s']:>12,}   {r['runs_s']}")
     print(f"multi-processing / in-memory throughput: {report['multi_over_in_memory_speed']}x")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}")
+    write_json(args.output, report)
 
 
 if __name__ == "__main__":

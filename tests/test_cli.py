@@ -1,0 +1,51 @@
+"""The ``tfrec`` command line: help on every subcommand, errors without tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tfrec.cli import build_parser, main
+
+SUBCOMMANDS = ("preprocess", "train", "evaluate", "index", "export", "serve", "recommend", "run")
+
+
+def test_every_subcommand_explains_itself(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    top = capsys.readouterr().out
+    for name in SUBCOMMANDS:
+        assert name in top
+        with pytest.raises(SystemExit) as exit_:
+            main([name, "--help"])
+        assert exit_.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: tfrec {name}" in text and len(text.splitlines()) > 5
+
+
+def test_only_beam_stages_pass_unknown_flags_on():
+    parser = build_parser()
+    args, extra = parser.parse_known_args(["preprocess", "--config", "c.yaml", "--output", "o",
+                                           "--runner=DirectRunner"])
+    assert extra == ["--runner=DirectRunner"]
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", "c.yaml", "--data", "d", "--output", "o", "--runner=DirectRunner"])
+    assert exit_.value.code == 2
+
+
+def test_errors_name_the_file_and_exit_2_without_a_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tfrec.cli", "train", "--config", str(tmp_path / "missing.yaml"),
+                             "--data", str(tmp_path), "--output", str(tmp_path / "model")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"tfrec train: error: {tmp_path / 'missing.yaml'}: config file not found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_data_folder_that_is_not_one_is_named(tmp_path, capsys):
+    code = main(["evaluate", "--config", "configs/online_retail.yaml", "--data", str(tmp_path),
+                 "--model", str(tmp_path)])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'model.keras'} not found" in error and "the output folder of `tfrec train`" in error

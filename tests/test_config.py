@@ -1,0 +1,93 @@
+"""The configuration: validation errors that name the file and key, overrides, the reference."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tfrec.config import ConfigError, load_config, reference, reference_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "configs" / "online_retail.yaml"
+
+
+def _write(tmp_path, content: dict) -> Path:
+    path = tmp_path / "shop.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def _bundled() -> dict:
+    return yaml.safe_load(BUNDLED.read_text())
+
+
+def test_every_bundled_config_loads():
+    for path in (ROOT / "configs").glob("*.yaml"):
+        config = load_config(path)
+        assert config.name
+
+
+def test_unknown_key_names_the_file_and_the_key(tmp_path):
+    raw = _bundled()
+    raw["train"]["epochz"] = 3
+    path = _write(tmp_path, raw)
+    with pytest.raises(ConfigError, match=rf"{path}.*\n.*train\.epochz: unknown key"):
+        load_config(path)
+
+
+def test_wrong_type_names_the_key_and_the_value(tmp_path):
+    raw = _bundled()
+    raw["train"]["batch_size"] = "large"
+    with pytest.raises(ConfigError, match=r"train\.batch_size: .*'large'"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_missing_required_key(tmp_path):
+    raw = _bundled()
+    del raw["data"]["interactions"]["columns"]["user_id"]
+    with pytest.raises(ConfigError, match=r"data\.interactions\.columns\.user_id: missing required key"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_a_filter_needs_a_value_that_fits_its_op(tmp_path):
+    raw = _bundled()
+    raw["data"]["interactions"]["filters"].append({"name": "odd", "column": "Quantity", "op": "gt", "value": "x"})
+    with pytest.raises(ConfigError, match="needs a number value"):
+        load_config(_write(tmp_path, raw))
+
+
+def test_overrides_apply_yaml_values_and_are_validated():
+    config = load_config(BUNDLED, ["train.epochs=3", "model.repeat_term=false", "eval.ks=[5, 10]",
+                                   "data.interactions.filters.0.value=X"])
+    assert config.train.epochs == 3 and config.model.repeat_term is False and config.eval.ks == [5, 10]
+    assert config.data.interactions.filters[0].value == "X"
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(BUNDLED, ["train.epochs"])
+    with pytest.raises(ConfigError, match=r"train\.epochs: .*greater than or equal to 1"):
+        load_config(BUNDLED, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(BUNDLED, ["data.interactions.filters.9.value=X"])
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_fingerprints_follow_the_sections_they_cover():
+    a = load_config(BUNDLED)
+    b = load_config(BUNDLED, ["train.epochs=2"])
+    assert a.fingerprint("data") == b.fingerprint("data")
+    assert a.fingerprint("train") != b.fingerprint("train")
+
+
+def test_every_setting_is_documented_and_the_readme_reference_is_current():
+    rows = reference()
+    assert len(rows) > 80
+    assert all(description for _, _, description in rows), [key for key, _, d in rows if not d]
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert reference_markdown() in readme, "regenerate the README's reference with `python -m tfrec.config`"
