@@ -1,5 +1,6 @@
 """Fixtures shared by every test module: a sample of the bundled Online Retail data, its
-config, and one data directory preprocessed from it (model and serving tests reuse it)."""
+config, one data directory preprocessed from it, and, built once and reused by the
+training, serving and run tests, a tiny trained model, its ScaNN index and its export."""
 
 import tfrec  # noqa: F401, I001  (first: sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tfrec.config import Config, load_config
+from tfrec.config import Config, apply_overrides, config_from_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RETAIL_DATA = ROOT / "data" / "online_retail" / "online_retail.csv.gz"
@@ -46,3 +47,61 @@ def sample_data_dir(sample_config, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("retail_data")
     run_preprocess(sample_config, output)
     return output
+
+
+TINY = [
+    "model.embedding_dim=16",
+    "model.text_encoder.kind=scratch",
+    "model.text_encoder.sequence_length=12",
+    "model.text_encoder.scratch.vocabulary_size=300",
+    "model.text_encoder.scratch.hidden_dim=16",
+    "model.text_encoder.scratch.intermediate_dim=32",
+    "model.user_tower.num_layers=1",
+    "model.user_tower.intermediate_dim=32",
+    "model.user_tower.long_term=true",
+    "data.sequences.max_history=10",
+    "train.batch_size=64",
+    "train.epochs=2",
+    "train.steps_per_epoch=6",
+    "train.learning_rate=0.003",
+    "eval.als.iterations=3",
+]
+
+
+def tiny_config(base, *extra: str):
+    return config_from_dict(apply_overrides(base.to_dict(), [*TINY, *extra]))
+
+
+@pytest.fixture(scope="session")
+def tiny(sample_config):
+    return tiny_config(sample_config)
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tiny, sample_data_dir, tmp_path_factory):
+    """One trained tiny model, shared by the tests that only read it."""
+    from tfrec.training.trainer import train
+
+    out = tmp_path_factory.mktemp("model")
+    train(tiny, sample_data_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def index_dir(tiny, trained_model_dir, tmp_path_factory):
+    """A ScaNN index over the tiny model's catalogue."""
+    from serving.index import build_index
+
+    out = tmp_path_factory.mktemp("index")
+    build_index(tiny, trained_model_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def export_dir(tiny, trained_model_dir, index_dir, tmp_path_factory):
+    """Version 1 of every exported model of the tiny model."""
+    from serving.export import export_models
+
+    out = tmp_path_factory.mktemp("export")
+    export_models(tiny, trained_model_dir, index_dir, out, version=1)
+    return out

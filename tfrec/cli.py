@@ -57,7 +57,7 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _train(args: argparse.Namespace, _: list[str]) -> int:
     from tfrec.training.trainer import train
 
-    train(_load(args), args.data, args.output)
+    train(_load(args), args.data, args.output, resume=not args.fresh)
     return 0
 
 
@@ -84,9 +84,12 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
     from serving.server import serve
+    from tfrec.config import ServeConfig
 
-    serve(args.export, host=args.host, port=args.port, grpc_port=args.grpc_port,
-          poll_seconds=args.poll_seconds, max_batch=args.max_batch)
+    settings = _load(args).serve if args.config else ServeConfig()
+    given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
+    options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
+    serve(args.export, **options)
     return 0
 
 
@@ -137,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--data", required=True, type=Path, help="output folder of `tfrec preprocess`")
     p.add_argument("--output", required=True, type=Path, help="model folder to write")
+    p.add_argument("--fresh", action="store_true", help="discard checkpoints left by an earlier run")
 
     p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
             "Ranks the full catalogue for every validation and test user under the `all` and "
@@ -165,21 +169,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
             "A local model server for machines without TF Serving (and for the ScaNN model). "
-            "Serves the newest version of each model and picks up new versions while running.")
+            "Serves the newest version of each model and picks up new versions while running. "
+            "Settings come from the flags, else from the config's `serve` section, else the defaults.")
     p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8501, help="REST port (default 8501)")
-    p.add_argument("--grpc-port", type=int, default=8500, help="gRPC port, 0 for none (default 8500)")
-    p.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for new versions")
-    p.add_argument("--max-batch", type=int, default=256, help="largest batch a request may carry")
+    _config_args(p, required=False)
+    p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, help="REST port (default: serve.port, 8501)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)")
+    p.add_argument("--poll-seconds", type=float, help="how often to look for new versions (default 2)")
+    p.add_argument("--max-batch", type=int, help="largest batch a request may carry (default 256)")
 
     p = add("recommend", _recommend, "recommendations, similar items or text search from the CLI",
             "Loads an export and prints a table of item ids, product texts and scores.")
     p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--history", help="comma-separated item ids, oldest first")
-    what.add_argument("--similar-to", metavar="ITEM_ID", help="items most similar to this one")
-    what.add_argument("--query", help="free text, e.g. 'red enamel mug'")
+    p.add_argument("--history", help="comma-separated item ids, oldest first (recommendations for them)")
+    p.add_argument("--similar-to", metavar="ITEM_ID", help="items most similar to this one")
+    p.add_argument("--query", help="free text, e.g. 'red enamel mug' (blended with --history if given)")
     p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
     p.add_argument("--explain", action="store_true", help="show the history item behind each result")
     p.add_argument("--exclude-history", action="store_true", help="leave out items already in the history")

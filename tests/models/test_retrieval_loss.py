@@ -1,0 +1,67 @@
+"""The in-batch softmax loss against a direct NumPy computation, each option on and off."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tfrec.tasks import RetrievalTask, mixed_log_q
+
+
+def numpy_loss(q, c, ids, temperature, accidental, log_q, neg=None, neg_ids=None, query_ids=None):
+    cands = c if neg is None else np.concatenate([c, neg])
+    cand_ids = ids if neg is None else np.concatenate([ids, neg_ids])
+    losses = []
+    for i in range(len(q)):
+        logits = []
+        for j in range(len(cands)):
+            if accidental and j != i and cand_ids[j] == ids[i]:
+                continue  # an accidental hit is not a negative
+            if query_ids is not None and j != i and j < len(ids) and query_ids[j] == query_ids[i]:
+                continue  # another positive of the same query is not a negative
+            value = q[i] @ cands[j] / temperature
+            if log_q is not None:
+                value -= log_q[cand_ids[j]]
+            logits.append((j == i, value))
+        values = np.array([v for _, v in logits])
+        positive = [v for is_pos, v in logits if is_pos][0]
+        losses.append(np.log(np.exp(values - values.max()).sum()) + values.max() - positive)
+    return np.array(losses)
+
+
+def _unit(rng, shape):
+    x = rng.normal(size=shape)
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype("float32")
+
+
+@pytest.mark.parametrize("accidental,logq,negatives,temperature,baskets",
+                         list(itertools.product([False, True], [False, True], [0, 3], [0.05, 1.0], [False, True])))
+def test_loss_matches_numpy(accidental, logq, negatives, temperature, baskets):
+    rng = np.random.default_rng(7)
+    num_items, batch = 10, 6
+    ids = np.array([1, 4, 4, 7, 2, 1])  # items 1 and 4 appear twice
+    # With baskets: rows 0-2 are one query's positives, rows 3-4 another's, row 5 a third.
+    query_ids = np.array([0, 0, 0, 1, 1, 2]) if baskets else None
+    q, c = _unit(rng, (batch, 8)), _unit(rng, (batch, 8))
+    if baskets:
+        q = q[query_ids]  # positives of one query share its vector
+    neg = neg_ids = None
+    if negatives:
+        neg_ids = np.array([4, 9, 0])  # 4 is an accidental hit for rows 1 and 2
+        neg = _unit(rng, (negatives, 8))
+    counts = rng.integers(1, 50, size=num_items)
+    log_q = mixed_log_q(counts, batch, negatives) if logq else None
+    task = RetrievalTask(temperature=temperature, remove_accidental_hits=accidental, log_q=log_q)
+    got = task(q, c, ids, neg, neg_ids, query_ids=query_ids).numpy()
+    want = numpy_loss(q, c, ids, temperature, accidental, log_q, neg, neg_ids, query_ids)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_mixed_log_q_is_a_distribution():
+    counts = np.array([10, 0, 5, 85])
+    for negatives in (0, 4):
+        q = np.exp(mixed_log_q(counts, 8, negatives).astype(np.float64))
+        q[counts == 0] = 0 if negatives == 0 else q[counts == 0]
+        assert np.isclose(q.sum(), 1.0, atol=1e-6)
+    # In-batch sampling alone follows the target frequencies.
+    np.testing.assert_allclose(np.exp(mixed_log_q(counts, 8, 0))[[0, 2, 3]], [0.10, 0.05, 0.85], rtol=1e-5)

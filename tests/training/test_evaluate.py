@@ -1,0 +1,32 @@
+"""``evaluate`` on a trained tiny model: metrics.json holds the model beside every baseline."""
+
+import json
+
+import numpy as np
+
+from tfrec.evaluation.evaluate import evaluate
+
+SCORERS = {"model", "most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"}
+METRICS = {"recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
+           "hitrate@10", "coverage@10", "ils@10", "users"}
+
+
+def test_metrics_json_has_every_split_protocol_and_scorer(tiny, sample_data_dir, trained_model_dir, capsys):
+    metrics = evaluate(tiny, sample_data_dir, trained_model_dir)
+    assert json.loads((trained_model_dir / "metrics.json").read_text()) == metrics
+    for split in ("valid", "test"):
+        assert 0 < metrics[split]["repeat_share"] < 1
+        for protocol in ("all", "explore", "cold_start"):
+            assert set(metrics[split][protocol]) == SCORERS
+            for values in metrics[split][protocol].values():
+                assert set(values) == METRICS
+                assert all(0 <= values[m] <= 1 for m in METRICS - {"users", "ils@10"})
+                assert -1 <= values["ils@10"] <= 1
+        # Every scorer ranks the same users.
+        assert len({v["users"] for v in metrics[split]["all"].values()}) == 1
+        assert metrics[split]["explore"]["model"]["users"] <= metrics[split]["users"]
+    # Under `explore`, the repeat baseline has nothing of its own left: it is most-popular.
+    explore = metrics["test"]["explore"]
+    assert np.isclose(explore["repeat"]["recall@20"], explore["most_popular"]["recall@20"])
+    out = capsys.readouterr().out
+    assert "explore" in out and "text_zero_shot" in out

@@ -1,0 +1,73 @@
+"""Training on the Online Retail sample: outputs, reproducibility, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from tfrec.models import load_model
+from tfrec.training.trainer import train
+
+
+def test_training_writes_every_output(trained_model_dir):
+    for name in ("model.keras", "vectors.npz", "history.json", "train_summary.json", "config.yaml",
+                 "catalogue/items.tfrecord.gz", "catalogue/vocab/items.txt", "checkpoints/checkpoint"):
+        assert (trained_model_dir / name).exists(), name
+    assert list((trained_model_dir / "logs").iterdir()), "no TensorBoard events"
+    history = json.loads((trained_model_dir / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0 <= h["valid_explore_recall@20"] <= 1 for h in history)
+    vectors = np.load(trained_model_dir / "vectors.npz")
+    model = load_model(trained_model_dir)
+    assert vectors["item_vectors"].shape == (model.num_items, 16)
+    assert len(vectors["item_ids"]) == model.num_items
+    np.testing.assert_allclose(np.linalg.norm(vectors["query_vectors"], axis=1), 1.0, rtol=1e-4)
+
+
+def test_training_is_reproducible(tiny, sample_data_dir, trained_model_dir, tmp_path):
+    train(tiny, sample_data_dir, tmp_path)
+    first = json.loads((trained_model_dir / "history.json").read_text())
+    second = json.loads((tmp_path / "history.json").read_text())
+    for a, b in zip(first, second):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+        assert a["valid_explore_recall@20"] == pytest.approx(b["valid_explore_recall@20"], abs=1e-3)
+
+
+def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_dir, tmp_path):
+    config = tiny_config(sample_config, "train.epochs=3", "train.steps_per_epoch=12",
+                         "train.early_stopping_patience=0")
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(config.to_yaml())
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "tfrec.cli", "train", "--config", str(config_path),
+               "--data", str(sample_data_dir), "--output", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    run = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "checkpoint").exists():
+        assert run.poll() is None, run.stdout.read().decode()
+        assert time.time() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.2)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not (out / "model.keras").exists()
+
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Resumed from" in resumed.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+    # The interrupted-and-resumed run ends where an uninterrupted one does.
+    straight = tmp_path / "straight"
+    train(config, sample_data_dir, straight)
+    expected = json.loads((straight / "history.json").read_text())
+    for a, b in zip(history, expected):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)

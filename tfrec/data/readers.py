@@ -1,0 +1,195 @@
+"""Readers for a data directory written by ``tfrec preprocess``.
+
+Training examples stream through ``tf.data`` (parse, shuffle, batch, prefetch); the
+catalogue and the evaluation splits are small (one record per item or per user) and
+are read whole into NumPy, which the exact evaluator and the baselines work on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec import features as F
+from tfrec.errors import TfrecError
+
+PAD = -1
+"""Item index used to pad histories; never a real item."""
+
+
+def _files(pattern: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise TfrecError(f"no files match {pattern}: is this the output folder of `tfrec preprocess`?")
+    return files
+
+
+def _records(pattern: str, spec: dict[str, Any]) -> tf.data.Dataset:
+    return tf.data.TFRecordDataset(_files(pattern), compression_type="GZIP").map(
+        lambda record: tf.io.parse_single_example(record, spec),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def load_stats(data_dir: str | Path) -> dict[str, Any]:
+    path = Path(data_dir) / F.STATS_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TfrecError(f"{path} not found: is {data_dir} the output folder of `tfrec preprocess`?") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+    """Every item, in index order."""
+
+    ids: np.ndarray
+    """Item ids (str), ``ids[i]`` is the item of index ``i``."""
+    texts: np.ndarray
+    """Product texts (str)."""
+    counts: np.ndarray
+    """Training-target counts (int64), the in-batch sampling frequency."""
+    categorical: dict[str, np.ndarray]
+    """Field -> values (str, "" when missing)."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def cold_start(self) -> np.ndarray:
+        """Boolean mask of items that never occur as a training target."""
+        return self.counts == 0
+
+    def index_of(self) -> dict[str, int]:
+        return {item: i for i, item in enumerate(self.ids)}
+
+
+def load_catalogue(data_dir: str | Path, categorical_fields: tuple[str, ...] | list[str] = ()) -> Catalogue:
+    """Reads ``items.tfrecord.gz`` into index order and checks it is complete."""
+    path = str(Path(data_dir) / F.ITEMS_FILE)
+    rows = list(_records(path, F.item_spec(categorical_fields)).as_numpy_iterator())
+    if not rows:
+        raise TfrecError(f"{path} holds no items")
+    rows.sort(key=lambda r: int(r[F.ITEM_INDEX]))
+    indices = np.array([int(r[F.ITEM_INDEX]) for r in rows])
+    if not np.array_equal(indices, np.arange(len(rows))):
+        raise TfrecError(f"{path}: item indices are not 0..{len(rows) - 1}")
+
+    def strings(key: str) -> np.ndarray:
+        return np.array([r[key].decode("utf-8") for r in rows], dtype=object)
+
+    return Catalogue(
+        ids=strings(F.ITEM_ID),
+        texts=strings(F.ITEM_TEXT),
+        counts=np.array([int(r[F.ITEM_COUNT]) for r in rows], dtype=np.int64),
+        categorical={f: strings(F.categorical_key(f)) for f in categorical_fields},
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSplit:
+    """The validation or test users: their histories and held-out items."""
+
+    user_ids: np.ndarray
+    histories: list[np.ndarray]
+    """Item indices, oldest first, the whole past of the user."""
+    history_groups: list[np.ndarray]
+    """Group ordinal of each history item."""
+    targets: list[np.ndarray]
+    """Distinct item indices of the held-out group."""
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+    def subset(self, rows: np.ndarray | list[int]) -> EvalSplit:
+        return EvalSplit(
+            user_ids=self.user_ids[rows],
+            histories=[self.histories[i] for i in rows],
+            history_groups=[self.history_groups[i] for i in rows],
+            targets=[self.targets[i] for i in rows],
+        )
+
+
+def load_eval_split(data_dir: str | Path, split: str) -> EvalSplit:
+    """Reads the ``valid`` or ``test`` records, sorted by user id (deterministic)."""
+    rows = list(_records(F.split_pattern(data_dir, split), F.eval_spec()).as_numpy_iterator())
+    rows.sort(key=lambda r: r[F.USER_ID])
+    return EvalSplit(
+        user_ids=np.array([r[F.USER_ID].decode("utf-8") for r in rows], dtype=object),
+        histories=[r[F.HISTORY].astype(np.int64) for r in rows],
+        history_groups=[r[F.HISTORY_GROUP].astype(np.int64) for r in rows],
+        targets=[r[F.TARGETS].astype(np.int64) for r in rows],
+    )
+
+
+def pad_histories(histories: list[np.ndarray], length: int) -> np.ndarray:
+    """Keeps the ``length`` most recent items of each history, left-padded with ``PAD``.
+
+    Left padding puts the most recent item in the last column whatever the history's
+    length, which is where the user tower reads it.
+    """
+    out = np.full((len(histories), length), PAD, dtype=np.int64)
+    for row, history in enumerate(histories):
+        recent = history[-length:]
+        if len(recent):
+            out[row, length - len(recent):] = recent
+    return out
+
+
+def _left_pad(history: tf.Tensor, length: int) -> tf.Tensor:
+    recent = history[-length:]
+    return tf.concat([tf.fill([length - tf.shape(recent)[0]], tf.constant(PAD, tf.int64)), recent], 0)
+
+
+def train_examples(data_dir: str | Path, max_history: int, max_targets: int, skip_repeats: bool = False,
+                   cache: bool = True) -> tf.data.Dataset:
+    """``(history [max_history], targets [max_targets])`` per training window, in file order.
+
+    Histories are left-padded, targets right-padded, both with ``PAD``. A window whose
+    group has more than ``max_targets`` items becomes several examples with the same
+    history, so every batch has the same shape and no item is lost. With
+    ``skip_repeats``, targets already in the window's history are left out (and windows
+    left without any target dropped).
+    """
+
+    def targets_of(example):
+        history, targets = example[F.HISTORY], example[F.TARGETS]
+        if skip_repeats:
+            repeat = tf.reduce_any(tf.equal(targets[:, None], history[None, :]), axis=1)
+            targets = tf.boolean_mask(targets, ~repeat)
+        return _left_pad(history, max_history), targets
+
+    def chunks(history, targets):
+        pieces = (tf.shape(targets)[0] + max_targets - 1) // max_targets
+        padded = tf.pad(targets, [[0, pieces * max_targets - tf.shape(targets)[0]]], constant_values=PAD)
+        return tf.data.Dataset.from_tensor_slices(
+            (tf.repeat(history[None, :], pieces, axis=0), tf.reshape(padded, [pieces, max_targets]))
+        )
+
+    ds = (
+        _records(F.split_pattern(data_dir, "train"), F.train_spec())
+        .map(targets_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .flat_map(chunks)
+    )
+    return ds.cache() if cache else ds
+
+
+def shuffled_batches(
+    examples: tf.data.Dataset, batch_size: int, shuffle_buffer: int, seed: int
+) -> tf.data.Dataset:
+    """Shuffled full batches; the same seed gives the same batches.
+
+    Trainers pass ``seed + epoch``, so a run resumed at epoch ``e`` sees exactly the
+    batches the interrupted run would have seen.
+    """
+    return (
+        examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -1,0 +1,1 @@
+"""Exact evaluation against the full catalogue, beside baselines."""

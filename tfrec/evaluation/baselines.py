@@ -1,0 +1,159 @@
+"""Baselines measured on the same split, in the same run, as the model.
+
+Every baseline is fitted on the training part of each user's history (the histories of
+the validation records) and scores the whole catalogue for a batch of histories. Each
+adds popularity as a tiny tie-breaker, so every list is complete and ties never depend
+on item order.
+
+- ``most_popular``: items by training interactions.
+- ``repeat``: "buy it again": the user's own past items by count, ties by recency, then
+  popularity; then everything else by popularity.
+- ``item_cooccurrence``: items bought in the group right after a group holding the
+  history's items, across all users (``P(b in next group | a in group)``), summed over
+  the user's recent items.
+- ``als``: implicit-feedback matrix factorisation (the ``implicit`` package); a user's
+  factors are solved from their history at query time.
+- ``text_zero_shot``: the pretrained text encoder without any training: the mean of the
+  history's item text vectors against every item's text vector.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from tfrec.data import EvalSplit
+
+TIE_BREAK = 1e-6
+
+
+def interaction_counts(train: EvalSplit, num_items: int) -> np.ndarray:
+    counts = np.zeros(num_items, np.int64)
+    for history in train.histories:
+        np.add.at(counts, history, 1)
+    return counts
+
+
+def popularity_prior(counts: np.ndarray) -> np.ndarray:
+    """Popularity ranks scaled into ``[0, 1)``: most popular highest, ties by lower index."""
+    order = np.lexsort((np.arange(len(counts)), -counts))
+    prior = np.empty(len(counts), np.float64)
+    prior[order] = (len(counts) - 1 - np.arange(len(counts))) / len(counts)
+    return prior
+
+
+def user_item_matrix(histories: list[np.ndarray], num_items: int) -> sp.csr_matrix:
+    """Counts of each item in each history, ``[len(histories), num_items]``."""
+    rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+    cols = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    m = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(histories), num_items))
+    m.sum_duplicates()
+    return m
+
+
+class Baseline:
+    name = "baseline"
+
+    def fit(self, train: EvalSplit, num_items: int) -> Baseline:
+        self.num_items = num_items
+        self.prior = popularity_prior(interaction_counts(train, num_items))
+        return self
+
+    def scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class MostPopular(Baseline):
+    name = "most_popular"
+
+    def scores(self, histories):
+        return np.tile(self.prior, (len(histories), 1))
+
+
+class Repeat(Baseline):
+    name = "repeat"
+
+    def scores(self, histories):
+        out = np.tile(self.prior, (len(histories), 1))
+        for row, history in enumerate(histories):
+            if not len(history):
+                continue
+            items, counts = np.unique(history, return_counts=True)
+            # Position of each item's last occurrence, 1 = oldest.
+            last = np.zeros(self.num_items, np.float64)
+            last[history] = np.arange(1, len(history) + 1)
+            scale = len(history) + 2.0
+            out[row, items] += 1.0 + counts * scale * scale + last[items] * scale
+        return out
+
+
+class ItemCooccurrence(Baseline):
+    name = "item_cooccurrence"
+
+    def __init__(self, max_history: int = 50):
+        self.max_history = max_history
+
+    def fit(self, train, num_items):
+        super().fit(train, num_items)
+        sources, targets = [], []
+        for history, groups in zip(train.histories, train.history_groups):
+            boundaries = np.flatnonzero(np.diff(groups)) + 1
+            parts = [np.unique(p) for p in np.split(history, boundaries)]
+            for before, after in zip(parts, parts[1:]):
+                sources.append(np.repeat(before, len(after)))
+                targets.append(np.tile(after, len(before)))
+        src = np.concatenate(sources) if sources else np.zeros(0, np.int64)
+        dst = np.concatenate(targets) if targets else np.zeros(0, np.int64)
+        counts = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(num_items, num_items))
+        counts.sum_duplicates()
+        totals = np.asarray(counts.sum(1)).ravel()
+        self.transition = sp.diags(1.0 / np.maximum(totals, 1.0)) @ counts
+        return self
+
+    def scores(self, histories):
+        recent = [np.unique(h[-self.max_history:]) for h in histories]
+        indicator = user_item_matrix(recent, self.num_items)
+        indicator.data[:] = 1.0
+        return np.asarray((indicator @ self.transition).todense(), np.float64) + TIE_BREAK * self.prior
+
+
+class Als(Baseline):
+    name = "als"
+
+    def __init__(self, factors: int = 64, iterations: int = 15, regularization: float = 0.05,
+                 alpha: float = 1.0, seed: int = 0):
+        self.params = dict(factors=factors, iterations=iterations, regularization=regularization,
+                           alpha=alpha, random_state=seed)
+
+    def fit(self, train, num_items):
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        super().fit(train, num_items)
+        with threadpool_limits(1, "blas"):
+            self.model = AlternatingLeastSquares(**self.params, num_threads=0)
+            self.model.fit(user_item_matrix(train.histories, num_items), show_progress=False)
+        return self
+
+    def scores(self, histories):
+        with threadpool_limits(1, "blas"):
+            users = self.model.recalculate_user(
+                np.arange(len(histories)), user_item_matrix(histories, self.num_items)
+            )
+        return users.astype(np.float64) @ self.model.item_factors.T.astype(np.float64) + TIE_BREAK * self.prior
+
+
+class TextZeroShot(Baseline):
+    name = "text_zero_shot"
+
+    def __init__(self, text_vectors: np.ndarray, max_history: int = 50):
+        self.text_vectors = np.asarray(text_vectors, np.float64)
+        self.max_history = max_history
+
+    def scores(self, histories):
+        queries = np.stack(
+            [self.text_vectors[h[-self.max_history:]].mean(0) if len(h) else np.zeros(self.text_vectors.shape[1])
+             for h in histories]
+        )
+        queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+        return queries @ self.text_vectors.T + TIE_BREAK * self.prior

@@ -1,0 +1,94 @@
+"""``tfrec evaluate``: the model beside every baseline, on validation and test.
+
+Writes ``MODEL/metrics.json`` shaped::
+
+    {"test": {"all": {"model": {"recall@20": ...}, "most_popular": {...}, ...},
+              "explore": {...}, "cold_start": {...}, "repeat_share": ..., "users": ...},
+     "valid": {...}}
+
+and prints the same as tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tfrec.config import Config
+from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split
+from tfrec.errors import TfrecError
+from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
+from tfrec.evaluation.evaluator import evaluate_split, format_table
+from tfrec.models.text import cached_text_vectors, pretrained_pipeline
+from tfrec.models.two_tower import load_model
+from tfrec.training.trainer import model_scorer
+
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "recall_curves.json"
+
+
+def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: Path) -> np.ndarray:
+    """The untrained pretrained encoder's vectors of every item text (cached)."""
+    encoder = config.model.text_encoder.model_copy(update={"kind": "pretrained", "fine_tune": "frozen"})
+    return cached_text_vectors(pretrained_pipeline(encoder), list(catalogue.texts), cache_dir)
+
+
+def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, cache_dir: Path) -> list[Baseline]:
+    """The configured baselines, fitted on the training part of every user's history."""
+    max_history = config.data.sequences.max_history
+    als = config.eval.als
+    factories = {
+        "most_popular": MostPopular,
+        "repeat": Repeat,
+        "item_cooccurrence": lambda: ItemCooccurrence(max_history),
+        "als": lambda: Als(als.factors, als.iterations, als.regularization, als.alpha, config.train.seed),
+        "text_zero_shot": lambda: TextZeroShot(zero_shot_text_vectors(config, catalogue, cache_dir), max_history),
+    }
+    baselines = []
+    for name in config.eval.baselines:
+        started = time.time()
+        baselines.append(factories[name]().fit(train, len(catalogue)))
+        print(f"  fitted {name} in {time.time() - started:.1f}s")
+    return baselines
+
+
+def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dict:
+    """Evaluates the trained model and the baselines; returns and writes the metrics."""
+    data_dir, model_dir = Path(data_dir), Path(model_dir)
+    print(f"== evaluate: {model_dir} on {data_dir}")
+    model = load_model(model_dir)
+    catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
+    if model.num_items != len(catalogue):
+        raise TfrecError(
+            f"{model_dir} was trained on {model.num_items} items but {data_dir} has {len(catalogue)}: "
+            "evaluate a model on the data it was trained on"
+        )
+    valid = load_eval_split(data_dir, "valid")
+    test = load_eval_split(data_dir, "test")
+    baselines = make_baselines(config, catalogue, valid, model_dir / "text_cache")
+    text_vectors = zero_shot_text_vectors(config, catalogue, model_dir / "text_cache")
+    scorers = {"model": model_scorer(model, model.item_vectors())}
+    scorers.update({b.name: b.scores for b in baselines})
+
+    metrics, curves = {}, {}
+    for name, split in (("valid", valid), ("test", test)):
+        started = time.time()
+        curves[name] = {}
+        metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
+                                       config.eval.ks, config.eval.batch_size, curves=curves[name],
+                                       item_vectors=text_vectors)
+        print(f"\n{format_table(metrics[name], name)}\n({time.time() - started:.1f}s)")
+    _write_json(model_dir / CURVES_FILE, curves)
+    _write_json(model_dir / METRICS_FILE, metrics)
+    print(f"\nMetrics written to {model_dir / METRICS_FILE}")
+    return metrics
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    os.replace(tmp, path)

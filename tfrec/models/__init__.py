@@ -1,0 +1,26 @@
+"""The two-tower model: text item tower, sequence user tower, repeat-aware term."""
+
+from tfrec.models.repeat import RepeatTerm
+from tfrec.models.text import PretrainedTextEncoder, ScratchTextEncoder, TextPipeline
+from tfrec.models.towers import ItemTower, UserTower
+from tfrec.models.two_tower import (
+    TwoTowerModel,
+    build_model,
+    load_model,
+    serving_text_pipeline,
+    text_pipeline,
+)
+
+__all__ = [
+    "ItemTower",
+    "PretrainedTextEncoder",
+    "RepeatTerm",
+    "ScratchTextEncoder",
+    "TextPipeline",
+    "TwoTowerModel",
+    "UserTower",
+    "build_model",
+    "load_model",
+    "serving_text_pipeline",
+    "text_pipeline",
+]

@@ -1,0 +1,338 @@
+"""The two towers: items from their text, users from their recent items.
+
+``ItemTower`` maps item indices to L2-normalised vectors. The text vector of an item
+(from a frozen, cached pretrained encoder, or from a trainable encoder over the item's
+stored token ids) goes through a small MLP; an optional per-item id embedding and
+categorical embeddings are added. Id embeddings start at zero and are dropped per item
+during training, so an item never seen in training (cold start) gets a vector from its
+text alone, in the same space.
+
+``UserTower`` reads the item vectors of a user's history (left-padded, most recent last)
+with position embeddings and keras-hub ``TransformerEncoder`` blocks, then pools. It has
+no per-user table: any history, of a known or a brand-new user, gives a vector.
+"""
+
+from __future__ import annotations
+
+import keras
+import keras_hub
+import numpy as np
+import tensorflow as tf
+
+
+def _l2_normalize(x):
+    return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+
+
+@keras.saving.register_keras_serializable(package="tfrec")
+class ItemTower(keras.layers.Layer):
+    """Item index (any shape, ``-1`` = padding) -> item vector ``[..., embedding_dim]``.
+
+    The catalogue's content (text vectors or token ids, categorical codes) is stored in
+    non-trainable weights, set once with ``set_catalogue`` and saved with the model.
+
+    Args:
+        num_items: catalogue size.
+        embedding_dim: output size.
+        text_dim: size of the text encoder's vectors.
+        text_encoder: a layer mapping token ids ``[M, S]`` to ``[M, text_dim]`` when the
+            encoder is trained with the model; ``None`` when text vectors are precomputed.
+        token_length: ``S``, the stored token ids per item (with ``text_encoder``).
+        categorical_sizes: for each categorical field, its number of codes (code 0 is
+            "missing").
+        use_id_embedding: add a per-item trainable vector (initialised at zero).
+        id_dropout: probability of dropping an item's id vector during training.
+        hidden_dim: width of the MLP over the text vector.
+
+    Example:
+
+    >>> tower = ItemTower(num_items=3, embedding_dim=4, text_dim=5)
+    >>> tower.set_catalogue(text_vectors=np.eye(3, 5, dtype="float32"))
+    >>> tower(np.array([[0, 2, -1]])).shape
+    TensorShape([1, 3, 4])
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        embedding_dim: int,
+        text_dim: int,
+        text_encoder: keras.layers.Layer | None = None,
+        token_length: int | None = None,
+        categorical_sizes: list[int] | tuple[int, ...] = (),
+        categorical_dim: int = 16,
+        use_id_embedding: bool = True,
+        id_dropout: float = 0.1,
+        hidden_dim: int = 256,
+        seed: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if text_encoder is not None and token_length is None:
+            raise ValueError("a trainable text_encoder needs token_length")
+        self.num_items = num_items
+        self.embedding_dim = embedding_dim
+        self.text_dim = text_dim
+        self.text_encoder = text_encoder
+        self.token_length = token_length
+        self.categorical_sizes = list(categorical_sizes)
+        self.categorical_dim = categorical_dim
+        self.use_id_embedding = use_id_embedding
+        self.id_dropout = id_dropout
+        self.hidden_dim = hidden_dim
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+        self.hidden = keras.layers.Dense(hidden_dim, activation="gelu", name="text_hidden")
+        self.projection = keras.layers.Dense(embedding_dim, name="text_projection")
+        self.id_embedding = (
+            keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer="zeros", name="id_embedding")
+            if use_id_embedding else None
+        )
+        self.categorical_embeddings = [
+            keras.layers.Embedding(size, categorical_dim, name=f"categorical_{i}")
+            for i, size in enumerate(self.categorical_sizes)
+        ]
+        self.categorical_projection = (
+            keras.layers.Dense(embedding_dim, use_bias=False, name="categorical_projection")
+            if self.categorical_sizes else None
+        )
+
+    def build(self, input_shape=None):
+        if self.text_encoder is None:
+            self.text_vectors = self.add_weight(
+                name="text_vectors", shape=(self.num_items, self.text_dim),
+                initializer="zeros", trainable=False,
+            )
+        else:
+            self.catalogue_tokens = self.add_weight(
+                name="catalogue_tokens", shape=(self.num_items, self.token_length),
+                initializer="zeros", dtype="int32", trainable=False,
+            )
+        if self.categorical_sizes:
+            self.catalogue_categorical = self.add_weight(
+                name="catalogue_categorical", shape=(self.num_items, len(self.categorical_sizes)),
+                initializer="zeros", dtype="int32", trainable=False,
+            )
+        if self.text_encoder is not None and not self.text_encoder.built:
+            self.text_encoder.build((None, self.token_length))
+        self.hidden.build((None, self.text_dim))
+        self.projection.build((None, self.hidden_dim))
+        if self.id_embedding is not None:
+            self.id_embedding.build((None,))
+        for embedding in self.categorical_embeddings:
+            embedding.build((None,))
+        if self.categorical_projection is not None:
+            self.categorical_projection.build((None, self.categorical_dim * len(self.categorical_sizes)))
+
+    def set_catalogue(self, text_vectors=None, tokens=None, categorical=None) -> None:
+        """Stores the catalogue's text vectors (or token ids) and categorical codes."""
+        if not self.built:
+            self.build()
+        if self.text_encoder is None:
+            if text_vectors is None:
+                raise ValueError("this tower reads precomputed text vectors: pass text_vectors")
+            self.text_vectors.assign(np.asarray(text_vectors, np.float32))
+        else:
+            if tokens is None:
+                raise ValueError("this tower encodes text itself: pass tokens")
+            self.catalogue_tokens.assign(np.asarray(tokens, np.int32))
+        if self.categorical_sizes:
+            self.catalogue_categorical.assign(np.asarray(categorical, np.int32))
+
+    # -- pieces, also used by the exported candidate model --------------------------
+
+    def text_features(self, indices: tf.Tensor, training=None) -> tf.Tensor:
+        """Text vectors ``[M, text_dim]`` of catalogue items ``[M]``."""
+        if self.text_encoder is None:
+            return tf.gather(self.text_vectors, indices)
+        return self.text_encoder(tf.gather(self.catalogue_tokens, indices), training=training)
+
+    def categorical_codes(self, indices: tf.Tensor) -> tf.Tensor | None:
+        if not self.categorical_sizes:
+            return None
+        return tf.gather(self.catalogue_categorical, indices)
+
+    def embed(self, text_vectors, indices, categorical_codes=None, training=None) -> tf.Tensor:
+        """Combines text vectors ``[M, text_dim]`` with the id (``-1``: none) and categorical parts."""
+        x = self.projection(self.hidden(text_vectors))
+        if self.id_embedding is not None:
+            # Items outside the trained catalogue (-1, or added after training) have no id vector.
+            known = tf.cast((indices >= 0) & (indices < self.num_items), x.dtype)[:, None]
+            if training and self.id_dropout > 0:
+                keep = keras.random.uniform(tf.shape(known), seed=self.seed_generator) >= self.id_dropout
+                known = known * tf.cast(keep, x.dtype)
+            x = x + known * self.id_embedding(tf.clip_by_value(indices, 0, self.num_items - 1))
+        if self.categorical_sizes:
+            parts = [emb(categorical_codes[:, i]) for i, emb in enumerate(self.categorical_embeddings)]
+            x = x + self.categorical_projection(tf.concat(parts, axis=-1))
+        return _l2_normalize(x)
+
+    def call(self, indices, training=None):
+        indices = tf.convert_to_tensor(indices)
+        flat = tf.reshape(tf.cast(indices, tf.int32), [-1])
+        valid = flat >= 0
+        unique, position = tf.unique(tf.maximum(flat, 0))
+        vectors = self.embed(
+            self.text_features(unique, training=training),
+            unique,
+            self.categorical_codes(unique),
+            training=training,
+        )
+        out = tf.gather(vectors, position) * tf.cast(valid, vectors.dtype)[:, None]
+        return tf.reshape(out, tf.concat([tf.shape(indices), [self.embedding_dim]], 0))
+
+    def all_vectors(self, batch_size: int = 16384) -> tf.Tensor:
+        """Vectors of the whole catalogue ``[num_items, embedding_dim]`` (inference)."""
+        chunks = [
+            self(tf.range(start, min(start + batch_size, self.num_items)), training=False)
+            for start in range(0, self.num_items, batch_size)
+        ]
+        return tf.concat(chunks, axis=0)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_items=self.num_items,
+            embedding_dim=self.embedding_dim,
+            text_dim=self.text_dim,
+            text_encoder=keras.saving.serialize_keras_object(self.text_encoder) if self.text_encoder else None,
+            token_length=self.token_length,
+            categorical_sizes=self.categorical_sizes,
+            categorical_dim=self.categorical_dim,
+            use_id_embedding=self.use_id_embedding,
+            id_dropout=self.id_dropout,
+            hidden_dim=self.hidden_dim,
+            seed=self.seed,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("text_encoder") is not None:
+            config["text_encoder"] = keras.saving.deserialize_keras_object(config["text_encoder"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="tfrec")
+class UserTower(keras.layers.Layer):
+    """History item vectors ``[B, L, d]`` + mask ``[B, L]`` -> user vector ``[B, embedding_dim]``.
+
+    Two views of the history are combined, as in short- and long-term sequential
+    matching models:
+
+    - **recent**: the last ``recent_items`` item vectors with position embeddings, through
+      keras-hub ``TransformerEncoder`` blocks, pooled (``last``, ``attention`` or ``mean``).
+      Histories are left-padded, so the most recent item is always at the last position
+      and position embeddings encode recency.
+    - **long-term** (``long_term=True``): the mean of every item vector of the history,
+      up to ``max_history`` items: what the customer buys in general.
+
+    The two are concatenated, projected and L2-normalised. A history with no known item
+    still gets a vector (its last position is unmasked), which acts like a popularity
+    query.
+
+    Example:
+
+    >>> tower = UserTower(max_history=6, embedding_dim=8, num_layers=1, num_heads=2,
+    ...                   intermediate_dim=16, recent_items=4)
+    >>> tower(np.zeros((2, 6, 8), "float32"), np.array([[0, 0, 1, 1, 1, 1], [1] * 6], bool)).shape
+    TensorShape([2, 8])
+    """
+
+    def __init__(
+        self,
+        max_history: int,
+        embedding_dim: int,
+        num_layers: int = 2,
+        num_heads: int = 2,
+        intermediate_dim: int = 256,
+        dropout: float = 0.1,
+        pooling: str = "last",
+        recent_items: int | None = None,
+        long_term: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if pooling not in ("last", "attention", "mean"):
+            raise ValueError(f"pooling must be last, attention or mean, got {pooling!r}")
+        self.max_history = max_history
+        self.embedding_dim = embedding_dim
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.pooling = pooling
+        self.recent_items = min(recent_items or max_history, max_history)
+        self.long_term = long_term
+
+        self.position_embedding = keras_hub.layers.PositionEmbedding(self.recent_items, name="position_embedding")
+        self.input_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="input_norm")
+        self.input_dropout = keras.layers.Dropout(dropout)
+        self.blocks = [
+            keras_hub.layers.TransformerEncoder(
+                intermediate_dim, num_heads, dropout=dropout, activation="gelu",
+                normalize_first=True, name=f"block_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        self.output_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="output_norm")
+        self.attention_query = (
+            keras.layers.Dense(1, use_bias=False, name="attention_query") if pooling == "attention" else None
+        )
+        self.projection = keras.layers.Dense(embedding_dim, name="projection")
+
+    def build(self, item_vectors_shape=None, mask_shape=None):
+        shape = (None, self.recent_items, self.embedding_dim)
+        self.position_embedding.build(shape)
+        self.input_norm.build(shape)
+        for block in self.blocks:
+            block.build(shape)
+        self.output_norm.build(shape)
+        if self.attention_query is not None:
+            self.attention_query.build(shape)
+        self.projection.build((None, self.embedding_dim * (2 if self.long_term else 1)))
+
+    def _recent(self, item_vectors, mask, training=None):
+        """Pooled transformer output over the most recent items."""
+        x = item_vectors[:, -self.recent_items:]
+        mask = mask[:, -self.recent_items:]
+        x = x + self.position_embedding(x)
+        x = self.input_dropout(self.input_norm(x), training=training)
+        for block in self.blocks:
+            x = block(x, padding_mask=mask, training=training)
+        x = self.output_norm(x)
+        weights = tf.cast(mask, x.dtype)
+        if self.pooling == "last":
+            return x[:, -1]
+        if self.pooling == "mean":
+            return tf.reduce_sum(x * weights[..., None], 1) / tf.reduce_sum(weights, 1, keepdims=True)
+        logits = tf.squeeze(self.attention_query(x), -1) + (1.0 - weights) * -1e9
+        return tf.reduce_sum(x * tf.nn.softmax(logits, axis=-1)[..., None], 1)
+
+    def call(self, item_vectors, mask, training=None):
+        mask = tf.cast(mask, tf.bool)
+        # Keep the last position visible so an all-padding history still has a query.
+        length = tf.shape(mask)[1]
+        mask = mask | tf.equal(tf.range(length), length - 1)[None, :]
+        parts = [self._recent(item_vectors, mask, training=training)]
+        if self.long_term:
+            weights = tf.cast(mask, item_vectors.dtype)[..., None]
+            parts.append(tf.reduce_sum(item_vectors * weights, 1) / tf.reduce_sum(weights, 1))
+        return _l2_normalize(self.projection(tf.concat(parts, axis=-1)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            max_history=self.max_history,
+            embedding_dim=self.embedding_dim,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            intermediate_dim=self.intermediate_dim,
+            dropout=self.dropout,
+            pooling=self.pooling,
+            recent_items=self.recent_items,
+            long_term=self.long_term,
+        )
+        return config

@@ -1,0 +1,88 @@
+"""In-batch softmax for retrieval, with the corrections sampled softmax needs.
+
+Each row is a (query, positive item) pair. The other positives of the batch serve as
+negatives for a query (optionally with extra items sampled uniformly from the
+catalogue), and the loss is the softmax cross-entropy of the positive among all those
+candidates. A query may have several positives (every item of a basket): rows that
+share a ``query_id`` are one query, and its other positives are never its negatives.
+
+- **temperature**: logits are ``query . candidate / temperature``.
+- **accidental hits**: a candidate that *is* the query's positive item (the same item
+  twice in a batch, or a sampled negative that happens to be it) is not a negative,
+  so it is masked out.
+- **logQ correction** (Yi et al., RecSys 2019): popular items appear as in-batch
+  negatives far more often than rare ones, which biases the model against them. The
+  logit of each candidate ``j`` is reduced by ``log q_j``, its probability of being
+  sampled. With ``B`` in-batch candidates drawn from the target frequencies ``p`` and
+  ``M`` uniform ones over ``N`` items, ``q_j = (B p_j + M / N) / (B + M)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+_MASKED = -1e9
+
+
+def mixed_log_q(counts: np.ndarray, batch_size: int, num_random_negatives: int) -> np.ndarray:
+    """``log q`` of each item under the mixture of in-batch and uniform sampling."""
+    counts = np.asarray(counts, np.float64)
+    p = counts / max(counts.sum(), 1.0)
+    n = len(counts)
+    q = (batch_size * p + num_random_negatives / n) / (batch_size + num_random_negatives)
+    return np.log(np.maximum(q, 1e-12)).astype(np.float32)
+
+
+class RetrievalTask:
+    """Computes the per-example in-batch softmax loss.
+
+    Args:
+        temperature: divides the dot products.
+        remove_accidental_hits: mask candidates equal to the query's positive item.
+        log_q: ``[N]`` log sampling probabilities (see ``mixed_log_q``), or ``None`` for
+            no logQ correction.
+
+    Example:
+
+    >>> task = RetrievalTask(temperature=0.1)
+    >>> q = tf.math.l2_normalize(tf.random.normal([4, 8]), -1)
+    >>> task(q, q, tf.constant([0, 1, 2, 3])).shape
+    TensorShape([4])
+    """
+
+    def __init__(self, temperature: float = 0.05, remove_accidental_hits: bool = True,
+                 log_q: np.ndarray | None = None):
+        self.temperature = temperature
+        self.remove_accidental_hits = remove_accidental_hits
+        self.log_q = None if log_q is None else tf.constant(log_q, tf.float32)
+
+    def logits(self, queries, candidates, candidate_ids, negatives=None, negative_ids=None, query_ids=None):
+        """Corrected logits ``[B, B + M]``; column ``i`` of row ``i`` is the positive.
+
+        ``query_ids [B]``: rows with the same id are positives of one query; each masks
+        the others' positives (``None``: every row is its own query).
+        """
+        candidate_ids = tf.cast(candidate_ids, tf.int64)
+        all_candidates, all_ids = candidates, candidate_ids
+        if negatives is not None:
+            all_candidates = tf.concat([candidates, negatives], 0)
+            all_ids = tf.concat([candidate_ids, tf.cast(negative_ids, tf.int64)], 0)
+        logits = tf.matmul(queries, all_candidates, transpose_b=True) / self.temperature
+        if self.log_q is not None:
+            logits -= tf.gather(self.log_q, all_ids)[None, :]
+        batch = tf.shape(queries)[0]
+        extra = tf.shape(all_ids)[0] - batch
+        positive = tf.pad(tf.eye(batch, dtype=tf.bool), [[0, 0], [0, extra]])
+        masked = tf.zeros_like(positive)
+        if self.remove_accidental_hits:
+            masked |= tf.equal(candidate_ids[:, None], all_ids[None, :])
+        if query_ids is not None:
+            query_ids = tf.cast(query_ids, tf.int64)
+            masked |= tf.pad(tf.equal(query_ids[:, None], query_ids[None, :]), [[0, 0], [0, extra]])
+        return tf.where(masked & ~positive, _MASKED, logits)
+
+    def __call__(self, queries, candidates, candidate_ids, negatives=None, negative_ids=None, query_ids=None):
+        logits = self.logits(queries, candidates, candidate_ids, negatives, negative_ids, query_ids)
+        labels = tf.range(tf.shape(queries)[0])
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

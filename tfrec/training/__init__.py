@@ -1,0 +1,1 @@
+"""Training: the custom loop, checkpoints and resume."""

@@ -1,0 +1,357 @@
+"""The training loop: in-batch softmax, a checkpoint every epoch, resume after a kill.
+
+One custom loop serves every ``tf.distribute`` strategy (the default one, one-machine
+``MirroredStrategy`` and ``MultiWorkerMirroredStrategy``): Keras 3's ``Model.fit`` does
+not run under ``MultiWorkerMirroredStrategy``, while a ``tf.function`` step driven by
+``strategy.run`` does.
+
+Each epoch reads the training examples in an order fixed by ``seed + epoch`` and ends
+with a checkpoint (model, optimizer, negative-sampling generator, epoch counter and
+early-stopping state) and an exact validation pass. Running the same command again
+after an interruption restores the last checkpoint and replays the interrupted epoch
+from its start, so a resumed run ends where an uninterrupted one would.
+
+Outputs in the model folder: ``model.keras`` (the best epoch, with the fitted repeat
+term), ``vectors.npz`` (catalogue and test-user vectors for the index), ``checkpoints/``,
+``logs/`` (TensorBoard), ``history.json`` (per-epoch loss and validation metrics), and
+``catalogue/`` (a copy of the items, so later stages need only the model folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tfrec import features as F
+from tfrec.config import Config, save_config
+from tfrec.data import (
+    EvalSplit,
+    load_catalogue,
+    load_eval_split,
+    load_stats,
+    pad_histories,
+    shuffled_batches,
+    train_examples,
+)
+from tfrec.errors import TfrecError
+from tfrec.evaluation.evaluator import evaluate_split
+from tfrec.models.two_tower import MODEL_FILE, TwoTowerModel, build_model
+from tfrec.tasks import RetrievalTask, mixed_log_q
+
+CATALOGUE_DIR = "catalogue"
+VECTORS_FILE = "vectors.npz"
+HISTORY_FILE = "history.json"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise TfrecError("train.strategy=multi_worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0)
+
+
+_SHARD_BY_DATA = tf.data.Options()
+_SHARD_BY_DATA.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+"""Workers split batches, not files: a small shop's data may be a single shard."""
+
+
+def weights_digest(model: keras.Model) -> str:
+    """A short hash of every weight of the model."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.asarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def count_targets(examples: tf.data.Dataset, num_items: int) -> tuple[int, np.ndarray]:
+    """The number of training examples and how often each item is a target (one pass)."""
+    num_examples, counts = 0, np.zeros(num_items, np.int64)
+    for _, targets in examples.batch(4096).as_numpy_iterator():
+        num_examples += len(targets)
+        counts += np.bincount(targets[targets >= 0], minlength=num_items)
+    return num_examples, counts
+
+
+def reseed(model: keras.Model, seed: int) -> None:
+    """Sets every random-seed state of the model (dropout, id dropout) from ``seed``.
+
+    Keras keeps these states in variables that a ``tf.train.Checkpoint`` does not track;
+    reseeding at the start of each epoch from ``seed + epoch`` makes an epoch's random
+    draws the same whether the run was resumed or not.
+    """
+    states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    for i, state in enumerate(states):
+        state.assign(np.array([seed * 1_000_003 + i, 0], dtype=state.dtype))
+
+
+def copy_catalogue(data_dir: Path, model_dir: Path) -> Path:
+    """Copies the items, vocabulary and stats next to the model (later stages read them there)."""
+    target = model_dir / CATALOGUE_DIR
+    (target / "vocab").mkdir(parents=True, exist_ok=True)
+    for name in (F.ITEMS_FILE, F.VOCAB_FILE, F.STATS_FILE, F.CONFIG_FILE):
+        if (data_dir / name).exists():
+            shutil.copyfile(data_dir / name, target / name)
+    return target
+
+
+def model_scorer(model: TwoTowerModel, item_vectors: tf.Tensor, repeat: bool = True):
+    """A score function for the evaluator: histories -> scores of the whole catalogue."""
+    score = tf.function(
+        lambda history: model.scores(history, item_vectors, repeat=repeat),
+        input_signature=[tf.TensorSpec([None, None], tf.int64)],
+        reduce_retracing=True,
+    )
+
+    def scores(histories: list[np.ndarray]) -> np.ndarray:
+        width = max(1, max(len(h) for h in histories))
+        return score(tf.constant(pad_histories(histories, width))).numpy()
+
+    return scores
+
+
+def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch_size: int) -> dict:
+    """Exact validation metrics of the model alone (two-tower similarity)."""
+    scorer = model_scorer(model, model.item_vectors(), repeat=False)
+    return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size)
+
+
+def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 256) -> float:
+    """Fits the repeat-aware term's weights on the validation users."""
+    vectors = model.item_vectors()
+    width = max(len(h) for h in split.histories)
+    histories = pad_histories(split.histories, width)
+    similarity = np.concatenate([
+        tf.matmul(model.query_vectors(histories[i:i + batch_size]), vectors, transpose_b=True).numpy()
+        for i in range(0, len(histories), batch_size)
+    ])
+    return model.repeat_term.fit(similarity, histories, split.targets)
+
+
+def _atomic_write_model(model: keras.Model, path: Path) -> None:
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        model.save(staged)
+        os.replace(staged, path)
+
+
+def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: Path) -> None:
+    histories = pad_histories(test.histories, model.max_history)
+    queries = np.concatenate([
+        model.query_vectors(histories[i:i + 512]).numpy() for i in range(0, len(histories), 512)
+    ]) if len(histories) else np.zeros((0, model.item_tower.embedding_dim), np.float32)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, item_ids=catalogue_ids.astype(str), item_vectors=model.item_vectors().numpy(),
+             query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
+    os.replace(tmp, path)
+
+
+def resume_fingerprint(config: Config, stats: dict) -> str:
+    """What a checkpoint must have been trained with to be resumed: the data and every
+    model and training setting except the epoch budget (raising it extends a run)."""
+    settings = config.to_dict()
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("epochs", "early_stopping_patience")}
+    blob = json.dumps([settings["data"], settings["model"], settings["train"], stats.get("config_fingerprint"),
+                       stats.get("rows_kept"), stats.get("examples")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: bool = True) -> dict:
+    """Trains the model on ``data_dir`` into ``output_dir``; returns the training summary.
+
+    With ``resume`` (the default) a checkpoint left in ``output_dir`` by an interrupted
+    run of the same data and settings is continued; any other checkpoint is discarded.
+    """
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    cfg = config.train
+    keras.utils.set_random_seed(cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(cfg.strategy)
+    chief = is_chief(strategy)
+    # Non-chief workers write their (required) checkpoint copies to a scratch folder.
+    work_dir = output_dir if chief else Path(tempfile.mkdtemp(prefix="tfrec-worker-"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
+
+    stats = load_stats(data_dir)
+    catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
+    if chief:
+        copy_catalogue(data_dir, output_dir)
+        save_config(config, output_dir / "config.yaml")
+    valid = load_eval_split(data_dir, "valid")
+    examples = train_examples(data_dir, config.data.sequences.max_history, cfg.max_targets,
+                              skip_repeats=cfg.skip_repeat_targets)
+    num_examples, target_counts = count_targets(examples, len(catalogue))
+    num_targets = int(target_counts.sum())
+    global_batch = cfg.batch_size
+    steps_per_epoch = cfg.steps_per_epoch or num_examples // global_batch
+    if steps_per_epoch < 1:
+        raise TfrecError(
+            f"{data_dir}: {num_examples} training examples are fewer than one batch of {global_batch}; "
+            "lower train.batch_size"
+        )
+    targets_per_batch = global_batch * num_targets / max(num_examples, 1)
+    print(f"{len(catalogue):,} items, {num_examples:,} training examples ({num_targets:,} target items), "
+          f"{len(valid):,} validation users, {steps_per_epoch} steps of {global_batch} examples "
+          f"(about {targets_per_batch:,.0f} targets) per epoch")
+
+    with strategy.scope():
+        model = build_model(config, catalogue, work_dir)
+        optimizer = (
+            keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
+            if cfg.weight_decay else keras.optimizers.Adam(cfg.learning_rate)
+        )
+        # The repeat-aware term is fitted after training, on validation (``fit_repeat_term``).
+        tower_variables = model.item_tower.trainable_variables + model.user_tower.trainable_variables
+        optimizer.build(tower_variables)
+        sampler = tf.random.Generator.from_seed(cfg.seed)
+    task = RetrievalTask(
+        temperature=cfg.temperature,
+        remove_accidental_hits=cfg.remove_accidental_hits,
+        log_q=(mixed_log_q(target_counts, round(targets_per_batch), cfg.num_random_negatives)
+               if cfg.logq_correction else None),
+    )
+    epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
+    bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler,
+                                     epoch=epoch, best=best, bad_epochs=bad_epochs)
+    checkpoint_dir = work_dir / "checkpoints"
+    fingerprint = resume_fingerprint(config, stats)
+    recorded = checkpoint_dir / "fingerprint"
+    if checkpoint_dir.exists() and (not resume or not recorded.exists() or recorded.read_text() != fingerprint):
+        print(f"Starting afresh: {checkpoint_dir} holds checkpoints of other data or settings" if resume
+              else f"Starting afresh: discarding {checkpoint_dir}")
+        shutil.rmtree(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(fingerprint)
+    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
+    history_path = output_dir / HISTORY_FILE
+    history: list[dict] = []
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        history = json.loads(history_path.read_text()) if history_path.exists() else []
+        history = history[: int(epoch.numpy())]
+        print(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())} done)")
+
+    replicas = strategy.num_replicas_in_sync
+
+    def replica_step(histories, targets):
+        # One query per window, shared by its targets (the items of its group).
+        present = tf.where(targets >= 0)
+        owners, items = present[:, 0], tf.gather_nd(targets, present)
+        with tf.GradientTape() as tape:
+            queries = model.query_vectors(histories, training=True)
+            candidates = model.item_tower(items, training=True)
+            negatives = negative_ids = None
+            if cfg.num_random_negatives:
+                negative_ids = sampler.uniform([cfg.num_random_negatives], 0, model.num_items, dtype=tf.int64)
+                negatives = model.item_tower(negative_ids, training=True)
+            per_target = task(tf.gather(queries, owners), candidates, items, negatives, negative_ids,
+                              query_ids=owners)
+            loss = tf.reduce_sum(per_target) / tf.cast(tf.size(items) * replicas, tf.float32)
+        optimizer.apply_gradients(zip(tape.gradient(loss, tower_variables), tower_variables))
+        return loss
+
+    @tf.function
+    def train_step(batch):
+        losses = strategy.run(replica_step, args=batch)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    writer = tf.summary.create_file_writer(str(work_dir / "logs"))
+    metric = cfg.early_stopping_metric
+    ks = config.eval.ks
+    started = time.time()
+    trained_examples = 0
+    while int(epoch.numpy()) < cfg.epochs:
+        e = int(epoch.numpy())
+        reseed(model, cfg.seed + e)
+        batches = shuffled_batches(examples, global_batch, cfg.shuffle_buffer, cfg.seed + e).repeat()
+        batches = strategy.experimental_distribute_dataset(batches.take(steps_per_epoch).with_options(_SHARD_BY_DATA))
+        print(f"Epoch {e + 1}/{cfg.epochs}")
+        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if chief else 0)
+        total, epoch_start = 0.0, time.time()
+        for step, batch in enumerate(batches):
+            loss = float(train_step(batch))
+            if not np.isfinite(loss):
+                raise TfrecError(f"training diverged at epoch {e + 1}, step {step + 1} (loss {loss}); "
+                                 "lower train.learning_rate or raise train.temperature")
+            total += loss
+            progress.update(step + 1, [("loss", total / (step + 1))])
+        seconds = time.time() - epoch_start
+        trained_examples += steps_per_epoch * global_batch
+        result = validate(model, valid, catalogue.cold_start, ks, config.eval.batch_size)
+        explore = result["explore"]["model"]
+        record = {"epoch": e + 1, "loss": total / steps_per_epoch, "seconds": seconds,
+                  "examples_per_second": steps_per_epoch * global_batch / seconds,
+                  "targets_per_second": steps_per_epoch * targets_per_batch / seconds,
+                  **{f"valid_explore_{k}": v for k, v in explore.items() if k != "users"},
+                  **{f"valid_all_{k}": v for k, v in result["all"]["model"].items() if k != "users"}}
+        history.append(record)
+        with writer.as_default(step=e + 1):
+            for key, value in record.items():
+                if key != "epoch":
+                    tf.summary.scalar(key, value)
+        current = explore.get(metric)
+        if current is None:
+            raise TfrecError(f"train.early_stopping_metric {metric!r} is not a metric; try recall@20 or ndcg@10")
+        improved = current > float(best.numpy())
+        if improved:
+            best.assign(current)
+            bad_epochs.assign(0)
+            model.save_weights(work_dir / BEST_WEIGHTS)
+        else:
+            bad_epochs.assign_add(1)
+        print(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
+              f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
+              f"[{record['examples_per_second']:,.0f} examples/s]")
+        epoch.assign_add(1)
+        manager.save()
+        if chief:
+            history_path.write_text(json.dumps(history, indent=1))
+        if cfg.early_stopping_patience and int(bad_epochs.numpy()) >= cfg.early_stopping_patience:
+            print(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
+            break
+
+    model.load_weights(work_dir / BEST_WEIGHTS)
+    if model.repeat_term is not None:
+        nll = fit_repeat_term(model, valid)
+        weights = model.repeat_term.feature_weights.numpy().round(3).tolist()
+        print(f"Repeat-aware term fitted on validation: scale {float(model.repeat_term.scale.numpy()):.2f}, "
+              f"weights {weights}, nll {nll:.3f}")
+    summary = {
+        "epochs_run": len(history),
+        "best_epoch": 1 + int(np.argmax([h[f"valid_explore_{metric}"] for h in history])) if history else None,
+        f"best_valid_explore_{metric}": float(best.numpy()),
+        "examples_per_second": float(np.median([h["examples_per_second"] for h in history])) if history else None,
+        "seconds_this_run": time.time() - started,
+        "examples_this_run": trained_examples,
+    }
+    print(f"Weights digest: {weights_digest(model)} (equal on every worker of a distributed run)")
+    if chief:
+        _atomic_write_model(model, output_dir / MODEL_FILE)
+        _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), output_dir / VECTORS_FILE)
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"Model written to {output_dir / MODEL_FILE}")
+    else:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return summary
