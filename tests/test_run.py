@@ -1,0 +1,89 @@
+"""``tfrec run`` end to end on a small config: every output of the run layout, the report's
+sections, and a second run that skips every stage."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import tiny_config
+
+LAYOUT = [
+    "data/stats.json", "data/items.tfrecord.gz", "data/vocab/items.txt", "data/config.yaml",
+    "model/model.keras", "model/metrics.json", "model/history.json", "model/checkpoints/checkpoint",
+    "index/index_report.json", "index/scann/saved_model.pb",
+    "export/models.config", "export/model_card.json", "export/tfrec_retrieve/1/saved_model.pb",
+    "export/tfrec_retrieve_scann/1/saved_model.pb", "export/tfrec_query/1/saved_model.pb",
+    "export/tfrec_candidate/1/saved_model.pb", "export/tfrec_similar/1/saved_model.pb",
+    "export/tfrec_search/1/saved_model.pb",
+    "report.md", "history_lengths.png", "training_curves.png", "recall_at_k.png",
+]
+SECTIONS = ["## Data", "## Training", "## Quality", "## Retrieval index (ScaNN)", "## Examples",
+            "### Similar products", "## Environment and configuration"]
+
+
+@pytest.fixture(scope="module")
+def run(sample_config, tmp_path_factory):
+    """Runs `tfrec run` twice in a subprocess, as a user would; returns the folder and both outputs."""
+    config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200")
+    folder = tmp_path_factory.mktemp("run")
+    config_path = folder / "tiny.yaml"
+    config_path.write_text(config.to_yaml())
+    command = [sys.executable, "-m", "tfrec.cli", "run", "--config", str(config_path), "--output", str(folder / "out")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+    return folder / "out", first.stdout, second.stdout
+
+
+def test_every_output_of_the_layout_exists(run):
+    out, first, _ = run
+    missing = [path for path in LAYOUT if not (out / path).exists()]
+    assert not missing, missing
+    for stage in ("preprocess", "train", "evaluate", "index", "export", "report"):
+        assert f"{stage}: done" in first, stage
+    assert f"report:  {out / 'report.md'}" in first
+
+
+def test_a_second_run_skips_every_stage(run):
+    out, _, second = run
+    for stage in ("preprocess", "train", "evaluate", "index", "export", "report"):
+        assert f"{stage}: up to date, skipped" in second, stage
+    assert "done in" not in second.replace("Run complete in", "")
+    # Nothing was exported again.
+    assert sorted(p.name for p in (out / "export" / "tfrec_retrieve").iterdir()) == ["1"]
+
+
+def test_report_has_every_section_filled_from_the_run(run):
+    out, _, _ = run
+    report = (out / "report.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    stats = json.loads((out / "data" / "stats.json").read_text())
+    assert f"{stats['rows_read']:,}" in report
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    assert f"{metrics['test']['explore']['als']['recall@20']:.4f}" in report
+    index = json.loads((out / "index" / "index_report.json").read_text())
+    assert f"{index['recall@10_vs_exact']:,.4g}" in report
+    # Three example users, each with ten recommendations, and three products' neighbours.
+    assert report.count("### User ") == 3
+    assert report.count("because") >= 3
+    assert "tensorflow | 2.20" in report
+
+
+def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_config):
+    out, _, _ = run
+    config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200", "export.k=7")
+    config_path = out.parent / "changed.yaml"
+    config_path.write_text(config.to_yaml())
+    result = subprocess.run([sys.executable, "-m", "tfrec.cli", "run", "--config", str(config_path),
+                             "--output", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for stage in ("preprocess", "train", "evaluate", "index"):
+        assert f"{stage}: up to date, skipped" in result.stdout, stage
+    assert "export: done" in result.stdout and "report: done" in result.stdout
+    assert (out / "export" / "tfrec_retrieve" / "2").exists()

@@ -1,0 +1,256 @@
+"""``report.md``: one page a person can read to judge a run, with PNG plots beside it.
+
+Everything in it is read from the run folder (stats, training history, metrics, index
+report, the export itself), so the report shows what the run produced and what the
+exported model serves, never numbers typed by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from tfrec.config import Config  # noqa: E402
+from tfrec.data import load_eval_split  # noqa: E402
+
+METRIC_COLUMNS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
+                  "hitrate@10", "coverage@10", "ils@10")
+LOWER_IS_BETTER = ("ils@10",)
+EXAMPLE_USERS = 3
+EXAMPLE_ITEMS = 3
+EXAMPLE_NEW = 5
+
+
+def _load(path: Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _number(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+# ---------------------------------------------------------------------- sections
+
+
+def data_section(stats: dict, data_dir: Path, out: Path) -> str:
+    rows = [["rows read", _number(stats["rows_read"])], ["rows kept", _number(stats["rows_kept"])],
+            ["rows rejected", _number(stats["rows_rejected"])]]
+    rows += [[f"&nbsp;&nbsp;{reason}", _number(n)] for reason, n in stats.get("rejected_by_reason", {}).items()]
+    for key in ("users", "items", "cold_start_items", "interactions", "groups"):
+        if key in stats:
+            rows.append([key.replace("_", " "), _number(stats[key])])
+    for split, n in stats.get("examples", {}).items():
+        rows.append([f"{split} examples", _number(n)])
+    for reason, n in stats.get("users_dropped", {}).items():
+        rows.append([f"users dropped ({reason})", _number(n)])
+    lengths = [len(h) for h in load_eval_split(data_dir, "test").histories]
+    figure, axis = plt.subplots(figsize=(7, 3.2))
+    axis.hist(lengths, bins=np.logspace(0, np.log10(max(lengths) + 1), 40), color="#4c72b0")
+    axis.set_xscale("log")
+    axis.set_xlabel("items in the history of a test user")
+    axis.set_ylabel("users")
+    axis.set_title("History length at test time")
+    figure.tight_layout()
+    figure.savefig(out / "history_lengths.png", dpi=110)
+    plt.close(figure)
+    percentiles = stats.get("history_length", {})
+    text = ", ".join(f"{k} {v:,}" for k, v in percentiles.items()) if percentiles else ""
+    return "\n\n".join([
+        "## Data", _table(["", "count"], rows),
+        f"Every input row is accounted for: kept + rejected = read "
+        f"({stats['rows_kept']:,} + {stats['rows_rejected']:,} = {stats['rows_read']:,}); "
+        "rejected rows are in `data/rejected/` with their file, line and reason.",
+        "![history lengths](history_lengths.png)",
+        f"History length percentiles: {text}." if text else "",
+    ])
+
+
+def training_section(history: list[dict], summary: dict | None, out: Path) -> str:
+    epochs = [h["epoch"] for h in history]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+    left.plot(epochs, [h["loss"] for h in history], marker="o")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss (in-batch softmax)")
+    for key, label in (("valid_explore_recall@20", "explore"), ("valid_all_recall@20", "all (towers only)")):
+        right.plot(epochs, [h[key] for h in history], marker="o", label=label)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation Recall@20")
+    right.legend()
+    for axis in (left, right):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    figure.tight_layout()
+    figure.savefig(out / "training_curves.png", dpi=110)
+    plt.close(figure)
+    lines = ["## Training", "![training curves](training_curves.png)"]
+    if summary:
+        lines.append(
+            f"{summary['epochs_run']} epochs, best epoch {summary['best_epoch']} (early stopping on validation "
+            f"Recall@20, explore protocol); {summary['examples_per_second']:,.0f} training examples/s (median "
+            f"over epochs)."
+        )
+    return "\n\n".join(lines)
+
+
+def _metrics_table(split: dict, protocol: str) -> str:
+    scorers = split[protocol]
+    best = {m: (min if m in LOWER_IS_BETTER else max)(v.get(m, 0) for v in scorers.values()) for m in METRIC_COLUMNS}
+    rows = []
+    for name, values in scorers.items():
+        cells = []
+        for m in METRIC_COLUMNS:
+            cell = f"{values.get(m, float('nan')):.4f}"
+            cells.append(f"**{cell}**" if np.isclose(values.get(m, -1), best[m]) else cell)
+        rows.append([f"**{name}**" if name == "model" else name, values["users"], *cells])
+    return _table(["", "users", *METRIC_COLUMNS], rows)
+
+
+def quality_section(metrics: dict, curves: dict | None, out: Path) -> str:
+    parts = [
+        "## Quality: exact evaluation against the full catalogue",
+        "Every user is scored against every item; the model and each baseline rank the same users in the same "
+        "run. `all`: every item of the held-out basket is a target and past items may be ranked (the model "
+        "serves its repeat-aware score here). `explore`: the user's past items leave the ranking and the "
+        "targets: discovery. `cold_start`: as explore, only targets never seen in training. `coverage@10`: "
+        "share of the catalogue in some user's top 10; `ils@10`: intra-list similarity of the top 10 by "
+        "product text (lower is more diverse). Best of each column in bold.",
+    ]
+    for split in ("test", "valid"):
+        m = metrics[split]
+        parts.append(f"### {split} ({m['users']:,} users; {m['repeat_share']:.1%} of held-out items are repeats)")
+        for protocol in ("all", "explore", "cold_start"):
+            parts.append(f"**{protocol}**\n\n{_metrics_table(m, protocol)}")
+    if curves:
+        figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
+        for axis, protocol in zip(axes, ("all", "explore")):
+            for name, curve in curves["test"][protocol].items():
+                axis.plot(np.arange(1, len(curve) + 1), curve, label=name,
+                          linewidth=2.5 if name == "model" else 1.2)
+            axis.set_title(f"test, {protocol}")
+            axis.set_xlabel("K")
+            axis.set_ylabel("Recall@K")
+            axis.grid(alpha=0.3)
+        axes[1].legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(out / "recall_at_k.png", dpi=110)
+        plt.close(figure)
+        parts.append("![Recall@K](recall_at_k.png)")
+    return "\n\n".join(parts)
+
+
+def index_section(report: dict | None) -> str:
+    if not report:
+        return "## Retrieval index\n\nNo index report in this run."
+    rows = [[k.replace("_", " "), _format(v)] for k, v in report.items() if not isinstance(v, (dict, list))]
+    return "\n\n".join(["## Retrieval index (ScaNN)",
+                        "The ScaNN index measured against exact brute-force top-K on held-out queries, both in the "
+                        "same run.", _table(["", "value"], rows)])
+
+
+def _format(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:,.4g}"
+    return _number(value)
+
+
+def _recommendations(retrieve, history: list[str], bought: set[str], texts: dict[str, str], exclude_history: bool,
+                     k: int) -> str:
+    """One served list as a table: ✓ for items really bought next, and what explains each."""
+    import tensorflow as tf
+
+    out = retrieve(history=tf.constant([history]), k=tf.constant(k), exclude_history=tf.constant(exclude_history))
+    rows = []
+    for rank, (item, score, because) in enumerate(zip(out["item_ids"].numpy()[0], out["scores"].numpy()[0],
+                                                      out["because_ids"].numpy()[0]), 1):
+        item, because = item.decode(), because.decode()
+        reason = "bought before" if because == item else texts.get(because, because)
+        rows.append([rank, "✓" if item in bought else "", item, texts.get(item, ""), f"{score:.3f}", reason])
+    return _table(["#", "bought", "item", "product", "score", "because you bought"], rows)
+
+
+def examples_section(data_dir: Path, export_dir: Path, ids: list[str], texts: dict[str, str], k: int = 10) -> str:
+    """Recommendations from the exported model for a few real test users, and similar items."""
+    import tensorflow as tf
+
+    from serving.export import RETRIEVE, SIMILAR, load_serving_signature
+
+    retrieve = load_serving_signature(export_dir, RETRIEVE)
+    similar = load_serving_signature(export_dir, SIMILAR)
+    test = load_eval_split(data_dir, "test")
+    rng = np.random.default_rng(0)
+    parts = ["## Examples",
+             f"Recommendations served by the exported `tfrec_retrieve` model for {EXAMPLE_USERS} test users picked "
+             "at random (seed 0). ✓ marks items the user really bought in the held-out basket; \"because you bought\" "
+             "is the past purchase whose vector is closest to the recommendation."]
+    for row in sorted(rng.choice(len(test), size=min(EXAMPLE_USERS, len(test)), replace=False)):
+        history = [ids[i] for i in test.histories[row]]
+        bought = {ids[i] for i in test.targets[row]}
+        recent = list(dict.fromkeys(reversed(history)))[:10]
+
+        parts.append(f"### User {test.user_ids[row]}\n\n{len(history)} past purchases; the 10 most recent: "
+                     + "; ".join(texts.get(i, i) for i in recent)
+                     + f".\n\nHeld-out basket: {len(bought)} items, {len(bought & set(history))} of them bought "
+                       f"before.\n\nTop {k}:\n\n" + _recommendations(retrieve, history, bought, texts, False, k)
+                     + f"\n\nTop {EXAMPLE_NEW} among products new to this customer (`exclude_history`):\n\n"
+                     + _recommendations(retrieve, history, bought, texts, True, EXAMPLE_NEW))
+    counts = np.zeros(len(ids), np.int64)
+    for h in test.histories:
+        np.add.at(counts, h, 1)
+    parts.append(f"### Similar products (`tfrec_similar`), for the {EXAMPLE_ITEMS} most bought products")
+    for index in np.argsort(-counts, kind="stable")[:EXAMPLE_ITEMS]:
+        out = similar(item_id=tf.constant([ids[index]]), k=tf.constant(5))
+        rows = [[item.decode(), texts.get(item.decode(), ""), f"{score:.3f}"]
+                for item, score in zip(out["item_ids"].numpy()[0], out["scores"].numpy()[0])]
+        parts.append(f"**{texts.get(ids[index], ids[index])}** ({ids[index]})\n\n"
+                     + _table(["item", "product", "cosine"], rows))
+    return "\n\n".join(parts)
+
+
+def environment_section(card: dict | None, config: Config) -> str:
+    parts = ["## Environment and configuration"]
+    if card:
+        parts.append(_table(["package", "version"], [[k, v] for k, v in card["packages"].items()]))
+    parts.append("```yaml\n" + config.to_yaml() + "```")
+    return "\n\n".join(parts)
+
+
+def write_report(config: Config, run_dir: str | Path) -> Path:
+    """Writes ``run_dir/report.md`` and its images from the outputs of ``tfrec run``."""
+    run_dir = Path(run_dir)
+    data_dir, model_dir, index_dir, export_dir = (run_dir / d for d in ("data", "model", "index", "export"))
+    print(f"== report: {run_dir / 'report.md'}")
+    with open(export_dir / "items.tsv", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)
+        texts = dict(reader)
+    ids = (data_dir / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
+    sections = [
+        f"# tfrec run report: {config.name}",
+        f"Generated {datetime.date.today().isoformat()} from `{run_dir}` by `tfrec run`. Figures are read from the "
+        "run's own outputs.",
+        data_section(_load(data_dir / "stats.json"), data_dir, run_dir),
+        training_section(_load(model_dir / "history.json"), _load(model_dir / "train_summary.json"), run_dir),
+        quality_section(_load(model_dir / "metrics.json"), _load(model_dir / "recall_curves.json"), run_dir),
+        index_section(_load(index_dir / "index_report.json")),
+        examples_section(data_dir, export_dir, ids, texts),
+        environment_section(_load(export_dir / "model_card.json"), config),
+    ]
+    path = run_dir / "report.md"
+    path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+    return path

@@ -1,0 +1,127 @@
+"""``tfrec run``: every stage in order into one run folder, skipping what is already done.
+
+::
+
+    runs/<name>/data/      TFRecords, stats.json, rejected/          (preprocess)
+    runs/<name>/model/     checkpoints, TensorBoard logs, metrics.json (train, evaluate)
+    runs/<name>/index/     ScaNN index, index_report.json           (index)
+    runs/<name>/export/    TF Serving layout, models.config, model_card.json (export)
+    runs/<name>/report.md  with its images beside it                 (report)
+
+Each stage records a fingerprint next to its outputs: a content hash of the config
+sections it reads and of its inputs (the input files for preprocessing, the upstream
+stage's fingerprint for the others). A stage whose recorded fingerprint matches and
+whose outputs exist is skipped; ``--force`` redoes every stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from apache_beam.io.filesystems import FileSystems
+
+from tfrec.config import Config
+
+STAMP = ".tfrec-stage.json"
+
+
+def input_fingerprint(patterns: list[str]) -> str:
+    """A hash of the files matching ``patterns``: content for local files, size and
+    modification time for remote ones (reading a bucket to hash it would cost more than
+    the job)."""
+    digest = hashlib.sha256()
+    for pattern in patterns:
+        for match in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+            digest.update(match.path.encode())
+            path = Path(match.path)
+            if path.exists():
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            else:
+                digest.update(f"{match.size_in_bytes}:{match.last_updated_in_seconds}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    folder: Path
+    outputs: list[str]
+    """Files that must exist (relative to ``folder``) for the stage to count as done."""
+    fingerprint: str
+    action: Callable[[], object]
+
+    def done(self) -> bool:
+        stamp = self.folder / STAMP
+        if not stamp.exists() or not all((self.folder / o).exists() for o in self.outputs):
+            return False
+        return json.loads(stamp.read_text()).get(self.name) == self.fingerprint
+
+    def record(self) -> None:
+        stamp = self.folder / STAMP
+        recorded = json.loads(stamp.read_text()) if stamp.exists() else {}
+        recorded[self.name] = self.fingerprint
+        stamp.write_text(json.dumps(recorded, indent=1))
+
+
+def _chain(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def plan(config: Config, output: Path, beam_args: list[str] | None = None, force: bool = False) -> list[Stage]:
+    """The stages of a run, with their fingerprints."""
+    from pipelines.preprocess import run_preprocess
+    from serving.export import export_models
+    from serving.index import build_index
+    from tfrec.evaluation.evaluate import evaluate
+    from tfrec.report import write_report
+    from tfrec.training.trainer import train
+
+    data, model, index, export = (output / d for d in ("data", "model", "index", "export"))
+    patterns = list(config.data.interactions.paths)
+    if config.data.catalogue:
+        patterns += config.data.catalogue.paths
+    f_data = _chain(config.fingerprint("data"), input_fingerprint(patterns))
+    f_model = _chain(f_data, config.fingerprint("model", "train"))
+    f_eval = _chain(f_model, config.fingerprint("eval"))
+    f_index = _chain(f_model, config.fingerprint("index"))
+    f_export = _chain(f_index, config.fingerprint("export"))
+    f_report = _chain(f_eval, f_export)
+    return [
+        Stage("preprocess", data, ["stats.json", "items.tfrecord.gz", "vocab/items.txt"], f_data,
+              lambda: run_preprocess(config, str(data), beam_args or [])),
+        Stage("train", model, ["model.keras", "vectors.npz"], f_model,
+              lambda: train(config, data, model, resume=not force)),
+        Stage("evaluate", model, ["metrics.json"], f_eval, lambda: evaluate(config, data, model)),
+        Stage("index", index, ["index_report.json"], f_index, lambda: build_index(config, model, index)),
+        Stage("export", export, ["models.config", "model_card.json"], f_export,
+              lambda: export_models(config, model, index, export)),
+        Stage("report", output, ["report.md"], f_report, lambda: write_report(config, output)),
+    ]
+
+
+def run_all(config: Config, output: str | Path, force: bool = False, beam_args: list[str] | None = None) -> None:
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    stages = plan(config, output, beam_args, force)
+    for number, stage in enumerate(stages, 1):
+        header = f"[{number}/{len(stages)}] {stage.name}"
+        if not force and stage.done():
+            print(f"{header}: up to date, skipped ({stage.folder})")
+            continue
+        print(f"\n{'=' * 72}\n{header} -> {stage.folder}\n{'=' * 72}", flush=True)
+        stage_start = time.time()
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        stage.action()
+        stage.record()
+        print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
+    print(f"\nRun complete in {time.time() - started:.0f}s: {output}")
+    print(f"  report:  {output / 'report.md'}")
+    print(f"  serve:   tfrec serve --export {output / 'export'}")
