@@ -72,7 +72,7 @@ class Catalogue(tf.Module):
         if self.has_categories:
             keep &= (tf.equal(category, "") | tf.equal(self.categories, category))[None, :]
         else:
-            tf.debugging.assert_equal(category, "", message="this catalogue has no category field")
+            tf.debugging.Assert(tf.equal(category, ""), ["this catalogue has no category field; leave category empty"])
         return keep
 
     def top_k(self, scores, keep, k, candidates=None):

@@ -1,0 +1,80 @@
+"""Business rules inside the exported models, on a small hand-made catalogue with categories."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.scann_retrieve import first_occurrences
+from serving.signatures import EXCLUDED, Catalogue, SimilarModel
+
+IDS = ["mug-red", "mug-blue", "lamp-1", "lamp-2", "mug-green", "lamp-3"]
+CATEGORIES = ["mugs", "mugs", "lamps", "lamps", "mugs", "lamps"]
+VECTORS = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.5, 0.5]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalogue():
+    return Catalogue(np.array(IDS), VECTORS, np.array(CATEGORIES))
+
+
+def _ids(tensor) -> list[list[str]]:
+    return [[i.decode() for i in row] for row in tensor.numpy()]
+
+
+def test_unknown_ids_map_to_minus_one(catalogue):
+    np.testing.assert_array_equal(catalogue.indices(tf.constant([["lamp-1", "nope", ""]])), [[2, -1, -1]])
+
+
+def test_keep_applies_exclusions_history_and_category(catalogue):
+    history = tf.constant([[0, -1], [3, 3]], tf.int64)
+    keep = catalogue.keep(2, history, tf.constant(True), tf.constant(["lamp-3", "unknown"]), tf.constant(""))
+    np.testing.assert_array_equal(keep, [[False, True, True, True, True, False],
+                                         [True, True, True, False, True, False]])
+    keep = catalogue.keep(2, history, tf.constant(False), tf.constant([], tf.string), tf.constant("lamps"))
+    np.testing.assert_array_equal(keep, [[False, False, True, True, False, True]] * 2)
+
+
+def test_rules_apply_before_top_k_so_k_results_come_back(catalogue):
+    similar = SimilarModel(catalogue, default_k=3)
+    out = similar.serve(item_id=tf.constant(["mug-red"]), k=tf.constant(3), exclude_ids=tf.constant(["lamp-1"]),
+                        category=tf.constant("lamps"))
+    ids = _ids(out["item_ids"])[0]
+    scores = out["scores"].numpy()[0]
+    # Only two lamps are left after the exclusion: they come first, the rest score EXCLUDED.
+    assert ids[:2] == ["lamp-2", "lamp-3"] and scores[2] == pytest.approx(EXCLUDED)
+    out = similar.serve(item_id=tf.constant(["mug-red"]), k=tf.constant(2), exclude_ids=tf.constant([], tf.string),
+                        category=tf.constant("mugs"))
+    assert _ids(out["item_ids"]) == [["mug-blue", "mug-green"]]  # itself excluded, only mugs
+
+
+def test_a_category_needs_a_catalogue_with_categories():
+    plain = Catalogue(np.array(IDS), VECTORS)
+    history = tf.constant([[0]], tf.int64)
+    assert plain.keep(1, history, tf.constant(False), tf.constant([], tf.string), tf.constant("")).shape == (1, 6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="no category field"):
+        plain.keep(1, history, tf.constant(False), tf.constant([], tf.string), tf.constant("mugs"))
+
+
+def test_k_must_be_positive(catalogue):
+    similar = SimilarModel(catalogue, default_k=3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="k must be a positive"):
+        similar.serve(item_id=tf.constant(["mug-red"]), k=tf.constant(0), exclude_ids=tf.constant([], tf.string),
+                      category=tf.constant(""))
+
+
+def test_explanations_name_the_closest_history_item():
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    catalogue = Catalogue(np.array(["a", "b", "c", "d"]), vectors)
+    history = tf.constant([[0, 2, -1], [-1, -1, -1]], tf.int64)
+    results = tf.constant([[1, 3], [1, 3]], tf.int64)
+    because, score = catalogue.explain(history, results)
+    # b is closest to a, d to c; a request without history explains nothing.
+    assert _ids(because) == [["a", "c"], ["", ""]]
+    np.testing.assert_allclose(score.numpy(), [[0.9, 0.9], [0, 0]], rtol=1e-6)
+    empty = catalogue.explain(tf.zeros([1, 0], tf.int64), tf.constant([[1]], tf.int64))[0]
+    assert _ids(empty) == [[""]]
+
+
+def test_first_occurrences_keeps_one_of_each_item():
+    items = tf.constant([[4, 2, 4, -1, 2, 7]], tf.int64)
+    np.testing.assert_array_equal(first_occurrences(items), [[True, True, False, False, False, True]])
