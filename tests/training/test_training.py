@@ -71,3 +71,20 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     expected = json.loads((straight / "history.json").read_text())
     for a, b in zip(history, expected):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+def test_fine_tuning_trains_only_the_last_layers_of_the_pretrained_encoder(sample_config, sample_data_dir, tmp_path):
+    config = tiny_config(sample_config, "model.text_encoder.kind=pretrained", "model.text_encoder.fine_tune=last_n",
+                         "model.text_encoder.fine_tune_layers=1", "model.text_encoder.sequence_length=8",
+                         "data.sequences.max_history=4", "train.batch_size=4", "train.max_targets=4",
+                         "train.epochs=1", "train.steps_per_epoch=2", "model.repeat_term=false")
+    from tfrec.data import load_catalogue
+    from tfrec.models.two_tower import build_model
+
+    before = build_model(config, load_catalogue(sample_data_dir), tmp_path / "fresh").item_tower.text_encoder
+    train(config, sample_data_dir, tmp_path / "model")
+    after = load_model(tmp_path / "model").item_tower.text_encoder
+    weights = {w.path: w.numpy() for w in before.weights}
+    changed = {w.path for w in after.weights if not np.allclose(w.numpy(), weights[w.path])}
+    assert changed, "no encoder weight was trained"
+    assert all("transformer_layer_5" in path for path in changed), changed  # MiniLM-L6: layers 0..5

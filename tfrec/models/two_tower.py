@@ -176,6 +176,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
     m = config.model
     frozen = m.text_encoder.kind == "pretrained" and m.text_encoder.fine_tune == "frozen"
     vocabularies = categorical_vocabularies(catalogue)
+    model_dir.mkdir(parents=True, exist_ok=True)
     (model_dir / CATEGORICAL_VOCAB_FILE).write_text(json.dumps(vocabularies, indent=1), encoding="utf-8")
 
     item_tower = ItemTower(
