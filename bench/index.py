@@ -5,7 +5,8 @@
    test users' query vectors.
 2. A synthetic catalogue of ``--synthetic`` vectors (default 1,000,000) of the same
    dimension: unit vectors around 2,000 random centres, the kind of clustered space
-   trained embeddings form, queried with fresh vectors drawn the same way.
+   trained embeddings form (noise as large as the centre, so clusters overlap), queried
+   with fresh vectors drawn the same way.
 
 Each index is built and tuned by the same code as ``tfrec index`` (parameters derived
 from the catalogue size, search widened until recall@10 reaches the target). ScaNN and
@@ -40,7 +41,7 @@ COLUMNS = ("items", "dimensions", "num_leaves", "num_leaves_to_search", "reorder
 
 
 def clustered_unit_vectors(n: int, dimensions: int, centres: int, rng: np.random.Generator,
-                           spread: float = 0.35) -> np.ndarray:
+                           spread: float = 1.0) -> np.ndarray:
     """Unit vectors scattered around random unit centres (built in chunks to bound memory)."""
     middle = rng.normal(size=(centres, dimensions)).astype(np.float32)
     middle /= np.linalg.norm(middle, axis=1, keepdims=True)
