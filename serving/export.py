@@ -24,7 +24,6 @@ written: ``models.config`` (TF Serving's model config, stock-servable models),
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from serving.index import IndexCatalogue
+from serving.items import write_items
 from serving.signatures import (
     CandidateModel,
     Catalogue,
@@ -155,10 +155,7 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
         print(f"  {name:<22} -> {paths[name]}")
 
     (export_dir / "models.config").write_text(models_config(export_dir, list(modules)))
-    with open(export_dir / "items.tsv", "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["item_id", "text"])
-        writer.writerows(zip(catalogue.ids, catalogue.texts))
+    write_items(export_dir, catalogue.ids, catalogue.texts)
     card = {
         "name": config.name,
         "version": version,

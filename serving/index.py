@@ -27,7 +27,6 @@ next export serves them.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -41,6 +40,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
+from serving.items import read_items, write_items
 from tfrec.config import Config, IndexConfig
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
@@ -50,7 +50,6 @@ from tfrec.training.trainer import CATALOGUE_DIR, VECTORS_FILE
 
 SCANN_DIR = "scann"
 CATALOGUE_FILE = "catalogue.npz"
-ITEMS_FILE = "items.tsv"
 SEARCH_FILE = "search.json"
 REPORT_FILE = "index_report.json"
 RECALL_AT = 10
@@ -84,10 +83,7 @@ class IndexCatalogue:
     def save(self, folder: Path) -> None:
         np.savez(folder / CATALOGUE_FILE, ids=self.ids.astype(str), vectors=self.vectors,
                  **{f"cat_{k}": v.astype(str) for k, v in self.categorical.items()})
-        with open(folder / ITEMS_FILE, "w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-            writer.writerow(["item_id", "text"])
-            writer.writerows(zip(self.ids, self.texts))
+        write_items(folder, self.ids, self.texts)
 
     @classmethod
     def load(cls, folder: str | Path) -> IndexCatalogue:
@@ -96,10 +92,7 @@ class IndexCatalogue:
         if not path.exists():
             raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index`?")
         arrays = np.load(path)
-        with open(folder / ITEMS_FILE, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, delimiter="\t")
-            next(reader)
-            texts = dict(reader)
+        texts = read_items(folder)
         ids = arrays["ids"].astype(object)
         categorical = {k[len("cat_"):]: arrays[k].astype(object) for k in arrays.files if k.startswith("cat_")}
         return cls(ids, np.array([texts.get(i, "") for i in ids], dtype=object), arrays["vectors"], categorical)

@@ -14,24 +14,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
 
 from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, load_serving_signature
+from serving.items import read_items
 from tfrec.errors import TfrecError
-
-
-def read_items(export_dir: Path) -> dict[str, str]:
-    """Item id -> product text, from the export's ``items.tsv``."""
-    path = export_dir / "items.tsv"
-    if not path.exists():
-        raise TfrecError(f"{path} not found: is {export_dir} the output folder of `tfrec export`?")
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t")
-        next(reader)
-        return dict(reader)
 
 
 def _ids(text: str | None) -> list[str]:

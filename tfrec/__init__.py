@@ -3,8 +3,9 @@
 TensorFlow Recommenders is written against Keras 2 and refuses to import unless
 ``TF_USE_LEGACY_KERAS=1`` is set before TensorFlow is first imported. Every entry
 point (the CLI, the Beam pipeline, the tests) imports this package first, so this
-is the one place the variable is set. Model code uses Keras 3 (``import keras``);
-with the variable set, ``tf.keras`` means Keras 2 and is never used here.
+is the one place the variable is set. Model code uses Keras 3 (``import keras``)
+only; with the variable set, TensorFlow's own Keras attribute is Keras 2, which
+nothing here touches.
 """
 
 import os

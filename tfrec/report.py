@@ -7,7 +7,6 @@ exported model serves, never numbers typed by hand.
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 from pathlib import Path
@@ -235,10 +234,9 @@ def write_report(config: Config, run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     data_dir, model_dir, index_dir, export_dir = (run_dir / d for d in ("data", "model", "index", "export"))
     print(f"== report: {run_dir / 'report.md'}")
-    with open(export_dir / "items.tsv", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter="\t")
-        next(reader)
-        texts = dict(reader)
+    from serving.items import read_items
+
+    texts = read_items(export_dir)
     ids = (data_dir / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
     sections = [
         f"# tfrec run report: {config.name}",

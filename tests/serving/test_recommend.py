@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from serving.recommend import read_items
+from serving.items import read_items
 from tfrec.cli import main
 
 

@@ -37,8 +37,11 @@ def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: Path
     return cached_text_vectors(pretrained_pipeline(encoder), list(catalogue.texts), cache_dir)
 
 
-def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, cache_dir: Path) -> list[Baseline]:
-    """The configured baselines, fitted on the training part of every user's history."""
+def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_vectors: np.ndarray) -> list[Baseline]:
+    """The configured baselines, fitted on the training part of every user's history.
+
+    ``text_vectors``: the untrained encoder's vectors of the catalogue (``zero_shot_text_vectors``).
+    """
     max_history = config.data.sequences.max_history
     als = config.eval.als
     factories = {
@@ -46,7 +49,7 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, cache
         "repeat": Repeat,
         "item_cooccurrence": lambda: ItemCooccurrence(max_history),
         "als": lambda: Als(als.factors, als.iterations, als.regularization, als.alpha, config.train.seed),
-        "text_zero_shot": lambda: TextZeroShot(zero_shot_text_vectors(config, catalogue, cache_dir), max_history),
+        "text_zero_shot": lambda: TextZeroShot(text_vectors, max_history),
     }
     baselines = []
     for name in config.eval.baselines:
@@ -69,8 +72,9 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
         )
     valid = load_eval_split(data_dir, "valid")
     test = load_eval_split(data_dir, "test")
-    baselines = make_baselines(config, catalogue, valid, model_dir / "text_cache")
+    # One set of text vectors serves the zero-shot baseline and every list's intra-list similarity.
     text_vectors = zero_shot_text_vectors(config, catalogue, model_dir / "text_cache")
+    baselines = make_baselines(config, catalogue, valid, text_vectors)
     scorers = {"model": model_scorer(model, model.item_vectors())}
     scorers.update({b.name: b.scores for b in baselines})
 

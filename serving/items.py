@@ -1,0 +1,33 @@
+"""``items.tsv``: item ids and their product texts, beside an index and an export.
+
+People and scripts read results by product text; the index folder keeps it for the
+products it holds, the export copies it for ``tfrec recommend`` and the run report.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+from tfrec.errors import TfrecError
+
+ITEMS_FILE = "items.tsv"
+
+
+def write_items(folder: Path, ids: Iterable[str], texts: Iterable[str]) -> None:
+    with open(Path(folder) / ITEMS_FILE, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
+        writer.writerow(["item_id", "text"])
+        writer.writerows(zip(ids, texts))
+
+
+def read_items(folder: Path) -> dict[str, str]:
+    """Item id -> product text, in file order."""
+    path = Path(folder) / ITEMS_FILE
+    if not path.exists():
+        raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index` or `tfrec export`?")
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        next(reader)
+        return dict(reader)
