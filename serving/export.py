@@ -184,36 +184,3 @@ def _needs(name: str) -> list[str]:
     if name == RETRIEVE_SCANN:
         needs.append("scann")
     return needs
-
-
-def newest_version(model_dir: Path) -> Path:
-    """The highest-numbered version folder of one exported model."""
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
-    if not versions:
-        raise TfrecError(f"{model_dir}: no exported versions (run `tfrec export`)")
-    return max(versions, key=lambda p: int(p.name))
-
-
-def load_serving_signature(export_dir: str | Path, name: str):
-    """The ``serving_default`` function of the newest version of model ``name``.
-
-    Registers the custom ops the model needs first (TF-Text's, ScaNN's). Inputs left out
-    of a call take the defaults recorded in the SignatureDef, as TF Serving fills them.
-    """
-    from serving.server import read_signature_defs
-
-    if name in TEXT_MODELS:
-        import tensorflow_text  # noqa: F401  (registers TF-Text's ops)
-    if name == RETRIEVE_SCANN:
-        import scann  # noqa: F401  (registers ScaNN's ops)
-    version = newest_version(Path(export_dir) / name)
-    loaded = tf.saved_model.load(str(version))
-    function = loaded.signatures["serving_default"]
-    defaults = read_signature_defs(version)["serving_default"].defaults
-
-    def call(**inputs):
-        filled = {key: tf.constant(tf.make_ndarray(value)) for key, value in defaults.items() if key not in inputs}
-        return function(**inputs, **filled)
-
-    call.loaded = loaded  # the signature reads the loaded object's variables: keep it alive
-    return call

@@ -18,8 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, load_serving_signature
+from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR
 from serving.items import read_items
+from serving.saved_model import load_serving_signature
 from tfrec.errors import TfrecError
 
 

@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format, text_format
-from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2, saved_model_pb2
+from google.protobuf import json_format
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -62,14 +62,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs, register_custom_ops
 from tfrec.errors import TfrecError
 
 if TYPE_CHECKING:
     from typing import Self
 
-# Modules whose import registers custom TF ops the exported models use.
-CUSTOM_OP_MODULES = ("tensorflow_text", "scann")
-DEFAULT_SIGNATURE = "serving_default"
 MAX_BODY_BYTES = 64 * 1024 * 1024
 BYTES_SUFFIX = "_bytes"  # TF Serving writes string outputs with this suffix as {"b64": ...}
 
@@ -215,20 +213,6 @@ def tf_error_text(message: str) -> str:
     return re.sub(r"\s*\[Op:[^\]]*\]$", "", " ".join(kept)) or _first_line(message)
 
 
-def read_signature_defs(version_dir: Path) -> dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDefs a SavedModel declares (what TF Serving reports as its metadata)."""
-    saved_model = saved_model_pb2.SavedModel()
-    binary = version_dir / "saved_model.pb"
-    if binary.exists():
-        saved_model.ParseFromString(binary.read_bytes())
-    else:
-        text_format.Parse((version_dir / "saved_model.pbtxt").read_text(), saved_model)
-    for graph in saved_model.meta_graphs:
-        if "serve" in graph.meta_info_def.tags:
-            return dict(graph.signature_def)
-    return dict(saved_model.meta_graphs[0].signature_def) if saved_model.meta_graphs else {}
-
-
 @dataclass
 class Servable:
     """One loaded version of one model."""
@@ -259,17 +243,6 @@ def load_servable(name: str, version_dir: Path) -> Servable:
     signatures = {key: Signature.from_def(name, key, defs[key], function)
                   for key, function in loaded.signatures.items() if key in defs}
     return Servable(name, int(version_dir.name), version_dir, signatures, defs, loaded)
-
-
-def register_custom_ops() -> list[str]:
-    """Imports the modules that register TF-Text's and ScaNN's ops; returns those that failed."""
-    missing = []
-    for module in CUSTOM_OP_MODULES:
-        try:
-            __import__(module)
-        except ImportError as e:
-            missing.append(f"{module} ({e})")
-    return missing
 
 
 # ------------------------------------------------------------------ model folder

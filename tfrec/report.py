@@ -187,7 +187,8 @@ def examples_section(data_dir: Path, export_dir: Path, ids: list[str], texts: di
     """Recommendations from the exported model for a few real test users, and similar items."""
     import tensorflow as tf
 
-    from serving.export import RETRIEVE, SIMILAR, load_serving_signature
+    from serving.export import RETRIEVE, SIMILAR
+    from serving.saved_model import load_serving_signature
 
     retrieve = load_serving_signature(export_dir, RETRIEVE)
     similar = load_serving_signature(export_dir, SIMILAR)
