@@ -25,9 +25,9 @@ written: ``models.config`` (TF Serving's model config, stock-servable models),
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from serving.index import IndexCatalogue
 from serving.items import write_items
+from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs, write_graph_defaults
 from serving.signatures import (
     CandidateModel,
     Catalogue,
@@ -43,8 +44,12 @@ from serving.signatures import (
     RetrieveModel,
     SearchModel,
     SimilarModel,
+    input_meanings,
+    output_meanings,
 )
+from serving.verify import check_version, format_checks
 from tfrec import features as F
+from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import load_catalogue
 from tfrec.errors import TfrecError
@@ -57,6 +62,8 @@ QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH = (
 )
 STOCK_SERVABLE = (QUERY, CANDIDATE, RETRIEVE, SIMILAR, SEARCH)
 TEXT_MODELS = (CANDIDATE, SEARCH)
+log = logging.getLogger(__name__)
+
 PACKAGES = ("tfrec", "tensorflow", "tensorflow-text", "keras", "keras-hub", "tensorflow-recommenders", "scann",
             "apache-beam", "implicit", "numpy")
 
@@ -77,45 +84,64 @@ def next_version(export_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def save_atomically(module: tf.Module, target: Path, scann: bool = False) -> None:
-    """Saves a SavedModel to a temporary sibling folder, then renames it to ``target``."""
+def stage(module: tf.Module, target: Path, scann: bool = False) -> Path:
+    """Saves ``module`` as a SavedModel in a hidden folder beside ``target``; returns the SavedModel's path.
+
+    The SavedModel's optional inputs get their defaults inside the serving graph
+    (:func:`serving.saved_model.write_graph_defaults`). Nothing is visible at ``target``
+    until :func:`publish` renames the staged folder into place.
+    """
     if target.exists():
         raise TfrecError(f"{target} already exists: versions are never overwritten; pick another --version")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
-        tf.saved_model.save(module, str(staging / "model"), signatures={"serving_default": module.serve},
-                            options=options)
-        os.rename(staging / "model", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(fileio.temporary_sibling(target))
+    staging.mkdir()
+    saved = staging / "model"
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
+    tf.saved_model.save(module, str(saved), signatures={DEFAULT_SIGNATURE: module.serve}, options=options)
+    write_graph_defaults(saved)
+    return saved
 
 
-def models_config(export_dir: Path, names: list[str]) -> str:
-    """TF Serving's ``--model_config_file`` for the models stock TF Serving can load."""
+def publish(saved: Path, target: Path) -> None:
+    """Renames a staged SavedModel to ``target`` (one atomic rename) and removes its staging folder."""
+    os.rename(saved, target)
+    shutil.rmtree(saved.parent, ignore_errors=True)
+
+
+def models_config(model_base_path: str, names: list[str]) -> str:
+    """TF Serving's ``--model_config_file`` for the models stock TF Serving can load.
+
+    ``model_base_path`` is the export folder as the model server sees it (e.g. ``/models``
+    inside a container, or a ``gs://`` URL); each model's ``base_path`` is below it.
+    """
+    base = model_base_path.rstrip("/") or "/"
     lines = ["# TF Serving model config: tensorflow_model_server --model_config_file=models.config",
              "# tfrec_retrieve_scann needs ScaNN's ops (tfrec serve, or a TF Serving built with them).",
              "model_config_list {"]
     for name in names:
         if name in STOCK_SERVABLE:
-            lines.append(f'  config {{ name: "{name}" base_path: "{(export_dir / name).resolve()}" '
-                         f'model_platform: "tensorflow" }}')
+            lines.append(f'  config {{ name: "{name}" base_path: "{base}/{name}" model_platform: "tensorflow" }}')
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def export_models(config: Config, model_dir: str | Path, index_dir: str | Path | None, export_dir: str | Path,
-                  version: int | None = None) -> dict[str, Path]:
-    """Writes every model of the table above as ``export_dir/<name>/<version>``; returns their paths."""
+                  version: int | None = None, model_base_path: str | None = None,
+                  verify: bool = True) -> dict[str, Path]:
+    """Writes every model of the table above as ``export_dir/<name>/<version>``; returns their paths.
+
+    Each model is staged, checked in graph mode and eagerly in a fresh process
+    (``tfrec verify``), and only then renamed into place: a version that fails the check
+    is never left where a model server would load it. ``model_base_path`` is where the
+    model server will see ``export_dir`` (default: ``export_dir`` itself).
+    """
     model_dir, export_dir = Path(model_dir), Path(export_dir)
     index_dir = Path(index_dir) if index_dir else None
     started = time.time()
-    print(f"== export: {model_dir} -> {export_dir}")
+    log.info("export: %s -> %s", model_dir, export_dir)
+    for folder in [export_dir, *(p for p in export_dir.iterdir() if p.is_dir())] if export_dir.is_dir() else []:
+        fileio.remove_stale_temporaries(folder)
     model = load_model(model_dir)
     fields = list(config.data.items.categorical_fields)
     category_field = config.export.category_field or (fields[0] if fields else None)
@@ -133,48 +159,90 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
                        catalogue.categorical[category_field] if category_field else None)
     vocabularies = json.loads((model_dir / CATEGORICAL_VOCAB_FILE).read_text())
     pipeline = serving_text_pipeline(config, model_dir, model)
-    k = config.export.k
+    settings = config.export
+    k, max_history = settings.k, settings.max_history
     candidate = CandidateModel(model, shared, pipeline, vocabularies)
     modules: dict[str, tf.Module] = {
-        QUERY: QueryModel(model, shared),
+        QUERY: QueryModel(model, shared, max_history),
         CANDIDATE: candidate,
-        RETRIEVE: RetrieveModel(model, shared, k, config.export.exclude_history),
+        RETRIEVE: RetrieveModel(model, shared, k, settings.exclude_history, max_history),
         SIMILAR: SimilarModel(shared, k),
-        SEARCH: SearchModel(model, shared, candidate, k, config.export.search_history_weight),
+        SEARCH: SearchModel(model, shared, candidate, k, settings.search_history_weight, max_history),
     }
     if index_dir is not None:
         from serving.scann_retrieve import RetrieveScannModel
 
-        modules[RETRIEVE_SCANN] = RetrieveScannModel(model, shared, index_dir, k, config.export.exclude_history)
+        modules[RETRIEVE_SCANN] = RetrieveScannModel(model, shared, index_dir, k, settings.exclude_history,
+                                                     max_history)
 
     version = version or next_version(export_dir)
-    paths = {}
-    for name, module in modules.items():
-        paths[name] = export_dir / name / str(version)
-        save_atomically(module, paths[name], scann=name == RETRIEVE_SCANN)
-        print(f"  {name:<22} -> {paths[name]}")
+    paths = {name: export_dir / name / str(version) for name in modules}
+    staged: dict[str, Path] = {}
+    try:
+        for name, module in modules.items():
+            staged[name] = stage(module, paths[name], scann=name == RETRIEVE_SCANN)
+        if verify:
+            sample_ids, sample_texts = list(catalogue.ids[:6]), list(catalogue.texts[:2])
+            checks = [check_version(name, saved, sample_ids, sample_texts, len(fields))
+                      for name, saved in staged.items()]
+            failed = [c for c in checks if not c.ok]
+            if failed:
+                raise TfrecError("the new version failed its serving check and was not written:\n"
+                                 + format_checks(checks))
+        for name, saved in staged.items():
+            publish(saved, paths[name])
+            log.info("  %-22s -> %s", name, paths[name])
+    finally:
+        for saved in staged.values():
+            shutil.rmtree(saved.parent, ignore_errors=True)
 
-    (export_dir / "models.config").write_text(models_config(export_dir, list(modules)))
+    base_path = model_base_path or str(export_dir.resolve())
+    fileio.write_text(export_dir / "models.config", models_config(base_path, list(modules)))
     write_items(export_dir, catalogue.ids, catalogue.texts)
     card = {
         "name": config.name,
         "version": version,
-        "models": {name: {"path": str(p), "needs": _needs(name)} for name, p in paths.items()},
+        "models": {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
+                   for name, p in paths.items()},
         "embedding_dim": int(vectors.shape[1]),
         "items": len(catalogue),
         "categorical_fields": fields,
         "category_field": category_field,
-        "data": _read_json(model_dir / CATALOGUE_DIR / F.STATS_FILE),
-        "metrics": _read_json(model_dir / "metrics.json"),
-        "training": _read_json(model_dir / "train_summary.json"),
-        "index": _read_json(index_dir / "index_report.json") if index_dir else None,
+        "data": fileio.read_json(model_dir / CATALOGUE_DIR / F.STATS_FILE),
+        "metrics": fileio.read_json(model_dir / "metrics.json"),
+        "training": fileio.read_json(model_dir / "train_summary.json"),
+        "index": fileio.read_json(index_dir / "index_report.json") if index_dir else None,
         "config": config.to_dict(),
         "packages": package_versions(),
     }
-    (export_dir / "model_card.json").write_text(json.dumps(card, indent=1))
-    print(f"Exported version {version} of {len(paths)} models in {time.time() - started:.0f}s; "
-          f"TF Serving config: {export_dir / 'models.config'}")
+    fileio.write_json(export_dir / "model_card.json", card)
+    log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
+             time.time() - started, export_dir / "models.config")
     return paths
+
+
+def describe_signature(version_dir: Path) -> dict:
+    """The ``serving_default`` signature for people: each input's dtype, shape, default and meaning,
+    each output's dtype, shape and meaning (score scales included), read from the SignatureDef."""
+    signature = read_signature_defs(version_dir)[DEFAULT_SIGNATURE]
+    inputs, outputs = input_meanings(), output_meanings()
+
+    def shape(info) -> list[int | None]:
+        return [None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
+
+    def default(key):
+        if key not in signature.defaults:
+            return "required"
+        value = tf.make_ndarray(signature.defaults[key])
+        value = value.tolist()
+        return json.loads(json.dumps(value, default=lambda b: b.decode()))
+
+    return {
+        "inputs": {key: {"dtype": tf.as_dtype(info.dtype).name, "shape": shape(info), "default": default(key),
+                         "meaning": inputs.get(key, "")} for key, info in sorted(signature.inputs.items())},
+        "outputs": {key: {"dtype": tf.as_dtype(info.dtype).name, "shape": shape(info),
+                          "meaning": outputs.get(key, "")} for key, info in sorted(signature.outputs.items())},
+    }
 
 
 def _needs(name: str) -> list[str]:

@@ -7,19 +7,23 @@ products it holds, the export copies it for ``tfrec recommend`` and the run repo
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
+from tfrec import fileio
 from tfrec.errors import TfrecError
 
 ITEMS_FILE = "items.tsv"
 
 
 def write_items(folder: Path, ids: Iterable[str], texts: Iterable[str]) -> None:
-    with open(Path(folder) / ITEMS_FILE, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, delimiter="\t", lineterminator="\n")
-        writer.writerow(["item_id", "text"])
-        writer.writerows(zip(ids, texts))
+    """Writes ``folder/items.tsv`` atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
+    writer.writerow(["item_id", "text"])
+    writer.writerows(zip(ids, texts))
+    fileio.write_text(Path(folder) / ITEMS_FILE, buffer.getvalue())
 
 
 def read_items(folder: Path) -> dict[str, str]:

@@ -8,7 +8,9 @@ is ranked even when the index did not return it. The served scores are then thos
 
 Request options (exclusions, category) apply to the ``index.k`` candidates before top-K;
 a filter that leaves fewer than ``k`` of them returns fewer real results (the rest score
-``EXCLUDED``). A model server needs ScaNN's ops to load this model: in Python,
+``EXCLUDED``). A request for more than ``index.k`` results fails with ``INVALID_ARGUMENT``
+naming ``index.k``: the index was built to return that many, and fewer results without a
+word would look like a short catalogue. A model server needs ScaNN's ops to load this model: in Python,
 ``import scann`` before ``tf.saved_model.load``.
 """
 
@@ -24,25 +26,38 @@ from tfrec.models import TwoTowerModel
 
 
 def first_occurrences(items: tf.Tensor) -> tf.Tensor:
-    """``[B, C]``: True where an item (``>= 0``) does not occur earlier in its row."""
-    same = tf.equal(items[:, :, None], items[:, None, :])
-    width = tf.shape(items)[1]
-    earlier = tf.range(width)[None, :] < tf.range(width)[:, None]  # [i, j]: j comes before i
-    seen_before = tf.reduce_any(same & earlier[None], axis=-1)
-    return (items >= 0) & ~seen_before
+    """``[B, C]``: True where an item (``>= 0``) does not occur earlier in its row.
+
+    Linear in ``B * C`` (one ``tf.unique`` over (row, item) keys), so a long history
+    costs memory in proportion to its length.
+    """
+    items = tf.cast(items, tf.int64)
+    shape = tf.shape(items, out_type=tf.int64)
+    width = tf.maximum(tf.reduce_max(items) + 2, 1)
+    keys = tf.reshape(tf.range(shape[0])[:, None] * width + items + 1, [-1])
+    _, slot = tf.unique(keys, out_idx=tf.int64)
+    position = tf.range(tf.size(keys, out_type=tf.int64))
+    first = tf.math.unsorted_segment_min(position, slot, tf.reduce_max(slot) + 1)
+    return (items >= 0) & tf.reshape(tf.equal(tf.gather(first, slot), position), shape)
 
 
 class RetrieveScannModel(RetrieveModel):
     """``history`` -> top-``k`` ``item_ids`` and ``scores`` through the ScaNN index (``k <= index.k``)."""
 
     def __init__(self, model: TwoTowerModel, catalogue: Catalogue, index_dir: str | Path, default_k: int,
-                 exclude_history: bool):
+                 exclude_history: bool, max_history: int):
         params = load_search_params(index_dir)
         self.scann_state = load_searcher_state(index_dir)
         self.search_params = params
         self.index_k = int(params["k"])
-        super().__init__(model, catalogue, min(default_k, self.index_k), exclude_history)
-        self.max_k = self.index_k
+        super().__init__(model, catalogue, min(default_k, self.index_k), exclude_history, max_history)
+
+    def check_k(self, k):
+        check = tf.debugging.assert_less_equal(
+            k, self.index_k, message=f"k is larger than the index returns (index.k = {self.index_k}); "
+                                     "ask for fewer results or rebuild the index with a larger index.k")
+        with tf.control_dependencies([check]):
+            return tf.identity(k)
 
     def search(self, queries: tf.Tensor) -> tf.Tensor:
         from scann.scann_ops.py import scann_ops

@@ -16,10 +16,17 @@ that ``k`` results still come back:
 
 Dropped items score ``EXCLUDED``; they only come back when a request asks for more
 results than there are items left.
+
+Every model bounds its own cost, so stock TF Serving is protected as well as ``tfrec
+serve``: a history is cut to its most recent ``max_history`` items inside the model, and
+a request a model cannot answer (an unknown item as the whole request, inputs whose
+batch sizes differ, a ``k`` beyond the index, a NaN weight) fails with
+``INVALID_ARGUMENT`` and a message, never with a silent guess.
 """
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -27,6 +34,83 @@ from tfrec.models import TextPipeline, TwoTowerModel
 
 EXCLUDED = -1e30
 _EMPTY = tf.constant([], tf.string)
+
+
+def input_meanings() -> dict[str, str]:
+    """What each signature input means, for the model card and the README."""
+    return {
+        "history": "recent item ids of each user, oldest first, one row per user; pad shorter rows on the left "
+                   "with \"\" (unknown ids are ignored too); only the most recent export.max_history items are read",
+        "text": "product text (the configured text fields joined with spaces), one per item",
+        "item_id": "catalogue item id; in tfrec_candidate optional (\"\" or left out: text only), one per text",
+        "categories": "one row per text, one column per categorical field in config order (\"\": unknown)",
+        "query": "free search text, one per request row",
+        "k": "results per row; at most the catalogue size (tfrec_retrieve_scann: at most index.k, else an error)",
+        "exclude_history": "drop items already in the row's history",
+        "exclude_ids": "item ids never to return (e.g. out of stock), applied to every row",
+        "category": "return only items of this value of export.category_field (\"\": no filter)",
+        "history_weight": "in [0, 1]: share of the history's query vector blended with the text's vector",
+    }
+
+
+def output_meanings() -> dict[str, str]:
+    """What each signature output means, with its score scale."""
+    return {
+        "query_vector": "the user's query vector (L2-normalised); its dot product with an item_vector is the "
+                        "two-tower similarity in [-1, 1]",
+        "item_vector": "the item's vector (L2-normalised), comparable with query vectors and the index",
+        "item_ids": "top-k item ids per row, best first",
+        "scores": "served score per result, higher is better: tfrec_retrieve(_scann): the repeat-aware score "
+                  "(scale x similarity + history term, unbounded); tfrec_similar / tfrec_search: cosine "
+                  "similarity in [-1, 1]; an excluded item that fills a short list scores -1e30",
+        "because_ids": "per result, the history item whose vector is closest to it (\"\": none)",
+        "because_scores": "the dot product of that history item's vector with the result's, in [-1, 1]",
+    }
+
+
+class ServingModule(tf.Module):
+    """Base of every exported model: keeps Keras objects out of the SavedModel's object graph.
+
+    A SavedModel's restore op fills the variables its object graph tracks; its functions
+    read the variables they captured. A Keras 3 variable wraps a ``tf.Variable``, and when
+    the Keras variable itself is tracked, ``tf.saved_model.save`` exports it as a second
+    variable: the restore op fills that copy while the functions read the wrapped one,
+    which nothing restores. ``tf.saved_model.load`` rebinds the functions to the restored
+    objects and hides this; a graph-mode loader (TF Serving, ``saved_model_cli run``, the
+    C, C++, Java and Go APIs) runs the graph as written and answers "Could not find
+    variable". So Keras objects are held with :meth:`hold`, outside the object graph,
+    and the module tracks the ``tf.Variable`` under each of their variables: every
+    variable is saved once, and the restore op fills exactly what the functions read.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.tf_variables = []
+
+    def hold(self, **objects) -> None:
+        """Sets ``objects`` as attributes without tracking them; tracks their variables' ``tf.Variable``s."""
+        tracked = {id(v) for v in self.tf_variables}
+        for name, value in objects.items():
+            object.__setattr__(self, name, value)
+            for variable in getattr(value, "variables", None) or []:
+                inner = variable.value if isinstance(variable, keras.Variable) else variable
+                if id(inner) not in tracked:
+                    tracked.add(id(inner))
+                    self.tf_variables.append(inner)
+
+
+def recent(history: tf.Tensor, max_history: int) -> tf.Tensor:
+    """The most recent ``max_history`` items of each (left-padded) history: what a model reads."""
+    return history[:, -max_history:]
+
+
+def same_batch(batch: tf.Tensor, tensor: tf.Tensor, what: str, main: str) -> tf.Tensor:
+    """``tensor`` after checking that its batch size equals ``batch`` (the main input's)."""
+    check = tf.debugging.assert_equal(
+        tf.shape(tensor)[0], batch,
+        message=f"{what} must have one row per {main} (the batch sizes differ)")
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)
 
 
 class Catalogue(tf.Module):
@@ -104,20 +188,22 @@ _CATEGORY = tf.TensorSpec([], tf.string, name="category")
 _HISTORY = tf.TensorSpec([None, None], tf.string, name="history")
 
 
-class QueryModel(tf.Module):
+class QueryModel(ServingModule):
     """``history`` (recent item ids, oldest first) -> ``query_vector``."""
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue):
+    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, max_history: int):
         super().__init__()
-        self.model, self.catalogue = model, catalogue
+        self.hold(model=model)
+        self.catalogue = catalogue
+        self.max_history = max_history
 
     @tf.function(input_signature=[_HISTORY])
     def serve(self, history):
-        indices = self.catalogue.indices(history)
+        indices = self.catalogue.indices(recent(history, self.max_history))
         return {"query_vector": self.model.query_vectors(indices, self.catalogue.item_vectors, training=False)}
 
 
-class CandidateModel(tf.Module):
+class CandidateModel(ServingModule):
     """``text`` (and optionally ``item_id``, ``categories``) -> ``item_vector``.
 
     A product added after training gets its vector from its text; a known ``item_id``
@@ -128,10 +214,8 @@ class CandidateModel(tf.Module):
     def __init__(self, model: TwoTowerModel, catalogue: Catalogue, pipeline: TextPipeline,
                  categorical: dict[str, list[str]]):
         super().__init__()
-        self.model, self.catalogue = model, catalogue
-        self.encoder = pipeline.encoder
-        self.tokenizer = pipeline.tokenizer
-        self._tokenize = pipeline.tokenize
+        self.hold(model=model, encoder=pipeline.encoder, tokenizer=pipeline.tokenizer, tokenize=pipeline.tokenize)
+        self.catalogue = catalogue
         self.categorical_tables = [
             tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
                 tf.constant(values, tf.string), tf.range(1, len(values) + 1, dtype=tf.int32)), 0)
@@ -142,13 +226,22 @@ class CandidateModel(tf.Module):
     def vectors(self, text, item_id, categories):
         text = tf.reshape(text, [-1])
         batch = tf.shape(text)[0]
-        item_id = tf.cond(tf.size(item_id) > 0, lambda: item_id, lambda: tf.fill([batch], ""))
+        item_id = tf.cond(tf.size(item_id) > 0, lambda: same_batch(batch, item_id, "item_id", "text"),
+                          lambda: tf.fill([batch], ""))
         codes = None
         if self.num_categorical:
-            categories = tf.cond(tf.size(categories) > 0, lambda: categories,
+            categories = tf.cond(tf.size(categories) > 0, lambda: same_batch(batch, categories, "categories", "text"),
                                  lambda: tf.fill([batch, self.num_categorical], ""))
-            codes = tf.stack([table.lookup(categories[:, i]) for i, table in enumerate(self.categorical_tables)], -1)
-        text_vectors = self.encoder(self._tokenize(text), training=False)
+            width = tf.debugging.assert_equal(
+                tf.shape(categories)[1], self.num_categorical,
+                message=f"categories needs one column per categorical field ({self.num_categorical})")
+            with tf.control_dependencies([width]):
+                codes = tf.stack([table.lookup(categories[:, i])
+                                  for i, table in enumerate(self.categorical_tables)], -1)
+        else:
+            tf.debugging.assert_equal(tf.size(categories), 0,
+                                      message="this catalogue has no categorical fields; leave categories empty")
+        text_vectors = self.encoder(self.tokenize(text), training=False)
         return self.model.item_tower.embed(text_vectors, self.catalogue.indices(item_id), codes, training=False)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="text"),
@@ -158,7 +251,7 @@ class CandidateModel(tf.Module):
         return {"item_vector": self.vectors(text, item_id, categories)}
 
 
-class RetrieveModel(tf.Module):
+class RetrieveModel(ServingModule):
     """``history`` -> top-``k`` ``item_ids`` and ``scores`` over the whole catalogue, exactly.
 
     Scores are the model's served scores (two-tower similarity plus the repeat-aware
@@ -167,15 +260,15 @@ class RetrieveModel(tf.Module):
     vector scores highest with it ("because you bought ...").
     """
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, default_k: int, exclude_history: bool):
+    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, default_k: int, exclude_history: bool,
+                 max_history: int):
         super().__init__()
-        self.model, self.catalogue = model, catalogue
+        self.hold(model=model)
+        self.catalogue = catalogue
+        self.max_history = max_history
         self.default_k = default_k
         self.default_exclude_history = exclude_history
         self.serve = self._signature()
-
-    max_k: int | None = None
-    """The most results a request may ask for (``None``: the catalogue size)."""
 
     def candidates(self, history):
         """The items to rank and their scores: ``(scores [B, C], items [B, C] or None)``.
@@ -184,15 +277,18 @@ class RetrieveModel(tf.Module):
         """
         return self.model.scores(history, self.catalogue.item_vectors), None
 
+    def check_k(self, k):
+        """``k`` after the model's own checks (none here: ``k`` is capped by the catalogue's size)."""
+        return k
+
     def retrieve(self, history_ids, k, exclude_history, exclude_ids, category):
-        history = self.catalogue.indices(history_ids)
+        k = self.check_k(k)
+        history = self.catalogue.indices(recent(history_ids, self.max_history))
         scores, candidates = self.candidates(history)
         batch = tf.shape(history)[0]
         keep = self.catalogue.keep(batch, history, exclude_history, exclude_ids, category)
         if candidates is not None:
             keep = tf.gather(keep, tf.maximum(candidates, 0), batch_dims=1) & (candidates >= 0)
-        if self.max_k is not None:
-            k = tf.minimum(k, self.max_k)
         results, values = self.catalogue.top_k(scores, keep, k, candidates)
         because_ids, because_scores = self.catalogue.explain(history, results)
         return {"item_ids": self.catalogue.ids(results), "scores": values,
@@ -219,6 +315,8 @@ class SimilarModel(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="item_id"), _K, _EXCLUDE_IDS, _CATEGORY])
         def serve(item_id, k=tf.constant(self.default_k), exclude_ids=_EMPTY, category=tf.constant("")):
             items = self.catalogue.indices(item_id)
+            tf.debugging.Assert(tf.reduce_all(items >= 0), [
+                "every item_id must be a catalogue item; unknown:", tf.boolean_mask(item_id, items < 0)], summarize=5)
             vectors = tf.gather(self.catalogue.item_vectors, tf.maximum(items, 0))
             scores = tf.matmul(vectors, self.catalogue.item_vectors, transpose_b=True)
             batch = tf.shape(items)[0]
@@ -231,7 +329,7 @@ class SimilarModel(tf.Module):
         return serve
 
 
-class SearchModel(tf.Module):
+class SearchModel(ServingModule):
     """Free ``query`` text -> top-``k`` items, through the item tower's text encoder.
 
     A visitor with no history is served from a search box. With a ``history``, the
@@ -240,9 +338,11 @@ class SearchModel(tf.Module):
     """
 
     def __init__(self, model: TwoTowerModel, catalogue: Catalogue, candidate: CandidateModel, default_k: int,
-                 history_weight: float):
+                 history_weight: float, max_history: int):
         super().__init__()
-        self.model, self.catalogue, self.candidate = model, catalogue, candidate
+        self.hold(model=model)
+        self.catalogue, self.candidate = catalogue, candidate
+        self.max_history = max_history
         self.default_k = default_k
         self.default_history_weight = history_weight
         self.serve = self._signature()
@@ -254,10 +354,13 @@ class SearchModel(tf.Module):
                   history_weight=tf.constant(self.default_history_weight), exclude_ids=_EMPTY,
                   category=tf.constant("")):
             batch = tf.shape(query)[0]
+            tf.debugging.assert_all_finite(history_weight, "history_weight must be a finite number")
+            tf.debugging.assert_less_equal(tf.abs(history_weight - 0.5), 0.5,
+                                           message="history_weight must lie in [0, 1]")
             text = self.candidate.vectors(query, _EMPTY, tf.constant([[]], tf.string))
-            history = tf.cond(tf.shape(history)[0] == batch, lambda: history,
+            history = tf.cond(tf.size(history) > 0, lambda: same_batch(batch, history, "history", "query"),
                               lambda: tf.fill([batch, 1], ""))
-            indices = self.catalogue.indices(history)
+            indices = self.catalogue.indices(recent(history, self.max_history))
             personal = tf.reduce_any(indices >= 0, axis=1, keepdims=True)
             user = self.model.query_vectors(indices, self.catalogue.item_vectors, training=False)
             weight = tf.where(personal, history_weight, 0.0)

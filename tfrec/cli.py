@@ -7,6 +7,7 @@ overrides; stages are imported only when their subcommand runs, so ``--help`` is
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -22,7 +23,8 @@ stages and their folders:
   train       DIR -> MODEL (checkpoints, TensorBoard logs, model.keras)
   evaluate    MODEL + DIR -> MODEL/metrics.json (model beside every baseline)
   index       MODEL -> INDEX (ScaNN index + index_report.json)
-  export      MODEL + INDEX -> EXPORT/<name>/<version>/ (TF Serving layout)
+  export      MODEL + INDEX -> EXPORT/<name>/<version>/ (TF Serving layout), checked as by verify
+  verify      EXPORT -> does each model load and answer in TF Serving's graph-mode loader?
   serve       EXPORT -> REST and gRPC endpoints on 127.0.0.1
   run         all of the above into runs/<name>/, skipping stages already done
 
@@ -78,7 +80,22 @@ def _index(args: argparse.Namespace, _: list[str]) -> int:
 def _export(args: argparse.Namespace, _: list[str]) -> int:
     from serving.export import export_models
 
-    export_models(_load(args), args.model, args.index, args.output, version=args.version)
+    export_models(_load(args), args.model, args.index, args.output, version=args.version,
+                  model_base_path=args.model_base_path)
+    return 0
+
+
+def _verify(args: argparse.Namespace, _: list[str]) -> int:
+    import json
+
+    from serving.verify import checks_as_json, format_checks, verify_export
+
+    checks = verify_export(args.export, args.version)
+    print(json.dumps(checks_as_json(checks), indent=1) if args.json else format_checks(checks))
+    failed = [c.name for c in checks if not c.ok]
+    if failed:
+        print(f"tfrec verify: {len(failed)} of {len(checks)} models failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -166,6 +183,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, type=Path, help="output folder of `tfrec index`")
     p.add_argument("--output", required=True, type=Path, help="export folder (TF Serving base)")
     p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
+    p.add_argument("--model-base-path", metavar="PATH",
+                   help="the export folder as the model server will see it, written into models.config "
+                        "(e.g. /models inside TF Serving's container, or a gs:// URL; default: --output)")
+
+    p = add("verify", _verify, "check that every exported model serves in TF Serving's loader",
+            "For each model of an export (its newest version, or --version), loads the SavedModel in a "
+            "fresh process that imports only TensorFlow (plus TF-Text or ScaNN where the graph needs "
+            "their ops), in graph mode (TF Serving's and saved_model_cli's path) and eagerly, and sends "
+            "both the same requests: one with only the main input, one with every option. Prints per "
+            "model: loads in graph mode, answers with defaults, same results as eager, the ops beyond "
+            "core TensorFlow the graph needs, and the oldest stock TF Serving that serves it. Exit code "
+            "1 when any model fails. `tfrec export` runs the same check before a version goes live.")
+    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    p.add_argument("--version", type=int, default=None, help="version to check (default: each model's newest)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add("serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
             "A local model server for machines without TF Serving (and for the ScaNN model). "
@@ -213,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tfrec.errors import TfrecError
 
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.handler(args, extra)
     except (TfrecError, FileNotFoundError) as e:

@@ -322,6 +322,10 @@ class ExportConfig(_Section):
     """Categorical field the ``category`` request option filters on (default: the first one)."""
     search_history_weight: float = Field(0.5, ge=0.0, le=1.0)
     """Weight of the query tower's vector when a search request also carries a history."""
+    max_history: int = Field(1000, gt=0)
+    """Most recent history items an exported model reads; it cuts longer histories itself, so every
+    server (stock TF Serving too) has a bounded cost per request. Evaluation reads whole histories:
+    above this length a served list can differ slightly from the evaluated one."""
 
 
 class ServeConfig(_Section):

@@ -1,0 +1,174 @@
+"""The export in the loaders its users run: graph mode with only the main input, `tfrec verify`,
+`saved_model_cli run`, and the requests a model must refuse by itself (stock TF Serving has no
+server of ours in front of it)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from serving.export import CANDIDATE, QUERY, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, export_models
+from serving.items import read_items
+from serving.saved_model import read_signature_defs, write_graph_defaults
+from serving.verify import ModelCheck, check_version, run_child, verify_export
+from tfrec.cli import main as cli_main
+from tfrec.errors import TfrecError
+
+ALL_MODELS = (QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH)
+
+
+@pytest.fixture(scope="module")
+def item_ids(export_dir):
+    return list(read_items(export_dir))
+
+
+def graph_answer(export_dir: Path, name: str, request: dict) -> dict:
+    """One request through the TF1 session loader, checked against the eager loader."""
+    answer = run_child(export_dir / name / "1", [request])
+    assert answer["modules"] == []
+    return answer["graph"][0]
+
+
+def test_every_model_passes_verify(export_dir, capsys):
+    checks = verify_export(export_dir)
+    assert sorted(c.name for c in checks) == sorted(ALL_MODELS)
+    for check in checks:
+        assert check.ok, (check.name, check.problems)
+    stock = {c.name: c.tf_serving for c in checks}
+    assert stock[RETRIEVE_SCANN].startswith("needs a TF Serving built with ScaNN")
+    assert all(stock[name] == ">= 2.20.0" for name in ALL_MODELS if name != RETRIEVE_SCANN)
+    ops = {c.name: c.custom_ops for c in checks}
+    assert set(ops[CANDIDATE].values()) == {"tensorflow_text"} and ops[QUERY] == {} and ops[RETRIEVE] == {}
+    assert set(ops[RETRIEVE_SCANN].values()) == {"scann"}
+
+    assert cli_main(["verify", "--export", str(export_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "graph-mode load" in table and "tfrec_retrieve_scann" in table
+
+
+def test_only_the_main_input_is_needed_in_graph_mode(export_dir, item_ids):
+    history = [item_ids[:3]]
+    for name, request in [(QUERY, {"history": history}), (RETRIEVE, {"history": history}),
+                          (RETRIEVE_SCANN, {"history": history}), (SIMILAR, {"item_id": item_ids[:1]}),
+                          (CANDIDATE, {"text": ["RED ENAMEL MUG"]}), (SEARCH, {"query": ["red mug"]})]:
+        out = graph_answer(export_dir, name, request)
+        assert "error" not in out, (name, out)
+        if "item_ids" in out:
+            assert len(out["item_ids"][0]) == 20  # export.k, the SignatureDef's default
+    defaults = read_signature_defs(export_dir / RETRIEVE / "1")["serving_default"].defaults
+    assert sorted(defaults) == ["category", "exclude_history", "exclude_ids", "k"]
+
+
+def test_saved_model_cli_run_with_only_history(export_dir, item_ids):
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    history = json.dumps([item_ids[:2]])
+    for name in (QUERY, RETRIEVE):
+        done = subprocess.run([str(cli), "run", "--dir", str(export_dir / name / "1"), "--tag_set", "serve",
+                               "--signature_def", "serving_default", "--input_exprs", f"history={history}"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "Result for output key" in done.stdout
+        assert ("query_vector" if name == QUERY else "item_ids") in done.stdout
+
+
+def test_keras_variables_tracked_by_a_plain_module_are_caught(tmp_path):
+    """The failure `tfrec verify` exists for: a tf.Module holding Keras 3 layers loads eagerly
+    but cannot answer in graph mode."""
+    dense = keras.layers.Dense(2)
+    dense.build((None, 1))
+
+    class Plain(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.dense = dense
+
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="history")])
+        def serve(self, history):
+            lengths = tf.cast(tf.reduce_sum(tf.strings.length(history), 1, keepdims=True), tf.float32)
+            return {"query_vector": self.dense(lengths)}
+
+    module = Plain()
+    path = tmp_path / "plain" / "1"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    check = check_version("plain", path, ["a", "b"], ["t"], 0)
+    assert check.loads_in_graph_mode and not check.answers_with_defaults and not check.ok
+    assert any("Could not find variable" in p for p in check.problems), check.problems
+
+
+def test_graph_defaults_feed_left_out_inputs(tmp_path):
+    class WithDefaults(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.float32, name="scale")])
+        def serve(self, x, scale=tf.constant(3.0)):
+            return {"y": x * scale}
+
+    module = WithDefaults()
+    path = tmp_path / "m" / "1"
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    assert write_graph_defaults(path) == ["scale"]
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
+        signature = meta.signature_def["serving_default"]
+        y = signature.outputs["y"].name
+        assert session.run(y, {signature.inputs["x"].name: [1.0, 2.0]}).tolist() == [3.0, 6.0]
+        assert session.run(y, {signature.inputs["x"].name: [1.0], signature.inputs["scale"].name: 0.5}) == [0.5]
+    assert tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant([2.0]),
+                                                                     scale=tf.constant(2.0))["y"].numpy() == [4.0]
+
+
+@pytest.mark.parametrize("name, request_, message", [
+    (SIMILAR, {"item_id": ["NOT-AN-ITEM"]}, "every item_id must be a catalogue item"),
+    (RETRIEVE_SCANN, {"history": [["X"]], "k": 101}, "index.k = 100"),
+    (CANDIDATE, {"text": ["a", "b"], "item_id": ["x"]}, "item_id must have one row per text"),
+    (CANDIDATE, {"text": ["a"], "categories": [["toys"]]}, "no categorical fields"),
+    (SEARCH, {"query": ["a", "b"], "history": [["x"]]}, "history must have one row per query"),
+    (SEARCH, {"query": ["a"], "history_weight": float("nan")}, "history_weight must be a finite number"),
+    (RETRIEVE, {"history": [["x"]], "category": "toys"}, "no category field"),
+])
+def test_models_refuse_what_they_cannot_answer(export_dir, name, request_, message):
+    out = graph_answer(export_dir, name, request_)
+    assert "InvalidArgumentError" in out.get("error", ""), out
+    assert message in out["error"]
+
+
+def test_a_long_history_is_cut_to_its_most_recent_items(export_dir, item_ids):
+    recent = (item_ids * 400)[:1000]  # export.max_history
+    longer = [*(item_ids[::-1] * 300)[:1500], *recent]
+    cut = graph_answer(export_dir, RETRIEVE, {"history": [recent]})
+    whole = graph_answer(export_dir, RETRIEVE, {"history": [longer]})
+    assert whole["item_ids"] == cut["item_ids"]
+    np.testing.assert_allclose(whole["scores"], cut["scores"], atol=1e-5)
+
+
+def test_models_config_names_the_servers_path_and_card_documents_signatures(export_dir):
+    config = (export_dir / "models.config").read_text()
+    assert f'base_path: "{export_dir.resolve()}/tfrec_retrieve"' in config
+    card = json.loads((export_dir / "model_card.json").read_text())
+    inputs = card["models"][RETRIEVE]["signature"]["inputs"]
+    assert inputs["history"]["default"] == "required" and inputs["history"]["shape"] == [None, None]
+    assert inputs["k"] == {"dtype": "int32", "shape": [], "default": 20, "meaning": inputs["k"]["meaning"]}
+    assert inputs["exclude_ids"]["default"] == [] and "oldest first" in inputs["history"]["meaning"]
+    assert "scale" in card["models"][RETRIEVE]["signature"]["outputs"]["scores"]["meaning"]
+
+
+def test_model_base_path_and_a_failing_version_is_never_published(tiny, trained_model_dir, index_dir, tmp_path,
+                                                                  monkeypatch):
+    import serving.export as export
+
+    out = tmp_path / "export"
+    export_models(tiny, trained_model_dir, None, out, version=3, model_base_path="/models", verify=False)
+    assert 'base_path: "/models/tfrec_query"' in (out / "models.config").read_text()
+
+    def failing(name, path, *args, **kwargs):
+        return ModelCheck(name, str(path), problems=["graph-mode load: refused"])
+
+    monkeypatch.setattr(export, "check_version", failing)
+    with pytest.raises(TfrecError, match="failed its serving check"):
+        export_models(tiny, trained_model_dir, None, out, version=4)
+    assert not list(out.glob("*/4")), "a failing version was left in place"
+    assert not [p for p in out.rglob(".*") if p.is_dir()], "a staging folder was left behind"
