@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from serving.index import IndexCatalogue
 from serving.items import write_items
-from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs, write_graph_defaults
+from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
     Catalogue,
@@ -87,9 +87,10 @@ def next_version(export_dir: Path) -> int:
 def stage(module: tf.Module, target: Path, scann: bool = False) -> Path:
     """Saves ``module`` as a SavedModel in a hidden folder beside ``target``; returns the SavedModel's path.
 
-    The SavedModel's optional inputs get their defaults inside the serving graph
-    (:func:`serving.saved_model.write_graph_defaults`). Nothing is visible at ``target``
-    until :func:`publish` renames the staged folder into place.
+    Nothing is visible at ``target`` until :func:`publish` renames the staged folder into
+    place. TensorFlow writes each optional input (an argument with a default) as a
+    ``PlaceholderWithDefault`` and keeps the default in the SignatureDef, so graph-mode
+    callers may leave it out.
     """
     if target.exists():
         raise TfrecError(f"{target} already exists: versions are never overwritten; pick another --version")
@@ -99,7 +100,6 @@ def stage(module: tf.Module, target: Path, scann: bool = False) -> Path:
     saved = staging / "model"
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
     tf.saved_model.save(module, str(saved), signatures={DEFAULT_SIGNATURE: module.serve}, options=options)
-    write_graph_defaults(saved)
     return saved
 
 

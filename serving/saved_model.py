@@ -13,14 +13,11 @@ from pathlib import Path
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
-from tensorflow.python.saved_model import pywrap_saved_model
 
-from tfrec import fileio
 from tfrec.errors import TfrecError
 
 DEFAULT_SIGNATURE = "serving_default"
 SERVE_TAG = "serve"
-FINGERPRINT_FILE = "fingerprint.pb"
 CUSTOM_OP_MODULES = ("tensorflow_text", "scann")
 """Modules whose import registers the custom TF ops the exported models use."""
 
@@ -61,44 +58,6 @@ def serving_meta_graph(saved_model: saved_model_pb2.SavedModel) -> meta_graph_pb
 def read_signature_defs(version_dir: str | Path) -> dict[str, meta_graph_pb2.SignatureDef]:
     """The SignatureDefs a SavedModel declares (what TF Serving reports as its metadata)."""
     return dict(serving_meta_graph(read_saved_model(version_dir)).signature_def)
-
-
-def write_graph_defaults(version_dir: str | Path) -> list[str]:
-    """Gives every optional signature input its default inside the serving graph; returns their names.
-
-    ``tf.saved_model.save`` keeps a signature's argument defaults in the SignatureDef's
-    ``defaults`` map and writes every input as a plain ``Placeholder``. TF Serving reads
-    the map and feeds the defaults, but other graph-mode consumers (``saved_model_cli
-    run``, a TF1 session, the C, C++, Java and Go APIs) feed only what they are given, and
-    an unfed ``Placeholder`` fails the run. Each such input becomes a
-    ``PlaceholderWithDefault`` over a constant holding the default, so a caller that
-    feeds only the main input gets the defaults everywhere. The eager loader builds its
-    signatures from the object graph and is unaffected.
-    """
-    version_dir = Path(version_dir)
-    saved_model = read_saved_model(version_dir)
-    graph = serving_meta_graph(saved_model)
-    nodes = {node.name: node for node in graph.graph_def.node}
-    changed = []
-    for signature in graph.signature_def.values():
-        for key, default in signature.defaults.items():
-            node = nodes.get(signature.inputs[key].name.split(":")[0])
-            if node is None or node.op != "Placeholder":
-                continue
-            constant = graph.graph_def.node.add()
-            constant.name = f"{node.name}/default"
-            constant.op = "Const"
-            constant.attr["dtype"].type = node.attr["dtype"].type
-            constant.attr["value"].tensor.CopyFrom(default)
-            node.op = "PlaceholderWithDefault"
-            node.input.append(constant.name)
-            changed.append(key)
-    if changed:
-        fileio.write_bytes(version_dir / "saved_model.pb", saved_model.SerializeToString())
-        if (version_dir / FINGERPRINT_FILE).exists():
-            fileio.write_bytes(version_dir / FINGERPRINT_FILE,
-                               pywrap_saved_model.fingerprinting.CreateFingerprintDef(str(version_dir)))
-    return changed
 
 
 def newest_version(model_dir: str | Path) -> Path:

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from serving.export import CANDIDATE, QUERY, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, export_models
 from serving.items import read_items
-from serving.saved_model import read_signature_defs, write_graph_defaults
+from serving.saved_model import read_signature_defs
 from serving.verify import ModelCheck, check_version, run_child, verify_export
 from tfrec.cli import main as cli_main
 from tfrec.errors import TfrecError
@@ -100,25 +100,14 @@ def test_keras_variables_tracked_by_a_plain_module_are_caught(tmp_path):
     assert any("Could not find variable" in p for p in check.problems), check.problems
 
 
-def test_graph_defaults_feed_left_out_inputs(tmp_path):
-    class WithDefaults(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x"),
-                                      tf.TensorSpec([], tf.float32, name="scale")])
-        def serve(self, x, scale=tf.constant(3.0)):
-            return {"y": x * scale}
-
-    module = WithDefaults()
-    path = tmp_path / "m" / "1"
-    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
-    assert write_graph_defaults(path) == ["scale"]
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        meta = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
-        signature = meta.signature_def["serving_default"]
-        y = signature.outputs["y"].name
-        assert session.run(y, {signature.inputs["x"].name: [1.0, 2.0]}).tolist() == [3.0, 6.0]
-        assert session.run(y, {signature.inputs["x"].name: [1.0], signature.inputs["scale"].name: 0.5}) == [0.5]
-    assert tf.saved_model.load(str(path)).signatures["serving_default"](x=tf.constant([2.0]),
-                                                                     scale=tf.constant(2.0))["y"].numpy() == [4.0]
+def test_a_tf2_consumer_calls_serve_with_only_the_main_input(export_dir, item_ids):
+    """``signatures["serving_default"]`` takes every input (TensorFlow's rule for signatures);
+    the saved ``serve`` function keeps its defaults."""
+    loaded = tf.saved_model.load(str(export_dir / RETRIEVE / "1"))
+    out = loaded.serve(history=tf.constant([item_ids[:2]]))
+    assert out["item_ids"].shape == (1, 20)
+    with pytest.raises(TypeError, match="missing a required argument"):
+        loaded.signatures["serving_default"](history=tf.constant([item_ids[:2]]))
 
 
 @pytest.mark.parametrize("name, request_, message", [
