@@ -161,3 +161,20 @@ def test_model_base_path_and_a_failing_version_is_never_published(tiny, trained_
         export_models(tiny, trained_model_dir, None, out, version=4)
     assert not list(out.glob("*/4")), "a failing version was left in place"
     assert not [p for p in out.rglob(".*") if p.is_dir()], "a staging folder was left behind"
+
+
+def test_the_c_api_loader_answers_like_the_session_loader(export_dir, item_ids):
+    """TF_LoadSessionFromSavedModel, the loader of TF Serving and the C, C++, Java and Go
+    bindings, through ctypes on the wheel's shared library, feeding only ``history``."""
+    version = export_dir / QUERY / "1"
+    signature = read_signature_defs(version)["serving_default"]
+    output_op, output_index = signature.outputs["query_vector"].name.split(":")
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("c_api_child.py")),
+                           str(Path(tf.__file__).parent), str(version),
+                           signature.inputs["history"].name.split(":")[0], output_op, output_index, *item_ids[:3]],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["python_tensorflow_imported"] is False
+    expected = graph_answer(export_dir, QUERY, {"history": [item_ids[:3]]})["query_vector"]
+    np.testing.assert_allclose(answer["output"], expected, atol=1e-5)
