@@ -3,15 +3,12 @@
 from setuptools import find_packages, setup
 
 # Checked together on Python 3.11: scann 1.4.2's ops need TF 2.20, tensorflow-text and
-# tensorflow-serving-api must match TF's minor version, keras-hub needs Keras 3 and
-# TensorFlow Recommenders needs tf-keras (Keras 2) beside it.
+# tensorflow-serving-api must match TF's minor version, keras-hub needs Keras 3.
 INSTALL_REQUIRES = [
     "tensorflow==2.20.0",
     "tensorflow-text==2.20.1",
     "keras>=3.10,<4",
     "keras-hub==0.32.0",
-    "tf-keras==2.20.1",
-    "tensorflow-recommenders==0.7.7",
     "scann[tf]==1.4.2",
     "apache-beam[tfrecord]==2.77.0",
     "tensorflow-serving-api==2.20.0",
@@ -27,7 +24,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6"],
+    # TensorFlow Recommenders is the reference our Keras 3 retrieval loss is tested against
+    # (tests/models/test_tfrs_parity.py); it needs tf-keras (Keras 2) beside it.
+    "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7", "tf-keras==2.20.1"],
     "bench": ["implicit==0.7.3", "matplotlib>=3.7"],
 }
 

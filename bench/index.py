@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 from benchlib import machine, write_json
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from serving.index import tuned_searcher
 from tfrec.config import IndexConfig, load_config
 from tfrec.errors import TfrecError

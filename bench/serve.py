@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 from benchlib import machine, write_json
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import RETRIEVE, RETRIEVE_SCANN
 from tfrec.errors import TfrecError

@@ -5,4 +5,3 @@ its parts: ``sources`` (reading files into numbered records), ``rows`` (row vali
 ``catalogue``, ``sequences`` (per-user splits) and ``stats``.
 """
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

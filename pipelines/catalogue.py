@@ -16,7 +16,6 @@ from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipelines.rows import ItemText
 from tfrec import features
 

@@ -30,7 +30,6 @@ import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipelines import sources
 from pipelines.catalogue import BuildCatalogue, WriteCatalogue
 from pipelines.rows import CatalogueParser, InteractionParser

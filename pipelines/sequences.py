@@ -24,7 +24,6 @@ from typing import NamedTuple
 
 import apache_beam as beam
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipelines.rows import Event
 from tfrec import features
 from tfrec.config import Sequences

@@ -64,7 +64,7 @@ STOCK_SERVABLE = (QUERY, CANDIDATE, RETRIEVE, SIMILAR, SEARCH)
 TEXT_MODELS = (CANDIDATE, SEARCH)
 log = logging.getLogger(__name__)
 
-PACKAGES = ("tfrec", "tensorflow", "tensorflow-text", "keras", "keras-hub", "tensorflow-recommenders", "scann",
+PACKAGES = ("tfrec", "tensorflow", "tensorflow-text", "keras", "keras-hub", "scann",
             "apache-beam", "implicit", "numpy")
 
 

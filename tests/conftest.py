@@ -2,8 +2,6 @@
 config, one data directory preprocessed from it, and, built once and reused by the
 training, serving and run tests, a tiny trained model, its ScaNN index and its export."""
 
-import tfrec  # noqa: F401, I001  (first: sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
-
 import json
 import zlib
 from pathlib import Path

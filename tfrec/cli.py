@@ -13,8 +13,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EPILOG = """\

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,10 +53,6 @@ def resolve_preset(preset: str) -> str:
     if not (path / "config.json").exists():
         raise TfrecError(f"text encoder preset {preset!r}: {path} holds no config.json")
     return str(path)
-
-
-def _is_local(preset: str) -> bool:
-    return Path(preset).is_dir()
 
 
 @keras.saving.register_keras_serializable(package="tfrec")
@@ -224,8 +219,6 @@ class TextPipeline:
 def pretrained_pipeline(config: TextEncoderConfig, trainable_layers: int | None = None) -> TextPipeline:
     """Loads a keras-hub text embedder and its preprocessor from ``config.preset``."""
     preset = resolve_preset(config.preset)
-    if _is_local(preset):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         embedder = keras_hub.models.TextEmbedder.from_preset(preset, preprocessor=None)
         preprocessor = type(embedder).preprocessor_cls.from_preset(
