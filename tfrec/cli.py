@@ -101,9 +101,9 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
     from serving.server import serve
-    from tfrec.config import ServeConfig
+    from tfrec.config import serve_settings
 
-    settings = _load(args).serve if args.config else ServeConfig()
+    settings = _load(args).serve if args.config else serve_settings(args.overrides)
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
     options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
     serve(args.export, **options)
