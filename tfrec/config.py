@@ -345,9 +345,9 @@ class ServeConfig(_Section):
     """0 turns the gRPC endpoint off."""
     max_batch: int = Field(256, gt=0)
     """Largest batch one request may carry."""
-    max_history: int = Field(200, gt=0)
-    """Longest history one request may carry; longer ones are refused (400). The model reads
-    only the most recent ``data.sequences.max_history`` items: raise both together."""
+    max_history: int = Field(1000, gt=0)
+    """Longest history one request may carry; longer ones are refused (400) before the model
+    sees them. The exported models read the most recent ``export.max_history``: keep the two equal."""
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
     """Largest REST request body, and gRPC message, the server reads."""
     max_connections: int = Field(64, gt=0)

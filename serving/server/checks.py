@@ -39,7 +39,7 @@ class Limits:
     """What one request and one client may cost the server (the ``serve`` section of the config)."""
 
     max_batch: int = 256
-    max_history: int = 200
+    max_history: int = 1000
     max_body_bytes: int = 4 * 1024 * 1024
     max_connections: int = 64
     request_timeout_seconds: float = 30.0
