@@ -280,6 +280,15 @@ def test_categories_and_category_on_a_catalogue_without_categorical_fields(tiny,
     assert caught.value.code == "INVALID_ARGUMENT" and caught.value.message.startswith(f"{RETRIEVE}: ")
 
 
+
+def test_k_above_the_index_k_is_a_bad_request_naming_index_k(tiny, server, grpc_client, ids):
+    k = tiny.index.k + 1
+    status, error = post(server, RETRIEVE_SCANN, {"inputs": {"history": [ids[:3]], "k": k}})
+    assert status == 400 and error.startswith(f"{RETRIEVE_SCANN}: ") and "index.k" in error, error
+    with pytest.raises(ServingClientError, match="index.k") as caught:
+        grpc_client.predict(RETRIEVE_SCANN, {"history": [ids[:3]], "k": k})
+    assert caught.value.code == "INVALID_ARGUMENT"
+
 # ------------------------------------------------------------------ conformance with TF Serving 2.20
 
 
