@@ -188,7 +188,7 @@ def test_slow_clients_are_dropped_and_normal_requests_are_answered_while_they_ha
     try:
         for connection in trickling:
             connection.sendall(b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: x\r\n")
-        for second in range(2):  # keep trickling while normal requests come and go
+        for _ in range(2):  # keep trickling while normal requests come and go
             assert_serving(rest, ids)
             for connection in trickling:
                 connection.sendall(b"X")
