@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +29,7 @@ from benchlib import machine, write_json
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import RETRIEVE, RETRIEVE_SCANN
+from serving.server.process import ServerProcess
 from tfrec.errors import TfrecError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,12 +38,6 @@ PROTOCOLS = ("rest", "grpc")
 MAX_REQUESTS_PER_CLIENT = 100_000
 WARMUP_REQUESTS = 10
 STARTUP_SECONDS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def read_item_ids(export: Path) -> list[str]:
@@ -59,55 +50,6 @@ def user_histories(ids: list[str], count: int, length: int, seed: int) -> list[l
     rng = np.random.default_rng(seed)
     size = min(length, len(ids))
     return [rng.choice(ids, size=size, replace=False).tolist() for _ in range(count)]
-
-
-class ServerProcess:
-    """``tfrec serve`` in a child process on free loopback ports; stopped with Ctrl-C's signal."""
-
-    def __init__(self, export: Path):
-        self.rest_port, self.grpc_port = free_port(), free_port()
-        # A file, not a pipe: a pipe nobody reads would fill up and stall the server. Closed by stop().
-        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tfrec.cli", "serve", "--export", str(export), "--host", "127.0.0.1",
-             "--port", str(self.rest_port), "--grpc-port", str(self.grpc_port)],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)
-
-    @property
-    def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.rest_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
-
-    def wait_until_serving(self, model: str) -> None:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        with RestClient(self.rest_url, timeout=5) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise TfrecError(f"tfrec serve exited with {self.process.returncode}:\n{self.output()[-3000:]}")
-                try:
-                    if client.status(model)[0]["state"] == "AVAILABLE":
-                        return
-                except ServingClientError:
-                    pass
-                time.sleep(0.5)
-        raise TfrecError(f"tfrec serve did not serve {model} within {STARTUP_SECONDS}s:\n{self.output()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
 
 def make_client(protocol: str, server: ServerProcess) -> RestClient | GrpcClient:
@@ -205,8 +147,7 @@ def main() -> None:
     server = ServerProcess(export)
     runs: dict[tuple[str, str], list[dict]] = {case: [] for case in cases}
     try:
-        for model in models:
-            server.wait_until_serving(model)
+        server.wait_until_serving(*models, timeout=STARTUP_SECONDS)
         for repeat in range(args.repeats):
             for model, protocol in cases:
                 result = run_load(server, model, protocol, histories, args.clients, args.seconds, args.k)
@@ -215,7 +156,7 @@ def main() -> None:
                       f"{result['errors']} errors  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
                       f"{result['requests_per_s']} /s", flush=True)
     finally:
-        server.stop()
+        server.close()
 
     results = {model: {protocol: summarise(runs[(model, protocol)]) for protocol in PROTOCOLS} for model in models}
     report = {

@@ -9,6 +9,11 @@ to swallow the rest of the file: its first line is rejected as ``malformed_row``
 reading resumes on the next line. Bytes are decoded as UTF-8 per record, so one bad
 byte rejects one row (``non_utf8``).
 
+A damaged compressed file (cut short, corrupt, or not compressed at all) is an error
+naming the file and what is wrong with it, never a silent partial read: gzip, bzip2 and
+xz files are read with Python's own readers, which check the end-of-stream marker and
+the checksum, and every read error is reported as ``DamagedFileError``.
+
 ``ReadRows`` is the composite that matches the configured patterns, reads every file
 with ``ParseFileFn`` (parse and validate in one pass, which keeps per-row overhead low)
 and returns the kept rows, the rejections and per-file row counts.
@@ -16,9 +21,14 @@ and returns the kept rows, the rejections and per-file row counts.
 
 from __future__ import annotations
 
+import bz2
 import collections
+import contextlib
 import csv
+import gzip
 import json
+import lzma
+import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
 
@@ -77,6 +87,72 @@ def match_files(patterns: Sequence[str], key: str) -> list[tuple[str, int]]:
             raise TfrecError(f"{key}: no file matches {pattern!r}")
         found.update((m.path, m.size_in_bytes) for m in matched)
     return sorted(found.items())
+
+
+# ------------------------------------------------------------------ opening files
+
+
+class DamagedFileError(TfrecError):
+    """An input file that cannot be read to its end: truncated, corrupt, or not what its name says."""
+
+
+_CHECKED_READERS = {CompressionTypes.GZIP: gzip.GzipFile, CompressionTypes.BZIP2: bz2.BZ2File,
+                    CompressionTypes.LZMA: lzma.LZMAFile}
+"""Compressions read with Python's readers: they raise on a missing end-of-stream marker or bad checksum."""
+_READ_ERRORS = (EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
+def _damage(error: Exception, compression: str) -> str:
+    """What a read error says about the file, in words."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, EOFError):
+        return f"the {compression} data ends before its end-of-stream marker: the file is cut short ({text})"
+    if isinstance(error, gzip.BadGzipFile) and text.startswith("Not a gzipped file"):
+        return f"it is not gzip data, though its name says so ({text})"
+    if compression != CompressionTypes.UNCOMPRESSED:
+        return f"its {compression} data is corrupt ({text})"
+    return f"it cannot be read ({text})"
+
+
+class _CheckedStream:
+    """A binary stream whose read errors become ``DamagedFileError`` naming the file."""
+
+    def __init__(self, stream: BinaryIO, source: str, compression: str):
+        self._stream, self._source, self._compression = stream, source, compression
+
+    def _checked(self, method, *args):
+        try:
+            return method(*args)
+        except _READ_ERRORS as e:
+            raise DamagedFileError(f"{self._source}: {_damage(e, self._compression)}; fix or remove the file "
+                                   f"(nothing read from it is used)") from None
+
+    def read(self, *args) -> bytes:
+        return self._checked(self._stream.read, *args)
+
+    def readline(self, *args) -> bytes:
+        return self._checked(self._stream.readline, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextlib.contextmanager
+def open_input(path: str, fmt: str, opener=None) -> Iterator[BinaryIO]:
+    """An input file for reading, decompressed by its extension (Parquet as stored), every read checked.
+
+    ``opener(compression_type)`` opens the raw file (default: ``FileSystems.open``); a Beam
+    ``ReadableFile``'s ``open`` fits.
+    """
+    opener = opener or (lambda compression_type: FileSystems.open(path, compression_type=compression_type))
+    compression = (CompressionTypes.UNCOMPRESSED if fmt == "parquet"
+                   else CompressionTypes.detect_compression_type(path))
+    reader = _CHECKED_READERS.get(compression)
+    with opener(CompressionTypes.UNCOMPRESSED if reader else compression) as raw:
+        stream = reader(fileobj=raw, mode="rb") if reader is gzip.GzipFile else (
+            reader(raw, mode="rb") if reader else raw)
+        with contextlib.closing(stream) if reader else contextlib.nullcontext(stream):
+            yield stream if fmt == "parquet" else _CheckedStream(stream, path, compression)
 
 
 # ------------------------------------------------------------------ readers
@@ -200,10 +276,10 @@ def read_records(
 def file_columns(path: str, fmt: str, delimiter: str) -> list[str] | None:
     """The columns a CSV header or a Parquet schema declares; None for JSON lines."""
     if fmt == "csv":
-        with FileSystems.open(path) as stream:
+        with open_input(path, fmt) as stream:
             return csv_header(stream, path, delimiter)
     if fmt == "parquet":
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+        with open_input(path, fmt) as stream:
             return list(pq.ParquetFile(stream).schema_arrow.names)
     return None
 
@@ -243,9 +319,12 @@ class ParseFileFn(beam.DoFn):
     def process(self, readable: fileio.ReadableFile, known_items: Any = None):
         source = readable.metadata.path
         fmt = detect_format(source, self.fmt)
-        compression = CompressionTypes.UNCOMPRESSED if fmt == "parquet" else CompressionTypes.AUTO
         read, kept, rejected = 0, 0, collections.Counter()
-        with readable.open(mime_type="application/octet-stream", compression_type=compression) as stream:
+
+        def opener(compression_type):
+            return readable.open(mime_type="application/octet-stream", compression_type=compression_type)
+
+        with open_input(source, fmt, opener) as stream:
             for record in read_records(stream, source, fmt, self.delimiter, self.parser.columns):
                 read += 1
                 outcome = self._validate(record, known_items) if isinstance(record, Record) else record

@@ -23,17 +23,17 @@ metadata once per model, and sends numpy arrays as they are.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import requests
 
+from serving.saved_model import DEFAULT_SIGNATURE
+from serving.server.codec import from_json, is_b64, to_json
+
 if TYPE_CHECKING:
     from typing import Self
-
-DEFAULT_SIGNATURE = "serving_default"
 
 
 class ServingClientError(Exception):
@@ -47,34 +47,8 @@ class ServingClientError(Exception):
 # ------------------------------------------------------------------ REST
 
 
-def _leaf_from_json(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_leaf_from_json(v) for v in value]
-    if isinstance(value, dict) and set(value) == {"b64"}:
-        return base64.b64decode(value["b64"])
-    return value
-
-
 def _array_from_json(value: Any) -> np.ndarray:
-    return np.asarray(_leaf_from_json(value))
-
-
-def _to_json(value: Any) -> Any:
-    """Numpy arrays and scalars as JSON values; bytes as text (or ``{"b64": ...}`` when not UTF-8)."""
-    if isinstance(value, np.ndarray):
-        value = value.tolist()
-    elif isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, Mapping):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return {"b64": base64.b64encode(value).decode("ascii")}
-    return value
+    return np.asarray(from_json(value))
 
 
 class RestClient:
@@ -111,11 +85,11 @@ class RestClient:
     def predict(self, model: str, inputs: Mapping[str, Any], version: int | None = None,
                 signature_name: str | None = None) -> dict[str, np.ndarray]:
         """Columnar ``{"inputs": {...}}`` request; returns every output by name."""
-        body: dict[str, Any] = {"inputs": {name: _to_json(value) for name, value in inputs.items()}}
+        body: dict[str, Any] = {"inputs": {name: to_json(value) for name, value in inputs.items()}}
         if signature_name:
             body["signature_name"] = signature_name
         outputs = self._call("POST", self._url(model, version, ":predict"), body)["outputs"]
-        if not isinstance(outputs, dict) or set(outputs) == {"b64"}:  # one output: TF Serving leaves its name out
+        if not isinstance(outputs, dict) or is_b64(outputs):  # one output: TF Serving leaves its name out
             (name,) = self._single_output(model, version, signature_name or DEFAULT_SIGNATURE)
             outputs = {name: outputs}
         return {name: _array_from_json(value) for name, value in outputs.items()}
@@ -123,7 +97,7 @@ class RestClient:
     def predict_rows(self, model: str, instances: list, version: int | None = None,
                      signature_name: str | None = None) -> list:
         """Row ``{"instances": [...]}`` request; returns ``predictions`` as the server sent them."""
-        body: dict[str, Any] = {"instances": _to_json(instances)}
+        body: dict[str, Any] = {"instances": to_json(instances)}
         if signature_name:
             body["signature_name"] = signature_name
         return self._call("POST", self._url(model, version, ":predict"), body)["predictions"]

@@ -55,6 +55,38 @@ def serving_meta_graph(saved_model: saved_model_pb2.SavedModel) -> meta_graph_pb
     return saved_model.meta_graphs[0]
 
 
+def is_version_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a SavedModel (one version of one model)."""
+    path = Path(path)
+    return any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt"))
+
+
+def check_export_root(export_dir: str | Path) -> Path:
+    """``export_dir`` if it is an export root (``<model>/<version>/`` inside), else a clear error.
+
+    Passing one model's folder, or one version's, is an easy slip: a server would find
+    no models there, or take each version for a model.
+    """
+    export_dir = Path(export_dir)
+    if not export_dir.is_dir():
+        raise TfrecError(f"{export_dir} is not a folder: pass the output folder of `tfrec export`")
+    if is_version_dir(export_dir):
+        raise TfrecError(f"{export_dir} is one version of one model (it holds saved_model.pb), not an export "
+                         f"folder: pass the export root, {export_dir.parent.parent}, which holds "
+                         f"<model>/<version>/")
+    versions = sorted(p.name for p in export_dir.iterdir() if p.name.isdigit() and is_version_dir(p))
+    if versions:
+        raise TfrecError(f"{export_dir} is one model's folder (it holds version(s) {', '.join(versions)}), not an "
+                         f"export folder: pass the export root, {export_dir.parent}, which holds "
+                         f"<model>/<version>/")
+    return export_dir
+
+
+def load_saved_model(version_dir: str | Path):
+    """One version loaded eagerly, and its SignatureDefs: ``(loaded, {name: SignatureDef})``."""
+    return tf.saved_model.load(str(version_dir)), read_signature_defs(version_dir)
+
+
 def read_signature_defs(version_dir: str | Path) -> dict[str, meta_graph_pb2.SignatureDef]:
     """The SignatureDefs a SavedModel declares (what TF Serving reports as its metadata)."""
     return dict(serving_meta_graph(read_saved_model(version_dir)).signature_def)

@@ -1,5 +1,6 @@
 """The configuration: validation errors that name the file and key, overrides, the reference."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,16 @@ def test_a_filter_needs_a_value_that_fits_its_op(tmp_path):
     with pytest.raises(ConfigError, match="needs a number value"):
         load_config(_write(tmp_path, raw))
 
+
+
+@pytest.mark.parametrize("op, value", [("matches", "([A-Z"), ("not_matches", ["ok", "*bad"])])
+def test_a_bad_regex_fails_validation_naming_the_filter_key_and_pattern(tmp_path, op, value):
+    raw = _bundled()
+    raw["data"]["interactions"]["filters"].append({"name": "codes", "column": "StockCode", "op": op, "value": value})
+    bad = value if isinstance(value, str) else value[1]
+    with pytest.raises(ConfigError, match=rf"data\.interactions\.filters\.\d+: .*filter 'codes': value "
+                                          rf"'{re.escape(bad)}' of op '{op}' is not a valid regular expression"):
+        load_config(_write(tmp_path, raw))
 
 def test_overrides_apply_yaml_values_and_are_validated():
     config = load_config(BUNDLED, ["train.epochs=3", "model.repeat_term=false", "eval.ks=[5, 10]",

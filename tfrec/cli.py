@@ -99,9 +99,9 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
     from serving.server import serve
-    from tfrec.config import ServeConfig
+    from tfrec.config import serve_settings
 
-    settings = _load(args).serve if args.config else ServeConfig()
+    settings = _load(args).serve if args.config else serve_settings(args.overrides)
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
     options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
     serve(args.export, **options)
@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
             "A local model server for machines without TF Serving (and for the ScaNN model). "
             "Serves the newest version of each model and picks up new versions while running. "
-            "Settings come from the flags, else from the config's `serve` section, else the defaults.")
+            "Settings come from the flags, else from the config's `serve` section (or --set serve.KEY=VALUE, "
+            "with or without --config), else the defaults; see the README for the request limits.")
     p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
     _config_args(p, required=False)
     p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")

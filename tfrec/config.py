@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -86,6 +87,13 @@ class Filter(_Section):
             isinstance(self.value, (str, list)) or isinstance(self.value, bool)
         ):
             raise ValueError(f"filter {self.name!r}: op {self.op!r} needs a number value")
+        if self.op in ("matches", "not_matches"):
+            for pattern in self.value if isinstance(self.value, list) else [self.value]:
+                try:
+                    re.compile(str(pattern))
+                except re.error as e:
+                    raise ValueError(f"filter {self.name!r}: value {str(pattern)!r} of op {self.op!r} is not a valid "
+                                     f"regular expression: {e}") from None
         return self
 
 
@@ -337,6 +345,17 @@ class ServeConfig(_Section):
     """0 turns the gRPC endpoint off."""
     max_batch: int = Field(256, gt=0)
     """Largest batch one request may carry."""
+    max_history: int = Field(1000, gt=0)
+    """Longest history one request may carry; longer ones are refused (400) before the model
+    sees them. The exported models read the most recent ``export.max_history``: keep the two equal."""
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0)
+    """Largest REST request body, and gRPC message, the server reads."""
+    max_connections: int = Field(64, gt=0)
+    """Most REST connections (and concurrent gRPC calls) held at once; more are answered 503."""
+    request_timeout_seconds: float = Field(30.0, gt=0.0)
+    """Time a client has to send one whole request; a slower one is disconnected."""
+    idle_timeout_seconds: float = Field(60.0, gt=0.0)
+    """Time an idle keep-alive connection is kept open."""
     poll_seconds: float = Field(2.0, gt=0.0)
     """How often the server looks for new versions."""
 
@@ -418,6 +437,19 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def serve_settings(overrides: list[str]) -> ServeConfig:
+    """``tfrec serve``'s settings without a config file: the defaults and ``serve.*`` overrides."""
+    raw = apply_overrides({"serve": {}}, overrides)
+    other = sorted(set(raw) - {"serve"})
+    if other:
+        raise ConfigError(f"without --config only serve.* keys can be set, not {other[0]}.*")
+    try:
+        return ServeConfig(**raw["serve"])
+    except ValidationError as e:
+        lines = "\n  ".join(_describe({**err, "loc": ("serve", *err["loc"])}) for err in e.errors())
+        raise ConfigError(f"--set: invalid serve settings\n  {lines}") from None
 
 
 def config_from_dict(raw: Any, source: str = "<config>") -> Config:

@@ -1,5 +1,6 @@
 """File readers: line numbers, RFC 4180 quoting, bounded recovery from bad quoting, encodings."""
 
+import gzip
 import io
 import json
 
@@ -103,3 +104,41 @@ def test_missing_column_names_file_and_column(tmp_path):
     path.write_text("user,item\n1,2\n")
     with pytest.raises(TfrecError, match="f.csv: column 'ts'"):
         sources.check_columns(str(path), "csv", ",", ["user", "ts"], "data.interactions")
+
+
+def _damaged_gzip(tmp_path, kind: str):
+    """A CSV of 300 rows, gzipped and then damaged: cut in half, corrupted, or plain text named .gz."""
+    text = "u,i\n" + "".join(f"user{n},item{n}\n" for n in range(300))
+    path = tmp_path / f"{kind}.csv.gz"
+    data = gzip.compress(text.encode())
+    if kind == "cut":
+        data = data[: len(data) // 2]
+    elif kind == "corrupt":
+        data = data[:20] + bytes(b ^ 0xFF for b in data[20:60]) + data[60:]
+    else:
+        data = text.encode()
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("cut", "ends before its end-of-stream marker: the file is cut short"),
+    ("corrupt", "its gzip data is corrupt"),
+    ("plain", "it is not gzip data, though its name says so"),
+])
+def test_a_damaged_gzip_is_an_error_naming_the_file_never_a_partial_read(tmp_path, kind, words):
+    path = _damaged_gzip(tmp_path, kind)
+    with pytest.raises(sources.DamagedFileError, match=words) as caught:
+        with sources.open_input(str(path), "csv") as stream:
+            list(sources.read_records(stream, str(path), "csv", ",", ["u", "i"]))
+    assert str(path) in str(caught.value)
+    if kind == "plain":  # the header check before the job fails the same way
+        with pytest.raises(sources.DamagedFileError, match=words):
+            sources.check_columns(str(path), "csv", ",", ["u"], "data.interactions")
+
+
+def test_an_intact_gzip_reads_every_row(tmp_path):
+    path = tmp_path / "whole.csv.gz"
+    path.write_bytes(gzip.compress(b"u,i\n" + b"".join(b"a,%d\n" % n for n in range(300))))
+    with sources.open_input(str(path), "csv") as stream:
+        assert len(list(sources.read_records(stream, str(path), "csv", ",", ["u", "i"]))) == 300

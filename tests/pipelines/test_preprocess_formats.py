@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.preprocess import run_preprocess
+from pipelines.sources import DamagedFileError
 from tests.pipelines import outputs
 from tfrec.config import config_from_dict
 
@@ -95,3 +96,19 @@ def test_sequences_across_both_sources(shop):
     assert test["u2"]["history"] == [0, 2] and test["u2"]["targets"] == [1]
     assert outputs.split(output, "train") == [{"user_id": ["u1"], "history": [0, 1], "targets": [2]}]
     assert stats["cold_start_items"] == 3
+
+
+def test_a_gzip_cut_short_fails_the_job_naming_the_file(tmp_path):
+    rows = [session(f"u{n % 7}", "AB"[n % 2], f"s{n}", n) for n in range(300)]
+    data = gzip.compress(("\n".join(json.dumps(row) for row in rows) + "\n").encode())
+    cut = tmp_path / "events.jsonl.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    (tmp_path / "catalogue.csv").write_text(CATALOGUE)
+    config = config_from_dict({"name": "cut", "data": {
+        "interactions": {"paths": [str(cut)], "timestamp_format": "unix",
+                         "columns": {"user_id": "user", "item_id": "sku", "timestamp": "ts", "group_id": "session"}},
+        "catalogue": {"paths": [str(tmp_path / "catalogue.csv")], "item_id": "item_id"},
+        "items": {"text_fields": ["title"]}}})
+    with pytest.raises(DamagedFileError, match=rf"{cut}: the gzip data ends before its end-of-stream marker"):
+        run_preprocess(config, tmp_path / "data")
+    assert not (tmp_path / "data" / "stats.json").exists()

@@ -7,13 +7,7 @@ checked against the SavedModels called directly in this process.
 
 import json
 import os
-import queue
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,8 +20,8 @@ import tensorflow as tf
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import QUERY, RETRIEVE, RETRIEVE_SCANN, SIMILAR
 from serving.server import ModelServer
+from serving.server.process import ServerProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_BATCH = 32
 POLL_SECONDS = 0.2
 EXPLICIT = {"k": 10, "exclude_history": False, "exclude_ids": [], "category": ""}
@@ -89,6 +83,11 @@ def rest(server):
 def grpc_client(server):
     with GrpcClient(server.grpc_target) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def known_id(served) -> str:
+    return item_ids(served)[0]
 
 
 @pytest.fixture(scope="module")
@@ -211,14 +210,14 @@ BAD_REST = [
 
 
 @pytest.mark.parametrize("what, path, body, status, words", BAD_REST, ids=[case[0] for case in BAD_REST])
-def test_bad_rest_requests_get_a_clear_error_and_the_server_keeps_serving(server, rest, what, path, body, status,
-                                                                          words):
+def test_bad_rest_requests_get_a_clear_error_and_the_server_keeps_serving(server, rest, known_id, what, path, body,
+                                                                          status, words):
     url = f"{server.rest_url}/v1/models/{path}:predict"
     answer = requests.post(url, data=body if isinstance(body, bytes) else json.dumps(body), timeout=30)
     assert answer.status_code == status, answer.text
     error = answer.json()["error"]
     assert words in error, error
-    assert rest.predict(SIMILAR, {"item_id": ["no-such-item"], "k": 2})["item_ids"].shape == (1, 2)
+    assert rest.predict(SIMILAR, {"item_id": [known_id], "k": 2})["item_ids"].shape == (1, 2)
 
 
 def test_an_error_raised_inside_the_model_is_a_bad_request_with_its_message(tiny, server, rest):
@@ -236,7 +235,7 @@ def test_unknown_endpoints_and_verbs(server):
     assert requests.get(f"{server.rest_url}/v2/anything", timeout=30).status_code == 404
     assert requests.get(f"{server.rest_url}/v1/models/nope", timeout=30).status_code == 404
     answer = requests.post(f"{server.rest_url}/v1/models/{RETRIEVE}:classify", json={"examples": []}, timeout=30)
-    assert answer.status_code == 501 and ":predict" in answer.json()["error"]
+    assert answer.status_code == 400 and ":predict" in answer.json()["error"]
     answer = requests.get(f"{server.rest_url}/v1/models/{RETRIEVE}:predict", timeout=30)
     assert answer.status_code == 400 and "takes POST" in answer.json()["error"]
 
@@ -264,13 +263,13 @@ BAD_GRPC = [
 
 
 @pytest.mark.parametrize("what, model, version, inputs, code, words", BAD_GRPC, ids=[case[0] for case in BAD_GRPC])
-def test_bad_grpc_requests_get_their_status_and_the_server_keeps_serving(grpc_client, what, model, version, inputs,
-                                                                         code, words):
+def test_bad_grpc_requests_get_their_status_and_the_server_keeps_serving(grpc_client, known_id, what, model, version,
+                                                                         inputs, code, words):
     with pytest.raises(ServingClientError) as caught:
         grpc_client.predict(model, inputs, version=version)
     assert caught.value.code == code
     assert words in caught.value.message, caught.value.message
-    assert grpc_client.predict(SIMILAR, {"item_id": ["no-such-item"], "k": 2})["item_ids"].shape == (1, 2)
+    assert grpc_client.predict(SIMILAR, {"item_id": [known_id], "k": 2})["item_ids"].shape == (1, 2)
 
 
 def test_grpc_status_and_metadata_errors(grpc_client):
@@ -367,44 +366,19 @@ def test_a_bounded_load_over_loopback_has_no_errors(server, requests_rows, capsy
     assert elapsed < seconds + 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_tfrec_serve_prints_what_it_serves_and_stops_cleanly_on_ctrl_c(served, tmp_path):
+def test_tfrec_serve_prints_what_it_serves_and_stops_cleanly_on_ctrl_c(served, known_id, tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     shutil.copytree(served / SIMILAR / "1", export / SIMILAR / "1")
-    port, grpc_port = _free_port(), _free_port()
-    command = [sys.executable, "-m", "tfrec.cli", "serve", "--export", str(export), "--port", str(port),
-               "--grpc-port", str(grpc_port), "--poll-seconds", "0.5"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
-    output = []
-    try:
-        deadline = time.monotonic() + 120
-        while not any("Ctrl-C stops" in line for line in output):
-            assert time.monotonic() < deadline and process.poll() is None, "".join(output)
-            try:
-                output.append(lines.get(timeout=1))
-            except queue.Empty:
-                pass
-        text = "".join(output)
+    with ServerProcess(export, poll_seconds=0.5) as process:
+        text = process.wait_until_serving(SIMILAR, timeout=120).output()
         assert f"{SIMILAR:<22} version 1" in text
-        assert f"http://127.0.0.1:{port}/v1/models/<name>:predict" in text and f"127.0.0.1:{grpc_port}" in text
-        with RestClient(f"http://127.0.0.1:{port}") as client:
-            assert client.predict(SIMILAR, {"item_id": ["x"], "k": 1})["item_ids"].shape == (1, 1)
-        with GrpcClient(f"127.0.0.1:{grpc_port}") as client:
+        assert f"{process.rest_url}/v1/models/<name>:predict" in text and process.grpc_target in text
+        with RestClient(process.rest_url) as client:
+            assert client.predict(SIMILAR, {"item_id": [known_id], "k": 1})["item_ids"].shape == (1, 1)
+        with GrpcClient(process.grpc_target) as client:
             assert client.status(SIMILAR)[0]["state"] == "AVAILABLE"
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert process.stop() == 0
     with pytest.raises(ServingClientError) as caught:
-        RestClient(f"http://127.0.0.1:{port}", timeout=5).status(SIMILAR)
+        RestClient(process.rest_url, timeout=5).status(SIMILAR)
     assert caught.value.code == "UNAVAILABLE"

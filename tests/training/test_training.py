@@ -58,12 +58,16 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert not (out / "model.keras").exists()
+    # A kill can fall between the checkpoint and history.json, or tear a file written by other means:
+    # the history comes from the checkpoint, so neither misleads the resumed run.
+    (out / "history.json").write_text('[{"epoch": 1, "loss": 0.5, "valid_explore_')
 
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resumed from" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    summary = json.loads((out / "train_summary.json").read_text())
 
     # The interrupted-and-resumed run ends where an uninterrupted one does.
     straight = tmp_path / "straight"
@@ -71,6 +75,7 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     expected = json.loads((straight / "history.json").read_text())
     for a, b in zip(history, expected):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    assert summary["best_epoch"] == json.loads((straight / "train_summary.json").read_text())["best_epoch"]
 
 
 def test_fine_tuning_trains_only_the_last_layers_of_the_pretrained_encoder(sample_config, sample_data_dir, tmp_path):

@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import features as F
+from tfrec import fileio
 from tfrec.config import Config, save_config
 from tfrec.data import (
     EvalSplit,
@@ -233,8 +234,11 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
     bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
+    # The per-epoch history lives in the checkpoint, so that the two can never disagree after a kill;
+    # history.json is a copy for people and tools, never read back.
+    saved_history = tf.Variable("[]", dtype=tf.string, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler,
-                                     epoch=epoch, best=best, bad_epochs=bad_epochs)
+                                     epoch=epoch, best=best, bad_epochs=bad_epochs, history=saved_history)
     checkpoint_dir = work_dir / "checkpoints"
     fingerprint = resume_fingerprint(config, stats)
     recorded = checkpoint_dir / "fingerprint"
@@ -243,14 +247,13 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
               else f"Starting afresh: discarding {checkpoint_dir}")
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(fingerprint)
+    fileio.write_text(recorded, fingerprint)
     manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
     history_path = output_dir / HISTORY_FILE
     history: list[dict] = []
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = json.loads(history_path.read_text()) if history_path.exists() else []
-        history = history[: int(epoch.numpy())]
+        history = json.loads(saved_history.numpy().decode("utf-8"))[: int(epoch.numpy())]
         print(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())} done)")
 
     replicas = strategy.num_replicas_in_sync
@@ -325,9 +328,10 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
               f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
               f"[{record['examples_per_second']:,.0f} examples/s]")
         epoch.assign_add(1)
+        saved_history.assign(json.dumps(history))
         manager.save()
         if chief:
-            history_path.write_text(json.dumps(history, indent=1))
+            fileio.write_json(history_path, history)
         if cfg.early_stopping_patience and int(bad_epochs.numpy()) >= cfg.early_stopping_patience:
             print(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
             break
@@ -350,7 +354,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     if chief:
         _atomic_write_model(model, output_dir / MODEL_FILE)
         _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), output_dir / VECTORS_FILE)
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        fileio.write_json(output_dir / "train_summary.json", summary)
         print(f"Model written to {output_dir / MODEL_FILE}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)

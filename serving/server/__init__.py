@@ -1,0 +1,25 @@
+"""``tfrec serve``: a local model server that answers TF Serving's REST and gRPC APIs.
+
+Stock TF Serving cannot load ``tfrec_retrieve_scann`` (ScaNN's ops are not linked in), and
+not every machine has TF Serving. This server loads the same SavedModels from the same
+folder layout (``EXPORT_DIR/<name>/<version>/``) and answers the same requests, so a
+client written against TF Serving (``serving/client.py``, curl, tensorflow-serving-api)
+works against either.
+
+One module per role:
+
+- ``checks``: request checks against a signature, and the limits a request must keep;
+- ``registry``: the models of the export folder and the version in service (latest policy);
+- ``codec``: TF Serving's JSON encoding of tensors (shared with ``serving/client.py``);
+- ``rest`` and ``grpc_service``: the two APIs; ``status``: their shared error codes;
+- ``app``: ``ModelServer``, which ties them together; ``main``: the ``tfrec serve`` command.
+"""
+
+from serving.server.app import ModelServer
+from serving.server.checks import Limits, Signature, TensorSpec
+from serving.server.main import serve
+from serving.server.registry import ModelRegistry, Servable, load_servable
+from serving.server.status import ServingError
+
+__all__ = ["Limits", "ModelRegistry", "ModelServer", "Servable", "ServingError", "Signature", "TensorSpec",
+           "load_servable", "serve"]

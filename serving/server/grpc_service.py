@@ -1,0 +1,149 @@
+"""TF Serving's gRPC API: ``PredictionService`` and ``ModelService``.
+
+Each input's TensorProto is checked on its declared dtype and ``tensor_shape`` before
+``tf.make_ndarray`` expands it, so a few bytes declaring millions of values cost
+nothing. Errors carry TF Serving's status codes: ``:classify`` / ``:regress`` /
+``MultiInference`` on predict signatures, version labels and a metadata request that
+names no field are INVALID_ARGUMENT, as TF Serving 2.20 answers them.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.server.checks import TensorSpec
+from serving.server.status import ServingError, invalid
+
+if TYPE_CHECKING:
+    from serving.server.app import ModelServer
+
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def _spec_version(app: ModelServer, spec) -> int | None:
+    version = str(spec.version.value) if spec.HasField("version") else None
+    return app.version_of(spec.name, version, spec.version_label or None)
+
+
+def proto_shape(name: str, proto) -> tuple[int, ...]:
+    """The shape a TensorProto declares (nothing is expanded)."""
+    if proto.tensor_shape.unknown_rank:
+        raise invalid(f"input '{name}' declares an unknown rank: give its shape")
+    return tuple(d.size for d in proto.tensor_shape.dim)
+
+
+def array_from_proto(spec: TensorSpec, proto) -> np.ndarray:
+    """An admitted TensorProto as an array (its dtype checked; its shape already admitted)."""
+    if proto.dtype != spec.dtype.as_datatype_enum:
+        got = tf.as_dtype(proto.dtype).name if proto.dtype else "no dtype"
+        raise invalid(f"input '{spec.name}' must be {spec.dtype.name}, got {got}")
+    try:
+        return tf.make_ndarray(proto)
+    except Exception as e:  # noqa: BLE001 (a malformed TensorProto)
+        raise invalid(f"input '{spec.name}' is not a valid TensorProto: {e}") from None
+
+
+def _grpc_call(context: grpc.ServicerContext, answer: Callable[[], Any]) -> Any:
+    """Runs ``answer``; a ServingError (or any failure) aborts the call with its status and message."""
+    try:
+        return answer()
+    except ServingError as e:
+        context.abort(getattr(grpc.StatusCode, e.code), e.message)
+    except Exception as e:  # noqa: BLE001 (report, keep serving)
+        traceback.print_exc(file=sys.stderr)
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error: {e}")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, app: ModelServer):
+        self.app = app
+
+    def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
+        return _grpc_call(context, lambda: self._predict(request))
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        spec = request.model_spec
+        servable, signature = self.app.resolve(spec.name, _spec_version(self.app, spec), spec.signature_name)
+        signature.admit({name: proto_shape(name, proto) for name, proto in request.inputs.items()},
+                        self.app.limits)
+        arrays = {name: array_from_proto(signature.inputs[name], proto) for name, proto in request.inputs.items()}
+        outputs = signature.call(arrays)
+        wanted = list(request.output_filter) or list(outputs)
+        unknown = [n for n in wanted if n not in outputs]
+        if unknown:
+            raise invalid(f"output_filter names unknown output '{unknown[0]}'; {spec.name} has "
+                          f"{', '.join(outputs)}")
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = signature.name
+        for name in wanted:
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+        return response
+
+    def Classify(self, request, context):
+        return _grpc_call(context, lambda: self._not_predict(request, "classify"))
+
+    def Regress(self, request, context):
+        return _grpc_call(context, lambda: self._not_predict(request, "regress"))
+
+    def MultiInference(self, request, context):
+        def answer():
+            if not request.tasks:
+                raise invalid("Inference tasks are empty.")
+            task = request.tasks[0]
+            return self._not_predict(task, task.method_name.rsplit("/", 1)[-1] or "inference")
+
+        return _grpc_call(context, answer)
+
+    def _not_predict(self, request, verb: str):
+        spec = request.model_spec
+        _, signature = self.app.resolve(spec.name, _spec_version(self.app, spec), spec.signature_name)
+        raise self.app.not_predict_error(signature, verb)
+
+    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
+                         context) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return _grpc_call(context, lambda: self._metadata(request))
+
+    def _metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest):
+        if not request.metadata_field:
+            raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+        for name in request.metadata_field:
+            if name != SIGNATURE_DEF_FIELD:
+                raise invalid(f"Metadata field {name} is not supported")
+        spec = request.model_spec
+        servable = self.app.registry.get(spec.name, _spec_version(self.app, spec))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(servable.metadata())
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, app: ModelServer):
+        self.app = app
+
+    def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
+                       context) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        return _grpc_call(context, lambda: self.app.status_proto(spec.name, _spec_version(self.app, spec)))
+
+
+def add_services(server: grpc.Server, app: ModelServer) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(app), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(app), server)

@@ -1,0 +1,33 @@
+"""``tfrec serve``'s entry point: start the server, print what it serves, stop on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+from serving.server.app import ModelServer
+from serving.server.checks import Limits
+
+
+def serve(export_dir: str | Path, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
+          poll_seconds: float = 2.0, **limits) -> None:
+    """Serves ``export_dir`` until Ctrl-C or SIGTERM (``grpc_port=0``: no gRPC).
+
+    ``limits``: the ``serve`` section's limits (``max_batch``, ``max_history``, ``max_body_bytes``,
+    ``max_connections``, ``request_timeout_seconds``, ``idle_timeout_seconds``).
+    """
+    server = ModelServer(export_dir, host, port, grpc_port or None, poll_seconds, limits=Limits(**limits))
+    server.start()
+    print(server.describe(), flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        print("tfrec serve: stopping", flush=True)
+        server.stop()
+        signal.signal(signal.SIGTERM, previous)

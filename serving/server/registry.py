@@ -1,0 +1,205 @@
+"""The models of an export folder: which version of each is in service, and every version's status.
+
+Like TF Serving with its default version policy (``latest``), each model serves its
+newest complete version. ``refresh()`` (run by the server's poller) loads a newer
+version while the one in service keeps answering; a version that fails to load is
+reported in the model's status and retried only once its files change. When the
+version in service disappears from disk, the newest remaining version takes its place;
+a model folder that disappears is no longer served.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
+from tensorflow_serving.apis import get_model_metadata_pb2
+
+from serving.saved_model import DEFAULT_SIGNATURE, is_version_dir, load_saved_model
+from serving.server.checks import Signature
+from serving.server.status import NOT_FOUND, ServingError, first_line, invalid
+
+
+@dataclass
+class Servable:
+    """One loaded version of one model."""
+
+    name: str
+    version: int
+    path: Path
+    signatures: dict[str, Signature]
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+    loaded: Any = field(repr=False, default=None)  # keeps the variables the signatures read alive
+
+    def signature(self, name: str | None) -> Signature:
+        name = name or DEFAULT_SIGNATURE
+        if name not in self.signatures:
+            raise invalid(f"{self.name} has no signature '{name}'; it has {', '.join(sorted(self.signatures))}")
+        return self.signatures[name]
+
+    def metadata(self) -> get_model_metadata_pb2.SignatureDefMap:
+        defs = get_model_metadata_pb2.SignatureDefMap()
+        for key, value in self.signature_defs.items():
+            defs.signature_def[key].CopyFrom(value)
+        return defs
+
+
+def _catalogue_facts(loaded: Any) -> tuple[np.ndarray | None, int | None]:
+    """The item ids a model knows (sorted) and how many categorical fields it reads, where it says."""
+    ids = getattr(getattr(loaded, "catalogue", None), "item_ids", None)
+    known = np.unique(np.array(ids.numpy().tolist(), dtype=bytes)) if isinstance(ids, tf.Variable) else None
+    tables = getattr(loaded, "categorical_tables", None)
+    return known, (len(tables) if tables is not None else None)
+
+
+def load_servable(name: str, version_dir: Path) -> Servable:
+    loaded, defs = load_saved_model(version_dir)
+    known_ids, categorical_fields = _catalogue_facts(loaded)
+    signatures = {key: Signature.from_def(name, key, defs[key], function, known_ids, categorical_fields)
+                  for key, function in loaded.signatures.items() if key in defs}
+    return Servable(name, int(version_dir.name), version_dir, signatures, defs, loaded)
+
+
+@dataclass
+class VersionStatus:
+    state: str  # AVAILABLE, LOADING or END (unloaded, or failed to load)
+    error_code: str = "OK"
+    error_message: str = ""
+    fingerprint: tuple = ()  # of the files, for a version that failed: retried when they change
+
+
+def _versions_on_disk(model_dir: Path) -> list[int]:
+    """The model's complete versions (a SavedModel inside), newest first."""
+    try:
+        return sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and is_version_dir(p)),
+                      reverse=True)
+    except OSError:
+        return []
+
+
+def _fingerprint(version_dir: Path) -> tuple:
+    return tuple(sorted((str(p.relative_to(version_dir)), p.stat().st_size)
+                        for p in version_dir.rglob("*") if p.is_file()))
+
+
+def _error_code(error: Exception) -> str:
+    if isinstance(error, tf.errors.OpError):
+        return error_codes_pb2.Code.Name(error.error_code)
+    return "UNKNOWN"
+
+
+class ModelRegistry:
+    """The models of an export folder: the servable in service for each, and every version's status."""
+
+    def __init__(self, export_dir: str | Path, log: Callable[[str], None] = print):
+        self.export_dir = Path(export_dir)
+        self.log = log
+        self._lock = threading.Lock()
+        self._serving: dict[str, Servable] = {}
+        self._status: dict[str, dict[int, VersionStatus]] = {}
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._status)
+
+    def serving(self) -> dict[str, Servable]:
+        with self._lock:
+            return dict(self._serving)
+
+    def refresh(self) -> list[Servable]:
+        """Brings every model to its newest loadable version; returns the versions loaded."""
+        model_dirs = sorted(p for p in self.export_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        loaded = [s for s in map(self._refresh_model, model_dirs) if s is not None]
+        present = {p.name for p in model_dirs}
+        for name in set(self.serving()) - present:
+            self._retire(name, f"its folder {self.export_dir / name} is gone")
+        return loaded
+
+    def _refresh_model(self, model_dir: Path) -> Servable | None:
+        name = model_dir.name
+        versions = _versions_on_disk(model_dir)
+        with self._lock:
+            current = self._serving.get(name)
+            statuses = dict(self._status.setdefault(name, {}))
+        gone = current is not None and current.version not in versions
+        if gone:
+            self.log(f"  {name}: version {current.version} is gone from disk; "
+                     f"falling back to the newest remaining version")
+        for version in versions:
+            if current is not None and not gone and version <= current.version:
+                return None
+            path = model_dir / str(version)
+            fingerprint = _fingerprint(path)
+            status = statuses.get(version)
+            if status is not None and status.error_code != "OK" and status.fingerprint == fingerprint:
+                continue  # failed before and unchanged since
+            servable = self._load(name, version, path, fingerprint)
+            if servable is not None:
+                return servable
+        if gone:
+            self._retire(name, "no other version loads")
+        return None
+
+    def _retire(self, name: str, why: str) -> None:
+        with self._lock:
+            servable = self._serving.pop(name, None)
+            if servable is not None:
+                self._status[name][servable.version] = VersionStatus("END")
+        if servable is not None:
+            self.log(f"  {name}: no longer served ({why})")
+
+    def _load(self, name: str, version: int, path: Path, fingerprint: tuple) -> Servable | None:
+        with self._lock:
+            self._status[name][version] = VersionStatus("LOADING")
+        try:
+            servable = load_servable(name, path)
+        except Exception as e:  # noqa: BLE001 (any failure leaves the version in service answering)
+            message = first_line(str(e))
+            with self._lock:
+                self._status[name][version] = VersionStatus("END", _error_code(e), message, fingerprint)
+            self.log(f"  {name} version {version} failed to load: {message}")
+            return None
+        with self._lock:
+            previous = self._serving.get(name)
+            self._serving[name] = servable
+            self._status[name][version] = VersionStatus("AVAILABLE")
+            if previous is not None:
+                self._status[name][previous.version] = VersionStatus("END")
+        if previous is not None:
+            self.log(f"  {name}: now serving version {version} (was {previous.version})")
+        return servable
+
+    def get(self, name: str, version: int | None = None) -> Servable:
+        with self._lock:
+            servable = self._serving.get(name)
+            statuses = dict(self._status.get(name, {}))
+            known = sorted(self._status)
+        if name not in known:
+            raise ServingError(NOT_FOUND, f"unknown model '{name}'; this server has: {', '.join(known) or 'none'}")
+        if servable is None:
+            failures = "; ".join(f"version {v}: {s.error_message}" for v, s in statuses.items() if s.error_message)
+            detail = f" ({failures})" if failures else ""
+            raise ServingError(NOT_FOUND, f"model '{name}' has no version loaded{detail}")
+        if version is not None and version != servable.version:
+            raise ServingError(NOT_FOUND, f"model '{name}' has no version {version} loaded; "
+                                          f"it serves version {servable.version}")
+        return servable
+
+    def status(self, name: str, version: int | None = None) -> list[tuple[int, VersionStatus]]:
+        """``(version, status)`` of every version tried, newest first (only ``version`` if given)."""
+        with self._lock:
+            if name not in self._status:
+                known = ", ".join(sorted(self._status)) or "none"
+                raise ServingError(NOT_FOUND, f"unknown model '{name}'; this server has: {known}")
+            statuses = sorted(self._status[name].items(), reverse=True)
+        if version is not None:
+            statuses = [(v, s) for v, s in statuses if v == version]
+            if not statuses:
+                raise ServingError(NOT_FOUND, f"model '{name}' has no version {version}")
+        return statuses

@@ -1,0 +1,272 @@
+"""TF Serving's REST API over HTTP/1.1: routes, bodies, and a bound on what each client may hold.
+
+Routes (TF Serving's)::
+
+    POST /v1/models/<name>[/versions/<v>]:predict    {"inputs": {...}} or {"instances": [...]}
+    POST /v1/models/<name>[/versions/<v>]:classify   400: the exported models have predict signatures
+    GET  /v1/models/<name>[/versions/<v>]            version status
+    GET  /v1/models/<name>[/versions/<v>]/metadata   signature inputs / outputs, dtypes, shapes
+    .../labels/<label>...                            400: this server has no version labels
+
+A thread per connection, at most ``max_connections`` of them: one more is answered 503
+and closed at once. A connection must send each whole request (headers and body) within
+``request_timeout_seconds`` and may wait idle between requests for
+``idle_timeout_seconds``; a watchdog closes the ones that do not, so a client that sends
+a byte now and then holds a connection for a bounded time and never holds up others.
+The body's ``Content-Length`` must be a plain number within ``max_body_bytes``, checked
+before the body is read.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import threading
+import time
+import traceback
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+
+from serving.server.checks import Limits
+from serving.server.codec import dumps
+from serving.server.status import NOT_FOUND, ServingError, invalid, over_limit
+
+if TYPE_CHECKING:
+    from serving.server.app import ModelServer
+
+_ROUTE = re.compile(r"^/v1/models(?:/(?P<model>[^/:]+))?"
+                    r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+                    r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_IDLE, _READING, _WORKING = "idle", "reading", "working"
+_DRAIN_BYTES, _DRAIN_SECONDS = 1 << 20, 1.0  # read and dropped after refusing a body, so the answer arrives
+_WATCHDOG_SECONDS = 0.25
+
+
+class RestServer(ThreadingHTTPServer):
+    """The HTTP server: a thread per connection, a connection cap, and a watchdog for slow clients."""
+
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 resets connections when many clients connect at once
+
+    def __init__(self, address: tuple[str, int], app: ModelServer, limits: Limits):
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.app, self.limits = app, limits
+        self._connections: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
+        self._connections_lock = threading.Lock()
+        self._closed = threading.Event()
+        super().__init__(address, RestHandler)
+        self._watchdog = threading.Thread(target=self._watch, name="tfrec-serve-rest-watchdog", daemon=True)
+        self._watchdog.start()
+
+    @property
+    def open_connections(self) -> int:
+        with self._connections_lock:
+            return len(self._connections)
+
+    def process_request(self, request, client_address) -> None:
+        with self._connections_lock:
+            full = len(self._connections) >= self.limits.max_connections
+            if not full:
+                self._connections[request] = (_IDLE, time.monotonic())
+        if full:
+            self._refuse(request)
+            return
+        super().process_request(request, client_address)
+
+    def _refuse(self, request: socket.socket) -> None:
+        """Answers 503 on a connection over the cap and closes it, without a thread."""
+        message = (f"this server holds {self.limits.max_connections} connections already "
+                   f"(serve.max_connections); try again shortly")
+        body = dumps({"error": message})
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode("ascii")
+        try:
+            request.settimeout(0.5)
+            request.sendall(head + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def mark(self, connection: socket.socket, state: str) -> None:
+        with self._connections_lock:
+            if connection in self._connections:
+                self._connections[connection] = (state, time.monotonic())
+
+    def shutdown_request(self, request) -> None:
+        with self._connections_lock:
+            self._connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], OSError):
+            return  # a client that went away, or one the watchdog dropped
+        super().handle_error(request, client_address)
+
+    def _watch(self) -> None:
+        """Closes connections that take too long to send a request, or sit idle too long."""
+        deadline = {_IDLE: self.limits.idle_timeout_seconds, _READING: self.limits.request_timeout_seconds}
+        while not self._closed.wait(_WATCHDOG_SECONDS):
+            now = time.monotonic()
+            with self._connections_lock:
+                late = [c for c, (state, since) in self._connections.items()
+                        if state in deadline and now - since > deadline[state]]
+            for connection in late:
+                _shut(connection)
+
+    def close_connections(self) -> None:
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            _shut(connection)
+
+    def server_close(self) -> None:
+        self._closed.set()
+        super().server_close()
+
+
+def _shut(connection: socket.socket) -> None:
+    try:
+        connection.shutdown(socket.SHUT_RDWR)  # a blocked read returns at once; the handler ends
+    except OSError:
+        pass
+
+
+class RestHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "tfrec-serve"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms delayed-ACK stall
+    server: RestServer
+
+    def setup(self) -> None:
+        self.timeout = self.server.limits.request_timeout_seconds + self.server.limits.idle_timeout_seconds
+        super().setup()
+
+    def handle_one_request(self) -> None:
+        """Waits (idle) for a request's first byte, then reads and answers it (reading, working)."""
+        self.server.mark(self.connection, _IDLE)
+        try:
+            if not self.rfile.peek(1):
+                self.close_connection = True
+                return
+        except (OSError, ValueError):
+            self.close_connection = True
+            return
+        self.server.mark(self.connection, _READING)
+        super().handle_one_request()
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def log_message(self, format: str, *args) -> None:  # quiet: a line per request is noise
+        pass
+
+    def _answer(self, method: str) -> None:
+        try:
+            body = self._body()
+        except ServingError as e:
+            self._send(e.http_status, {"error": e.message})
+            self._drain()
+            return
+        if body is None:  # the client went away, or was too slow
+            self.close_connection = True
+            return
+        self.server.mark(self.connection, _WORKING)
+        try:
+            status, payload = self._route(method, body)
+        except ServingError as e:
+            status, payload = e.http_status, {"error": e.message}
+        except Exception as e:  # noqa: BLE001 (report, keep serving)
+            traceback.print_exc(file=sys.stderr)
+            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
+        self._send(status, payload)
+
+    def _route(self, method: str, body: bytes) -> tuple[HTTPStatus, dict]:
+        path = self.path.split("?", 1)[0]
+        if not path.lower().startswith("/v1/"):
+            raise ServingError(NOT_FOUND, f"no such endpoint: {method} {path} (try POST /v1/models/<name>:predict "
+                                          f"or GET /v1/models/<name>)")
+        match = _ROUTE.match(path)
+        if match is None:
+            raise invalid(f"Malformed request: {method} {path} (try POST /v1/models/<name>:predict "
+                          f"or GET /v1/models/<name>)")
+        app = self.server.app
+        model, verb = match["model"], match["verb"]
+        if not model:
+            raise invalid("Missing model name in request.")
+        version = app.version_of(model, match["version"], match["label"])
+        if verb is None:
+            self._require(method, "GET", path)
+            if match["metadata"]:
+                return HTTPStatus.OK, app.rest_metadata(model, version)
+            return HTTPStatus.OK, app.rest_status(model, version)
+        self._require(method, "POST", path)
+        if match["metadata"]:
+            raise invalid(f"Malformed request: {method} {path}")
+        return HTTPStatus.OK, app.rest_call(model, version, verb, body)
+
+    @staticmethod
+    def _require(method: str, wanted: str, path: str) -> None:
+        if method != wanted:
+            raise invalid(f"{path} takes {wanted}, not {method}")
+
+    def _body(self) -> bytes | None:
+        """The request's body, its declared size checked first; None when the client stops sending."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise invalid("chunked request bodies are not supported: send a Content-Length")
+        declared = self.headers.get_all("Content-Length") or ["0"]
+        if len(set(declared)) != 1 or not _CONTENT_LENGTH.fullmatch(declared[0].strip()):
+            self.close_connection = True
+            raise invalid(f"Content-Length must be one whole number of bytes, got {', '.join(declared)!r}")
+        length = int(declared[0])
+        limit = self.server.limits.max_body_bytes
+        if length > limit:
+            self.close_connection = True
+            raise over_limit(f"the request body is {length:,} bytes", limit, "serve.max_body_bytes")
+        chunks, left = [], length
+        while left:
+            chunk = self.rfile.read(min(left, 1 << 16))
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _drain(self) -> None:
+        """After refusing a body unread: reads (a bounded part of) it, so that the client gets the answer
+        instead of a connection reset, then closes."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            self.connection.settimeout(0.2)
+            deadline, drained = time.monotonic() + _DRAIN_SECONDS, 0
+            while drained < _DRAIN_BYTES and time.monotonic() < deadline:
+                chunk = self.connection.recv(1 << 16)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def _send(self, status: HTTPStatus, payload: dict) -> None:
+        try:
+            data = dumps(payload)
+        except ValueError as e:  # NaN in an output: not JSON
+            status, data = HTTPStatus.INTERNAL_SERVER_ERROR, dumps({"error": f"the model's answer is not JSON: {e}"})
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
