@@ -292,6 +292,13 @@ class EvalConfig(_Section):
     """Baselines computed in every evaluation, beside the model."""
     als: AlsConfig = AlsConfig()
     """The ALS baseline's settings."""
+    bootstrap_resamples: int = Field(1000, gt=0)
+    """Resamples of the paired bootstrap over users behind every confidence interval (95%) of
+    metrics.json and the report. The per-user metrics are computed once and re-weighted per
+    resample, so 1000 cost a few percent of the evaluation; more narrow the intervals' own noise."""
+    min_segment_users: int = Field(50, gt=0)
+    """A segment (or protocol) with fewer users is reported greyed, with its interval, and is
+    never marked best: too few users to tell the scorers apart."""
 
 
 class IndexConfig(_Section):

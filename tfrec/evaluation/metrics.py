@@ -13,7 +13,8 @@ A ranking orders every catalogue item by score, ties broken by the lower item in
   of the pairs of items in a user's top 10; lower is a more diverse list. Measured with
   one set of vectors for every scorer (the pretrained text vectors), so lists compare.
 
-Every metric but coverage is a mean over users.
+Every metric but coverage is a mean over users. ``per_user()`` returns each user's values,
+from which confidence intervals are bootstrapped (``tfrec.evaluation.bootstrap``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,16 @@ class RankingMetrics:
         self._curve = np.zeros(self.max_k)
         self._users = 0
         self._covered = np.zeros(num_items, bool)
+        self._rows: list[np.ndarray] = []
+        self._values: list[dict[str, np.ndarray]] = []
 
-    def update(self, top: np.ndarray, targets: list[np.ndarray], scores: np.ndarray) -> None:
-        """Adds a batch: ``top [b, >=max_k]`` ranked item indices, held-out items, full scores."""
+    def update(self, top: np.ndarray, targets: list[np.ndarray], scores: np.ndarray,
+               users: np.ndarray | None = None) -> None:
+        """Adds a batch: ``top [b, >=max_k]`` ranked item indices, held-out items, full scores.
+
+        With ``users`` (each row's user index in the split) every user's values are kept
+        for ``per_user()``.
+        """
         if not targets:
             return
         top = top[:, : self.max_k]
@@ -97,6 +105,9 @@ class RankingMetrics:
             values["ils@10"] = intra_list_similarity(self.item_vectors[top[:, :10]])
         for name, v in values.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(v.sum())
+        if users is not None:
+            self._rows.append(np.asarray(users, np.int64))
+            self._values.append(values)
         curve = (np.cumsum(hits, axis=1) / sizes[:, None]).sum(0)
         self._curve[: len(curve)] += curve
         self._users += len(targets)
@@ -109,6 +120,13 @@ class RankingMetrics:
     def recall_curve(self) -> list[float]:
         """Recall@K for K = 1 .. max_k."""
         return (self._curve / max(self._users, 1)).tolist()
+
+    def per_user(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The users given to ``update`` and each one's value of every mean-over-users metric."""
+        if not self._rows:
+            return np.zeros(0, np.int64), {}
+        names = self._values[0].keys()
+        return np.concatenate(self._rows), {n: np.concatenate([v[n] for v in self._values]) for n in names}
 
     def result(self) -> dict[str, float]:
         out = {name: total / self._users for name, total in self._sums.items()} if self._users else {}

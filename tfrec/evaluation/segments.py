@@ -1,0 +1,152 @@
+"""Confidence intervals and segments of one evaluated split.
+
+From the per-user metric values ``evaluate_split`` keeps, this adds to the split's
+metrics (all with 95% paired-bootstrap intervals over users, ``tfrec.evaluation.bootstrap``):
+
+- ``ci``: ``{protocol: {scorer: {metric: [low, high]}}}``;
+- ``vs_baselines``: ``{protocol: {baseline: {metric: {"difference", "ci", "significant"}}}}``,
+  the model minus each baseline on the same users;
+- ``vs_protocols``: ``{scorer: {metric: {...}}}``, ``all`` minus ``explore`` for each scorer;
+- ``segments``: ``{kind: {segment: {"users", "too_few_users", "metrics", "ci", "vs_baselines",
+  "best"}}}`` under the ``all`` protocol, for these kinds:
+
+  ``history_length``     users by the length of their history (quartiles of the split)
+  ``target_popularity``  held-out items by training frequency: ``head`` (the most frequent
+                         items, together a third of the training targets), ``torso`` (the
+                         next third), ``tail`` (the rest that occur in training)
+  ``target_history``     held-out items the user had bought before (``repeat``) or not (``new``)
+  ``cold_start``         held-out items that never occur in training
+
+A segment with fewer than ``min_users`` users is flagged ``too_few_users`` and has no best
+scorer. Coverage is a catalogue-wide figure, not a mean over users, and has no interval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from tfrec.data import EvalSplit
+from tfrec.evaluation.bootstrap import PairedBootstrap
+
+MODEL = "model"
+POPULARITY_BANDS = ("head", "torso", "tail")
+COLD = "cold"
+TARGET_KINDS = {"target_popularity": POPULARITY_BANDS, "target_history": ("repeat", "new"), "cold_start": (COLD,)}
+BEST_BY = "recall@20"
+"""The metric that names a segment's best scorer (the first cut-off when there is no 20)."""
+
+
+def target_segments(train_counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Item masks of the popularity bands and of the cold-start items, from training counts."""
+    counts = np.asarray(train_counts, np.int64)
+    order = np.argsort(-counts, kind="stable")
+    share = np.cumsum(counts[order]) / max(counts.sum(), 1)
+    # An item's band is that of the share of targets held by the items before it.
+    before = np.concatenate([[0.0], share[:-1]])
+    band = np.empty(len(counts), np.int64)
+    band[order] = np.minimum((before * 3).astype(np.int64), 2)
+    masks = {name: (band == i) & (counts > 0) for i, name in enumerate(POPULARITY_BANDS)}
+    masks[COLD] = counts == 0
+    return masks
+
+
+def history_quartiles(split: EvalSplit) -> dict[str, np.ndarray]:
+    """User masks of the history-length quartiles, labelled by their range of lengths."""
+    lengths = np.array([len(h) for h in split.histories])
+    if not len(lengths):
+        return {}
+    edges = np.unique(np.quantile(lengths, [0.25, 0.5, 0.75]).astype(np.int64))
+    bins = np.searchsorted(edges, lengths, side="left")
+    out = {}
+    for b in range(len(edges) + 1):
+        mask = bins == b
+        if mask.any():
+            low, high = lengths[mask].min(), lengths[mask].max()
+            out[f"{low}–{high} items" if low != high else f"{low} items"] = mask
+    return out
+
+
+def _clean(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def _interval(boot: PairedBootstrap, samples: np.ndarray) -> list[float | None]:
+    return [_clean(v) for v in boot.interval(samples)]
+
+
+class _Slice:
+    """One user set with every scorer's per-user values, and their resampled means."""
+
+    def __init__(self, boot: PairedBootstrap, by_scorer: dict, user_mask: np.ndarray | None = None):
+        scorers = list(by_scorer)
+        users, values = by_scorer[scorers[0]]
+        keep = np.ones(len(users), bool) if user_mask is None else user_mask[users]
+        self.users = int(keep.sum())
+        self.names = [m for m in values if m != "users"]
+        self.means, self.samples = {}, {}
+        if not self.users:
+            return
+        stacked = np.column_stack([by_scorer[s][1][m][keep] for s in scorers for m in self.names])
+        samples = boot.means(users[keep], stacked)
+        observed = stacked.mean(0)
+        for i, s in enumerate(scorers):
+            cols = slice(i * len(self.names), (i + 1) * len(self.names))
+            self.means[s] = dict(zip(self.names, observed[cols].tolist()))
+            self.samples[s] = dict(zip(self.names, samples[:, cols].T))
+
+    def ci(self, boot: PairedBootstrap) -> dict:
+        return {s: {m: _interval(boot, v) for m, v in by_metric.items()} for s, by_metric in self.samples.items()}
+
+    def vs(self, boot: PairedBootstrap, other: _Slice, scorer_a: str, scorer_b: str) -> dict:
+        """``scorer_a`` here minus ``scorer_b`` in ``other``, per metric both have."""
+        out = {}
+        for m in self.names:
+            if m in other.names and scorer_a in self.samples and scorer_b in other.samples:
+                d = boot.difference(self.means[scorer_a][m] - other.means[scorer_b][m],
+                                    self.samples[scorer_a][m], other.samples[scorer_b][m])
+                out[m] = {"difference": _clean(d["difference"]), "ci": [_clean(v) for v in d["ci"]],
+                          "significant": d["significant"]}
+        return out
+
+    def vs_baselines(self, boot: PairedBootstrap) -> dict:
+        return {s: self.vs(boot, self, MODEL, s) for s in self.samples if s != MODEL}
+
+
+def _segment(boot: PairedBootstrap, piece: _Slice, min_users: int, best_by: str) -> dict:
+    too_few = piece.users < min_users
+    best = None
+    if not too_few and piece.means:
+        values = {s: v.get(best_by, float("nan")) for s, v in piece.means.items()}
+        top = max(values.values())
+        leaders = [s for s, v in values.items() if np.isclose(v, top)]
+        best = leaders[0] if len(leaders) == 1 and top > 0 else None
+    return {"users": piece.users, "too_few_users": too_few, "metrics": piece.means, "ci": piece.ci(boot),
+            "vs_baselines": piece.vs_baselines(boot), "best": best}
+
+
+def analyse_split(per_user: dict, split: EvalSplit, num_resamples: int, seed: int, min_users: int,
+                  level: float = 0.95) -> dict:
+    """``ci``, ``vs_baselines``, ``vs_protocols`` and ``segments`` of one split (see the module doc).
+
+    ``per_user``: what ``evaluate_split(..., per_user=...)`` filled in, with target segments.
+    """
+    boot = PairedBootstrap(len(split), num_resamples, seed, level)
+    protocols = {p: _Slice(boot, per_user[p]) for p in ("all", "explore", "cold_start")}
+    out = {
+        "bootstrap": {"resamples": num_resamples, "level": level, "seed": seed, "unit": "user"},
+        "ci": {p: piece.ci(boot) for p, piece in protocols.items()},
+        "vs_baselines": {p: piece.vs_baselines(boot) for p, piece in protocols.items()},
+        "vs_protocols": {s: protocols["all"].vs(boot, protocols["explore"], s, s) for s in protocols["all"].samples},
+    }
+    names = protocols["all"].names
+    best_by = BEST_BY if BEST_BY in names else next(m for m in names if m.startswith("recall@"))
+    segments: dict[str, dict] = {"history_length": {}}
+    for label, mask in history_quartiles(split).items():
+        segments["history_length"][label] = _segment(boot, _Slice(boot, per_user["all"], mask), min_users, best_by)
+    for kind, labels in TARGET_KINDS.items():
+        segments[kind] = {label: _segment(boot, _Slice(boot, per_user[label]), min_users, best_by)
+                          for label in labels if label in per_user}
+    out["segments"] = segments
+    return out
