@@ -159,6 +159,11 @@ class DataConfig(_Section):
     """How item text and categorical features are built."""
     sequences: Sequences = Sequences()
     """How event sequences become examples."""
+    normalize_ids: bool = True
+    """Write user, item and group ids that are integers written as floats ("15392.0", as
+    spreadsheets and pandas export a numeric column with gaps) as integers ("15392"), so
+    reports and served results show the shop's own ids. Other ids are kept as they are.
+    Recorded in stats.json."""
     num_shards: int = Field(0, ge=0)
     """TFRecord shards per split; 0 lets the runner decide."""
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from tfrec.config import Config
+from tfrec.fileio import no_empty_folders_on_failure
 
 STAMP = ".tfrec-stage.json"
 
@@ -118,8 +119,9 @@ def run_all(config: Config, output: str | Path, force: bool = False, beam_args: 
             continue
         print(f"\n{'=' * 72}\n{header} -> {stage.folder}\n{'=' * 72}", flush=True)
         stage_start = time.time()
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        stage.action()
+        with no_empty_folders_on_failure(stage.folder):
+            stage.folder.mkdir(parents=True, exist_ok=True)
+            stage.action()
         stage.record()
         print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
     print(f"\nRun complete in {time.time() - started:.0f}s: {output}")
