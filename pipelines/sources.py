@@ -241,13 +241,13 @@ class ParseFileFn(beam.DoFn):
     ``rejected`` counting each reason). With a ``known_items`` side input, rows naming an
     item outside it are rejected as ``unknown_item``.
 
-    Progress: every ``progress_seconds`` while a file is read, the rows read so far go to
+    Progress: every ``progress_seconds`` (default ``PROGRESS_SECONDS``) while a file is read, the rows read so far go to
     the ``rows_read`` counter (live in a runner's monitoring, e.g. Dataflow's job page)
     and to a log line.
     """
 
     def __init__(self, parser: RowParser, fmt: str, delimiter: str, namespace: str,
-                 progress_seconds: float = PROGRESS_SECONDS):
+                 progress_seconds: float | None = None):
         self.parser = parser
         self.fmt = fmt
         self.delimiter = delimiter
@@ -261,10 +261,11 @@ class ParseFileFn(beam.DoFn):
         read, kept, rejected = 0, 0, collections.Counter()
         counted, started = 0, time.monotonic()
         last_report = started
+        every = PROGRESS_SECONDS if self.progress_seconds is None else self.progress_seconds
         with readable.open(mime_type="application/octet-stream", compression_type=compression) as stream:
             for record in read_records(stream, source, fmt, self.delimiter, self.parser.columns):
                 read += 1
-                if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= self.progress_seconds:
+                if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= every:
                     last_report = time.monotonic()
                     self._count("rows_read", read - counted)
                     counted = read
@@ -311,7 +312,7 @@ class ReadRows(beam.PTransform):
     """
 
     def __init__(self, patterns: Sequence[str], fmt: str, delimiter: str, parser: RowParser,
-                 known_items: beam.pvalue.AsSideInput | None = None, progress_seconds: float = PROGRESS_SECONDS):
+                 known_items: beam.pvalue.AsSideInput | None = None, progress_seconds: float | None = None):
         super().__init__()
         self.patterns = list(patterns)
         self.fmt = fmt
