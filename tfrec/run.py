@@ -5,7 +5,7 @@
     runs/<name>/data/      TFRecords, stats.json, rejected/          (preprocess)
     runs/<name>/model/     checkpoints, TensorBoard logs, metrics.json (train, evaluate)
     runs/<name>/index/     ScaNN index, index_report.json           (index)
-    runs/<name>/export/    TF Serving layout, models.config, model_card.json (export)
+    runs/<name>/export/    TF Serving layout, models.config, model_card.{json,md} (export)
     runs/<name>/report.md  with its images beside it                 (report)
 
 Each stage records a fingerprint next to its outputs: a content hash of the config
@@ -101,7 +101,7 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
               lambda: train(config, data, model, resume=not force)),
         Stage("evaluate", model, ["metrics.json"], f_eval, lambda: evaluate(config, data, model)),
         Stage("index", index, ["index_report.json"], f_index, lambda: build_index(config, model, index)),
-        Stage("export", export, ["models.config", "model_card.json"], f_export,
+        Stage("export", export, ["models.config", "model_card.json", "model_card.md"], f_export,
               lambda: export_models(config, model, index, export)),
         Stage("report", output, ["report.md"], f_report, lambda: write_report(config, output)),
     ]
