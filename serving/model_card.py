@@ -280,7 +280,7 @@ def _signature_md(name: str, sig: dict) -> str:
                else "required", v.get("meaning", "")] for key, v in sig.get("inputs", {}).items()]
     outputs = [[key, v["dtype"], v["shape"], v.get("meaning", "")] for key, v in sig.get("outputs", {}).items()]
     return "\n\n".join([
-        f"### `{name}`", f"{sig.get('purpose', '')} Needs: {', '.join(sig.get('needs', []))}.",
+        f"### `{name}`", f"{sig.get('purpose') or name}. Needs: {', '.join(sig.get('needs', []))}.",
         _table(["input", "dtype", "shape", "default", "meaning"], inputs),
         _table(["output", "dtype", "shape", "meaning"], outputs),
     ])
