@@ -83,7 +83,7 @@ def test_report_states_the_result_with_intervals_on_its_first_screen(run):
     metrics = json.loads((out / "model" / "metrics.json").read_text())["test"]
     model = metrics["all"]["model"]["recall@20"]
     assert f"For customers' next basket, tfrec's top 20 holds {100 * model:.1f}% of what they bought" in first_screen
-    assert "(95% CI)" in first_screen and "Key table" in first_screen
+    assert "95% CI [" in first_screen and "Key table" in first_screen
     low, high = metrics["ci"]["all"]["model"]["recall@20"]
     assert f"{100 * model:.1f}% [{100 * low:.1f}, {100 * high:.1f}]" in first_screen
     # The segment table: every segment with its customers; too few ones greyed, never bold.

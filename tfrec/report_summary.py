@@ -29,12 +29,13 @@ PLAIN = {
 SEGMENT_KINDS = {
     "history_length": "history length",
     "target_popularity": "product popularity",
-    "target_history": "bought before?",
+    "target_history": "product bought",
     "cold_start": "cold start",
 }
 SEGMENT_LABELS = {
     "head": "best-sellers (head)", "torso": "middle (torso)", "tail": "rarely bought (tail)",
-    "repeat": "bought before", "new": "new to the customer", "cold": "never bought in training",
+    "repeat": "bought before", "new": "new to the customer",
+    "cold_start": "never bought in training (past purchases left out)",
 }
 GREY = "#b0b0b0"
 
@@ -96,18 +97,15 @@ def summary_section(metrics: dict, config) -> str:
             diff = test.get("vs_baselines", {}).get(protocol, {}).get(base, {}).get(KEY)
             sentence += f", against {pct(test[protocol][base][KEY])} for {PLAIN.get(base, base)}, the strongest " \
                         "baseline"
-            if diff:
-                sentence += f"; the difference is {points(diff, mark=False)} points (95% CI): {_verdict(diff)}"
+            if diff and diff["difference"] is not None:
+                low, high = diff["ci"]
+                sentence += (f"; the difference is {100 * diff['difference']:+.1f} points, 95% CI "
+                             f"[{100 * low:+.1f}, {100 * high:+.1f}]: {_verdict(diff)}")
         lines.append(f"- {sentence}.")
     lines.append(f"- {pct(test['repeat_share'])} of the products in a customer's next {unit} were ones they had "
                  "bought before, which is why a 'buy it again' list is hard to beat on the first measure.")
-    segments = [(SEGMENT_LABELS.get(label, label), s) for kind in test.get("segments", {}).values()
-                for label, s in kind.items() if not s["too_few_users"] and s["metrics"].get("model")]
-    if len(segments) > 1:
-        best = max(segments, key=lambda x: x[1]["metrics"]["model"][KEY])
-        worst = min(segments, key=lambda x: x[1]["metrics"]["model"][KEY])
-        lines.append(f"- By segment, tfrec's Recall@20 ranges from {pct(worst[1]['metrics']['model'][KEY])} "
-                     f"({worst[0]}) to {pct(best[1]['metrics']['model'][KEY])} ({best[0]}); see Segments below.")
+    if _segments_sentence(test):
+        lines.append(_segments_sentence(test))
     cold = test["cold_start"]["model"]
     if cold.get("users"):
         ci = test.get("ci", {}).get("cold_start", {}).get("model", {}).get(KEY)
@@ -124,6 +122,27 @@ def summary_section(metrics: dict, config) -> str:
     return "## Summary\n\n" + "\n".join(lines)
 
 
+def _segments_sentence(test: dict) -> str:
+    """How tfrec does against the strongest baseline across the segments with enough customers."""
+    base = _strongest(test, "all")
+    found = [(f"{SEGMENT_KINDS.get(kind, kind)}: {SEGMENT_LABELS.get(label, label)}",
+              s["vs_baselines"].get(base, {}).get(KEY))
+             for kind, by_label in test.get("segments", {}).items() for label, s in by_label.items()
+             if base and not s["too_few_users"] and s["metrics"]]
+    found = [(name, d) for name, d in found if d and d["difference"] is not None]
+    if not found:
+        return ""
+    better = sum(d["significant"] and d["difference"] > 0 for _, d in found)
+    worse = [(name, d) for name, d in found if d["significant"] and d["difference"] < 0]
+    text = (f"- Against {PLAIN.get(base, base)}, segment by segment (Segments below): tfrec is better in "
+            f"{better} of {len(found)}, too close to call in {len(found) - better - len(worse)}")
+    if worse:
+        text += ", worse in " + "; ".join(f"{name} ({points(d, mark=False)} points)" for name, d in worse)
+    else:
+        text += ", worse in none"
+    return text + "."
+
+
 def key_table(metrics: dict, config) -> str:
     """Recall@20 of every scorer under both protocols with intervals, and tfrec's difference from each."""
     test = metrics["test"]
@@ -136,7 +155,7 @@ def key_table(metrics: dict, config) -> str:
             cells.append("" if name == "model" else points(vs.get(protocol, {}).get(name, {}).get(KEY)))
         cells.append(pct(test["all"][name]["coverage@10"]))
         rows.append(cells)
-    header = ["test customers", f"Recall@20, next {_unit(config)} [95% CI]", "tfrec minus this (points)",
+    header = ["scorer", f"Recall@20, next {_unit(config)} [95% CI]", "tfrec minus this (points)",
               "Recall@20, new products only", "tfrec minus this (points)", "catalogue coverage@10"]
     return ("Key table (test split; † the difference is significant, its 95% interval leaves out 0):\n\n"
             + _table(header, rows))

@@ -15,7 +15,7 @@ def test_popularity_bands_split_training_targets_in_thirds():
     assert masks["head"].tolist() == [True, False, False, False, False, False]
     assert masks["torso"].tolist() == [False, True, False, False, False, False]
     assert masks["tail"].tolist() == [False, False, True, True, True, False]
-    assert masks["cold"].tolist() == [False, False, False, False, False, True]
+    assert set(masks) == {"head", "torso", "tail"}  # item 5, never a target, is the cold-start slice
 
 
 def test_history_quartiles_are_labelled_by_their_lengths():
@@ -80,12 +80,14 @@ def test_segments_have_their_users_and_small_ones_are_never_best():
     assert set(segments) == {"history_length", "target_popularity", "target_history", "cold_start"}
     assert sum(s["users"] for s in segments["history_length"].values()) == 200
     # Target segments are measured by the evaluator; their means are its results.
-    for kind, label in (("target_history", "repeat"), ("target_history", "new"), ("cold_start", "cold"),
-                        ("target_popularity", "head")):
+    for kind, label in (("target_history", "repeat"), ("target_history", "new"), ("target_popularity", "head")):
         segment = segments[kind][label]
         assert segment["users"] == result["segments"][label]["model"]["users"]
         assert np.isclose(segment["metrics"]["most_popular"]["recall@2"],
                           result["segments"][label]["most_popular"]["recall@2"])
+    cold = segments["cold_start"]["cold_start"]
+    assert cold["users"] == result["cold_start"]["model"]["users"] > 0
+    assert np.isclose(cold["metrics"]["model"]["mrr"], result["cold_start"]["model"]["mrr"])
     best = []
     for kind in segments.values():
         for segment in kind.values():

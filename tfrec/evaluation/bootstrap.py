@@ -22,9 +22,11 @@ significant when its interval leaves out zero.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 CHUNK = 256
 """Resamples whose user counts are held in memory at once (``CHUNK x num_users`` floats)."""
@@ -68,22 +70,33 @@ class PairedBootstrap:
         values = np.asarray(values, np.float64)
         if values.ndim == 1:
             values = values[:, None]
+        # Scattered into every user's row (zero outside ``users``), so each chunk is one matrix
+        # product with the counts as they are, without copying the columns of ``users``.
+        full = np.zeros((self.num_users, values.shape[1] + 1))
+        full[users, :-1] = values
+        full[users, -1] = 1.0
         out = []
-        for counts in self.counts():
-            weights = counts[:, users]
-            totals = weights.sum(1, keepdims=True)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out.append((weights @ values) / totals)
+        with threadpool_limits(1, "blas"):  # small products: threads only contend on a shared machine
+            for counts in self.counts():
+                sums = counts @ full
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out.append(sums[:, :-1] / sums[:, -1:])
         return np.concatenate(out) if out else np.zeros((0, values.shape[1]))
+
+    def intervals(self, samples: np.ndarray) -> np.ndarray:
+        """``[2, columns]`` percentile intervals at ``level`` of each column of ``samples [resamples,
+        columns]``, NaN resamples left out (all NaN: NaN)."""
+        samples = np.asarray(samples, np.float64)
+        tail = 100 * (1 - self.level) / 2
+        if np.isfinite(samples).all():
+            return np.percentile(samples, [tail, 100 - tail], axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite resample
+            return np.nanpercentile(samples, [tail, 100 - tail], axis=0)
 
     def interval(self, samples: np.ndarray) -> tuple[float, float]:
         """The percentile interval of ``samples`` at ``level`` (NaN resamples left out)."""
-        samples = np.asarray(samples, np.float64)
-        samples = samples[np.isfinite(samples)]
-        if not len(samples):
-            return float("nan"), float("nan")
-        tail = 100 * (1 - self.level) / 2
-        low, high = np.percentile(samples, [tail, 100 - tail])
+        low, high = self.intervals(np.asarray(samples, np.float64)[:, None])[:, 0]
         return float(low), float(high)
 
     def difference(self, observed: float, samples_a: np.ndarray, samples_b: np.ndarray) -> dict:

@@ -15,7 +15,8 @@ metrics (all with 95% paired-bootstrap intervals over users, ``tfrec.evaluation.
                          items, together a third of the training targets), ``torso`` (the
                          next third), ``tail`` (the rest that occur in training)
   ``target_history``     held-out items the user had bought before (``repeat``) or not (``new``)
-  ``cold_start``         held-out items that never occur in training
+  ``cold_start``         the ``cold_start`` protocol's users and values (new held-out items that
+                         are never a training target; past items left out of the ranking)
 
 A segment with fewer than ``min_users`` users is flagged ``too_few_users`` and has no best
 scorer. Coverage is a catalogue-wide figure, not a mean over users, and has no interval.
@@ -32,14 +33,15 @@ from tfrec.evaluation.bootstrap import PairedBootstrap
 
 MODEL = "model"
 POPULARITY_BANDS = ("head", "torso", "tail")
-COLD = "cold"
-TARGET_KINDS = {"target_popularity": POPULARITY_BANDS, "target_history": ("repeat", "new"), "cold_start": (COLD,)}
+TARGET_KINDS = {"target_popularity": POPULARITY_BANDS, "target_history": ("repeat", "new"),
+                "cold_start": ("cold_start",)}
 BEST_BY = "recall@20"
 """The metric that names a segment's best scorer (the first cut-off when there is no 20)."""
 
 
 def target_segments(train_counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Item masks of the popularity bands and of the cold-start items, from training counts."""
+    """Item masks of the popularity bands (``head``, ``torso``, ``tail``), from training counts;
+    items never a training target are in none of them (they are the cold-start slice)."""
     counts = np.asarray(train_counts, np.int64)
     order = np.argsort(-counts, kind="stable")
     share = np.cumsum(counts[order]) / max(counts.sum(), 1)
@@ -47,9 +49,7 @@ def target_segments(train_counts: np.ndarray) -> dict[str, np.ndarray]:
     before = np.concatenate([[0.0], share[:-1]])
     band = np.empty(len(counts), np.int64)
     band[order] = np.minimum((before * 3).astype(np.int64), 2)
-    masks = {name: (band == i) & (counts > 0) for i, name in enumerate(POPULARITY_BANDS)}
-    masks[COLD] = counts == 0
-    return masks
+    return {name: (band == i) & (counts > 0) for i, name in enumerate(POPULARITY_BANDS)}
 
 
 def history_quartiles(split: EvalSplit) -> dict[str, np.ndarray]:
@@ -72,46 +72,50 @@ def _clean(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else float(value)
 
 
-def _interval(boot: PairedBootstrap, samples: np.ndarray) -> list[float | None]:
-    return [_clean(v) for v in boot.interval(samples)]
-
-
 class _Slice:
     """One user set with every scorer's per-user values, and their resampled means."""
 
     def __init__(self, boot: PairedBootstrap, by_scorer: dict, user_mask: np.ndarray | None = None):
-        scorers = list(by_scorer)
-        users, values = by_scorer[scorers[0]]
+        self.scorers = list(by_scorer)
+        users, values = by_scorer[self.scorers[0]]
         keep = np.ones(len(users), bool) if user_mask is None else user_mask[users]
         self.users = int(keep.sum())
-        self.names = [m for m in values if m != "users"]
-        self.means, self.samples = {}, {}
+        self.names = [m for m in values if m != "users"] if self.users else []
+        self.means: dict[str, dict[str, float]] = {}
+        self.samples = self.observed = None
         if not self.users:
             return
-        stacked = np.column_stack([by_scorer[s][1][m][keep] for s in scorers for m in self.names])
-        samples = boot.means(users[keep], stacked)
-        observed = stacked.mean(0)
-        for i, s in enumerate(scorers):
-            cols = slice(i * len(self.names), (i + 1) * len(self.names))
-            self.means[s] = dict(zip(self.names, observed[cols].tolist()))
-            self.samples[s] = dict(zip(self.names, samples[:, cols].T))
+        stacked = np.column_stack([by_scorer[s][1][m][keep] for s in self.scorers for m in self.names])
+        self.samples = boot.means(users[keep], stacked)  # [resamples, scorers x metrics]
+        self.observed = stacked.mean(0)
+        self.means = {s: dict(zip(self.names, self.observed[self._columns(s, self.names)].tolist()))
+                      for s in self.scorers}
+
+    def _columns(self, scorer: str, metrics: list[str]) -> list[int]:
+        base = self.scorers.index(scorer) * len(self.names)
+        return [base + self.names.index(m) for m in metrics]
 
     def ci(self, boot: PairedBootstrap) -> dict:
-        return {s: {m: _interval(boot, v) for m, v in by_metric.items()} for s, by_metric in self.samples.items()}
+        if self.samples is None:
+            return {}
+        low, high = boot.intervals(self.samples)
+        return {s: {m: [_clean(low[c]), _clean(high[c])] for m, c in zip(self.names, self._columns(s, self.names))}
+                for s in self.scorers}
 
     def vs(self, boot: PairedBootstrap, other: _Slice, scorer_a: str, scorer_b: str) -> dict:
-        """``scorer_a`` here minus ``scorer_b`` in ``other``, per metric both have."""
-        out = {}
-        for m in self.names:
-            if m in other.names and scorer_a in self.samples and scorer_b in other.samples:
-                d = boot.difference(self.means[scorer_a][m] - other.means[scorer_b][m],
-                                    self.samples[scorer_a][m], other.samples[scorer_b][m])
-                out[m] = {"difference": _clean(d["difference"]), "ci": [_clean(v) for v in d["ci"]],
-                          "significant": d["significant"]}
-        return out
+        """``scorer_a`` here minus ``scorer_b`` in ``other``, per metric both have, paired by resample."""
+        common = [m for m in self.names if m in other.names]
+        if not common or scorer_a not in self.scorers or scorer_b not in other.scorers:
+            return {}
+        a, b = self._columns(scorer_a, common), other._columns(scorer_b, common)
+        low, high = boot.intervals(self.samples[:, a] - other.samples[:, b])
+        observed = self.observed[a] - other.observed[b]
+        return {m: {"difference": _clean(d), "ci": [_clean(lo), _clean(hi)],
+                    "significant": bool(lo > 0 or hi < 0)}
+                for m, d, lo, hi in zip(common, observed, low, high)}
 
     def vs_baselines(self, boot: PairedBootstrap) -> dict:
-        return {s: self.vs(boot, self, MODEL, s) for s in self.samples if s != MODEL}
+        return {s: self.vs(boot, self, MODEL, s) for s in self.scorers if s != MODEL and self.samples is not None}
 
 
 def _segment(boot: PairedBootstrap, piece: _Slice, min_users: int, best_by: str) -> dict:
@@ -138,7 +142,7 @@ def analyse_split(per_user: dict, split: EvalSplit, num_resamples: int, seed: in
         "bootstrap": {"resamples": num_resamples, "level": level, "seed": seed, "unit": "user"},
         "ci": {p: piece.ci(boot) for p, piece in protocols.items()},
         "vs_baselines": {p: piece.vs_baselines(boot) for p, piece in protocols.items()},
-        "vs_protocols": {s: protocols["all"].vs(boot, protocols["explore"], s, s) for s in protocols["all"].samples},
+        "vs_protocols": {s: protocols["all"].vs(boot, protocols["explore"], s, s) for s in protocols["all"].scorers},
     }
     names = protocols["all"].names
     best_by = BEST_BY if BEST_BY in names else next(m for m in names if m.startswith("recall@"))
