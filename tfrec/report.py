@@ -91,7 +91,7 @@ def training_section(history: list[dict], summary: dict | None, out: Path) -> st
                        ("valid_all_recall@20", "validation, all (towers only)")):
         right.plot(epochs, [h[key] for h in history], marker="o", label=label)
     right.set_xlabel("epoch")
-    right.set_ylabel("validation Recall@20")
+    right.set_ylabel("Recall@20 on validation users")
     best = (summary or {}).get("best_epoch")
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
