@@ -103,7 +103,8 @@ def summary_section(metrics: dict, config) -> str:
                              f"[{100 * low:+.1f}, {100 * high:+.1f}]: {_verdict(diff)}")
         lines.append(f"- {sentence}.")
     lines.append(f"- {pct(test['repeat_share'])} of the products in a customer's next {unit} were ones they had "
-                 "bought before, which is why a 'buy it again' list is hard to beat on the first measure.")
+                 "bought before" + (", which is why a 'buy it again' list is hard to beat on the first measure."
+                                    if test["repeat_share"] >= 0.2 else "."))
     if _segments_sentence(test):
         lines.append(_segments_sentence(test))
     cold = test["cold_start"]["model"]
@@ -198,8 +199,8 @@ def segments_section(metrics: dict, config, out: Path) -> str:
         f"Recall@20 on the test split under the `all` protocol (the served list), by segment. History length: "
         f"customers by the number of past items (quartiles). Product popularity: held-out products by how often "
         f"they were bought in training (head, torso, tail each a third of the purchases). A segment with fewer "
-        f"than {config.eval.min_segment_users} customers is greyed (in italics) and never marked best; best in "
-        "bold, † a significant difference.",
+        f"than {config.eval.min_segment_users} customers is greyed (in italics) and never marked best; in bold, a "
+        "segment's best when it is significantly ahead of the runner-up; † a significant difference.",
         _table(header, rows),
         "![Recall@20 by segment](segments_recall.png)",
     ])

@@ -18,8 +18,9 @@ metrics (all with 95% paired-bootstrap intervals over users, ``tfrec.evaluation.
   ``cold_start``         the ``cold_start`` protocol's users and values (new held-out items that
                          are never a training target; past items left out of the ranking)
 
-A segment with fewer than ``min_users`` users is flagged ``too_few_users`` and has no best
-scorer. Coverage is a catalogue-wide figure, not a mean over users, and has no interval.
+A segment's ``best`` scorer (by Recall@20) is named only when it is significantly ahead of
+the runner-up; a segment with fewer than ``min_users`` users is flagged ``too_few_users``
+and has none. Coverage is a catalogue-wide figure, not a mean over users, and has no interval.
 """
 
 from __future__ import annotations
@@ -121,11 +122,10 @@ class _Slice:
 def _segment(boot: PairedBootstrap, piece: _Slice, min_users: int, best_by: str) -> dict:
     too_few = piece.users < min_users
     best = None
-    if not too_few and piece.means:
-        values = {s: v.get(best_by, float("nan")) for s, v in piece.means.items()}
-        top = max(values.values())
-        leaders = [s for s, v in values.items() if np.isclose(v, top)]
-        best = leaders[0] if len(leaders) == 1 and top > 0 else None
+    if not too_few and len(piece.means) > 1:
+        ranked = sorted(piece.means, key=lambda s: piece.means[s].get(best_by, float("nan")), reverse=True)
+        lead = piece.vs(boot, piece, ranked[0], ranked[1]).get(best_by)
+        best = ranked[0] if lead and lead["significant"] and lead["difference"] > 0 else None
     return {"users": piece.users, "too_few_users": too_few, "metrics": piece.means, "ci": piece.ci(boot),
             "vs_baselines": piece.vs_baselines(boot), "best": best}
 
