@@ -22,17 +22,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def first_relevant_rank(scores: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
+def target_mask(targets: list[np.ndarray], num_items: int) -> np.ndarray:
+    """``[len(targets), num_items]``: True where an item is one of the row's targets."""
+    mask = np.zeros((len(targets), num_items), bool)
+    rows = np.repeat(np.arange(len(targets)), [len(t) for t in targets])
+    mask[rows, np.concatenate(targets) if len(targets) else np.zeros(0, np.int64)] = True
+    return mask
+
+
+def first_relevant_rank(scores: np.ndarray, targets: list[np.ndarray], mask: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of each row's best-ranked target in the full tie-broken ranking."""
-    ranks = np.empty(len(targets), np.int64)
+    mask = target_mask(targets, scores.shape[1]) if mask is None else mask
+    # The best target: highest score, ties by lower index (argmax returns the first maximum).
+    best = np.argmax(np.where(mask, scores, -np.inf), axis=1)
+    value = scores[np.arange(len(scores)), best][:, None]
     columns = np.arange(scores.shape[1])
-    for row, t in enumerate(targets):
-        s = scores[row]
-        ts = s[t]
-        best = t[np.lexsort((t, -ts))[0]]
-        value = s[best]
-        ranks[row] = np.count_nonzero(s > value) + np.count_nonzero((s == value) & (columns < best))
-    return ranks
+    return np.count_nonzero(scores > value, axis=1) + np.count_nonzero(
+        (scores == value) & (columns < best[:, None]), axis=1)
 
 
 def intra_list_similarity(vectors: np.ndarray) -> np.ndarray:
@@ -87,9 +93,8 @@ class RankingMetrics:
         if not targets:
             return
         top = top[:, : self.max_k]
-        hits = np.zeros(top.shape, bool)
-        for row, t in enumerate(targets):
-            hits[row] = np.isin(top[row], t)
+        mask = target_mask(targets, scores.shape[1])
+        hits = np.take_along_axis(mask, top, axis=1)
         sizes = np.array([len(t) for t in targets], np.float64)
         values: dict[str, np.ndarray] = {}
         for k in self.ks:
@@ -99,7 +104,7 @@ class RankingMetrics:
             dcg = (hits[:, :k] * d).sum(1)
             ideal = np.cumsum(d)[np.minimum(sizes, k).astype(int) - 1]
             values[f"ndcg@{k}"] = dcg / ideal
-        values["mrr"] = 1.0 / (first_relevant_rank(scores, targets) + 1.0)
+        values["mrr"] = 1.0 / (first_relevant_rank(scores, targets, mask) + 1.0)
         values["hitrate@10"] = hits[:, :10].any(1).astype(np.float64)
         if self.item_vectors is not None:
             values["ils@10"] = intra_list_similarity(self.item_vectors[top[:, :10]])
