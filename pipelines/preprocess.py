@@ -21,6 +21,7 @@ is needed. The job runs on the DirectRunner unless Beam options say otherwise
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import sources
@@ -38,6 +40,8 @@ from pipelines.stats import WriteStats
 from tfrec import features
 from tfrec.config import Config, DataConfig
 from tfrec.errors import TfrecError
+
+log = logging.getLogger(__name__)
 
 SHARD_PREFIX = "part"
 REJECTED_PREFIX = "rejected"
@@ -90,8 +94,9 @@ class WriteRejected(beam.PTransform):
 def row_parsers(data: DataConfig) -> tuple[InteractionParser, CatalogueParser | None]:
     """The row parsers; interaction rows carry the item text only when there is no catalogue file."""
     if data.catalogue is None:
-        return InteractionParser(data.interactions, data.items), None
-    return InteractionParser(data.interactions, None), CatalogueParser(data.catalogue, data.items)
+        return InteractionParser(data.interactions, data.items, data.normalize_ids), None
+    return (InteractionParser(data.interactions, None, data.normalize_ids),
+            CatalogueParser(data.catalogue, data.items, data.normalize_ids))
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None:
@@ -135,7 +140,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None
     }
     if catalogue_files is not None:
         stats_inputs["catalogue_files"] = catalogue_files
-    stats_inputs | "WriteStats" >> WriteStats(output, config.fingerprint("data"))
+    stats_inputs | "WriteStats" >> WriteStats(output, config.fingerprint("data"), data.normalize_ids)
 
 
 # ------------------------------------------------------------------ driver
@@ -210,6 +215,16 @@ def _print_summary(stats: dict[str, Any], output: str, seconds: float) -> None:
           f"{features.REJECTED_DIR}/*{REJECTED_SUFFIX}, {features.CONFIG_FILE}")
 
 
+def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    """The job's counters, ``"<namespace>/<name>" -> value`` (committed where the runner has them)."""
+    totals: dict[str, int] = {}
+    for counter in result.metrics().query(MetricsFilter())["counters"]:
+        name = f"{counter.key.metric.namespace}/{counter.key.metric.name}"
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[name] = totals.get(name, 0) + int(value or 0)
+    return dict(sorted(totals.items()))
+
+
 def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
     output = str(output)
@@ -219,8 +234,14 @@ def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] 
     _list_inputs(config)
     clear_outputs(output)
     start = time.perf_counter()
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config, output)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, config, output)
+    log.info("Beam job started; every file being read reports its rows every %.0f s", sources.PROGRESS_SECONDS)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = job_counters(result)
+    width = max((len(name) for name in counters), default=0)
+    log.info("Beam counters:\n%s", "\n".join(f"  {name:<{width}} {value:>12,}" for name, value in counters.items()))
     _write_text(FileSystems.join(output, features.CONFIG_FILE), config.to_yaml())
     stats = read_stats(output)
     _print_summary(stats, output, time.perf_counter() - start)

@@ -17,6 +17,11 @@ The checks run in this order, and the first failing one names the reason:
 ``unknown_item``           an interaction's item is not in the separate catalogue
 =========================  ================================================================
 
+Ids (user, item, group) that are integers written as floats, "15392.0" as spreadsheets and
+pandas write a numeric column with gaps, are written as integers ("15392") unless
+``data.normalize_ids`` is off (``normalize_id``), so every later stage shows and serves
+the shop's own ids.
+
 The first two come from the file readers (``pipelines.sources``); the rest from the
 parsers below, which take a row's values as a mapping from column to value (text for
 CSV, JSON values for JSON lines, Arrow values for Parquet) and strip whitespace.
@@ -157,8 +162,23 @@ def _number(text: str, column: str, why: str) -> float:
         raise Rejected(bad_number(column), f"{column}={text!r} is not a number ({why})") from None
 
 
-def _required_id(values: Mapping[str, Any], column: str) -> str:
+_FLOAT_INTEGER = re.compile(r"([+-]?\d+)\.0+")
+
+
+def normalize_id(value: str) -> str:
+    """An integer written as a float ("15392.0") as the integer ("15392"); any other id as it is.
+
+    >>> normalize_id("15392.0"), normalize_id("85123A"), normalize_id("1.5"), normalize_id("007.00")
+    ('15392', '85123A', '1.5', '007')
+    """
+    match = _FLOAT_INTEGER.fullmatch(value)
+    return match.group(1) if match else value
+
+
+def _required_id(values: Mapping[str, Any], column: str, normalize: bool = False) -> str:
     value = text_value(values.get(column))
+    if normalize:
+        value = normalize_id(value)
     if not value:
         raise Rejected(missing_field(column), f"{column} is empty")
     if "\n" in value or "\r" in value:
@@ -284,10 +304,12 @@ class InteractionParser:
     """Validates one interaction row into a ``ParsedRow`` with its ``Event``.
 
     With ``items`` (the catalogue is inline), the row's item text is built and checked too.
+    With ``normalize_ids``, ids that are integers written as floats become integers.
     """
 
-    def __init__(self, interactions: Interactions, items: Items | None):
+    def __init__(self, interactions: Interactions, items: Items | None, normalize_ids: bool = True):
         self.interactions = interactions
+        self.normalize_ids = normalize_ids
         self.filters = [RowFilter(f) for f in interactions.filters]
         self.item_text = ItemTextBuilder(items) if items is not None else None
 
@@ -302,9 +324,9 @@ class InteractionParser:
 
     def __call__(self, record: Record) -> ParsedRow:
         values, c = record.values, self.interactions.columns
-        user = _required_id(values, c.user_id)
-        item = _required_id(values, c.item_id)
-        group = _required_id(values, c.group_id) if c.group_id else None
+        user = _required_id(values, c.user_id, self.normalize_ids)
+        item = _required_id(values, c.item_id, self.normalize_ids)
+        group = _required_id(values, c.group_id, self.normalize_ids) if c.group_id else None
         stamp = values.get(c.timestamp)
         if not text_value(stamp):
             raise Rejected(missing_field(c.timestamp), f"{c.timestamp} is empty")
@@ -329,8 +351,9 @@ class InteractionParser:
 class CatalogueParser:
     """Validates one row of a separate catalogue file into a ``ParsedRow`` without event."""
 
-    def __init__(self, catalogue: Catalogue, items: Items):
+    def __init__(self, catalogue: Catalogue, items: Items, normalize_ids: bool = True):
         self.catalogue = catalogue
+        self.normalize_ids = normalize_ids
         self.filters = [RowFilter(f) for f in catalogue.filters]
         self.item_text = ItemTextBuilder(items)
 
@@ -341,7 +364,7 @@ class CatalogueParser:
         return list(dict.fromkeys(names))
 
     def __call__(self, record: Record) -> ParsedRow:
-        item = _required_id(record.values, self.catalogue.item_id)
+        item = _required_id(record.values, self.catalogue.item_id, self.normalize_ids)
         for row_filter in self.filters:
             row_filter.check(record.values)
         return ParsedRow(item, self.item_text(record.values), None)

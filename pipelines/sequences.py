@@ -60,6 +60,11 @@ class UserSplit(NamedTuple):
     groups: int
     quantity: float
     """Summed quantity of the user's events."""
+    first_time: int | None = None
+    """Epoch seconds of the user's first and last kept events."""
+    last_time: int | None = None
+    test_time: int | None = None
+    """Epoch seconds of the start of the held-out (test) group, for evaluated users."""
 
 
 class UserSummary(NamedTuple):
@@ -72,6 +77,9 @@ class UserSummary(NamedTuple):
     train_examples: int
     train_targets: int
     test_history_length: int | None
+    first_time: int | None = None
+    last_time: int | None = None
+    test_time: int | None = None
 
 
 def order_key(event: Event) -> tuple:
@@ -121,8 +129,17 @@ def split_user(events: Iterable[Event], sequences: Sequences, index: Mapping[str
     groups = group_items(ordered, index)
     quantity = sum(e.quantity for e in ordered)
 
+    first, last = (ordered[0].timestamp, ordered[-1].timestamp) if ordered else (None, None)
+
     def result(outcome, train=(), valid=None, test=None) -> UserSplit:
-        return UserSplit(outcome, list(train), valid, test, len(ordered), len(groups), quantity)
+        test_time = None
+        if test is not None:  # the start of the last group (groups are ordered by their first event)
+            starts: dict[object, int] = {}
+            for e in ordered:
+                starts.setdefault(e.group if e.group is not None else (e.source, e.line), e.timestamp)
+            test_time = list(starts.values())[-1]
+        return UserSplit(outcome, list(train), valid, test, len(ordered), len(groups), quantity, first, last,
+                         test_time)
 
     if len(groups) < max(sequences.min_groups, 2):
         if sequences.short_users == "drop":
@@ -163,6 +180,7 @@ class SplitUserFn(beam.DoFn):
             split.outcome, split.interactions, split.groups, split.quantity, len(split.train),
             sum(len(targets) for _, targets in split.train),
             len(split.test.history) if split.test is not None else None,
+            split.first_time, split.last_time, split.test_time,
         ))
 
 

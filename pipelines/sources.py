@@ -27,7 +27,9 @@ import contextlib
 import csv
 import gzip
 import json
+import logging
 import lzma
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO
@@ -48,6 +50,12 @@ MAX_RECORD_BYTES = 1 << 20
 """Bytes one multi-line CSV record may hold before its quoting is called bad."""
 CSV_FIELD_LIMIT = 2**31 - 1
 PARQUET_BATCH_ROWS = 8192
+PROGRESS_SECONDS = 10.0
+"""How often a file being read reports its progress (a log line and the ``rows_read`` counter)."""
+PROGRESS_CHECK_ROWS = 1024
+"""Rows between two looks at the clock."""
+
+log = logging.getLogger(__name__)
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
@@ -308,18 +316,27 @@ class ParseFileFn(beam.DoFn):
     (``Rejection``s) and ``COUNTS`` (one ``(source, {"read", "kept", "rejected"})`` per file,
     ``rejected`` counting each reason). With a ``known_items`` side input, rows naming an
     item outside it are rejected as ``unknown_item``.
+
+    Progress: every ``progress_seconds`` (default ``PROGRESS_SECONDS``) while a file is read, the rows read so far go to
+    the ``rows_read`` counter (live in a runner's monitoring, e.g. Dataflow's job page)
+    and to a log line.
     """
 
-    def __init__(self, parser: RowParser, fmt: str, delimiter: str, namespace: str):
+    def __init__(self, parser: RowParser, fmt: str, delimiter: str, namespace: str,
+                 progress_seconds: float | None = None):
         self.parser = parser
         self.fmt = fmt
         self.delimiter = delimiter
         self.namespace = namespace
+        self.progress_seconds = progress_seconds
 
     def process(self, readable: fileio.ReadableFile, known_items: Any = None):
         source = readable.metadata.path
         fmt = detect_format(source, self.fmt)
         read, kept, rejected = 0, 0, collections.Counter()
+        counted, started = 0, time.monotonic()
+        last_report = started
+        every = PROGRESS_SECONDS if self.progress_seconds is None else self.progress_seconds
 
         def opener(compression_type):
             return readable.open(mime_type="application/octet-stream", compression_type=compression_type)
@@ -327,6 +344,13 @@ class ParseFileFn(beam.DoFn):
         with open_input(source, fmt, opener) as stream:
             for record in read_records(stream, source, fmt, self.delimiter, self.parser.columns):
                 read += 1
+                if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= every:
+                    last_report = time.monotonic()
+                    self._count("rows_read", read - counted)
+                    counted = read
+                    log.info("%s: %s rows read from %s so far (%s kept, %s rejected; %s rows/s)", self.namespace,
+                             f"{read:,}", source, f"{kept:,}", f"{sum(rejected.values()):,}",
+                             f"{read / max(last_report - started, 1e-9):,.0f}")
                 outcome = self._validate(record, known_items) if isinstance(record, Record) else record
                 if isinstance(outcome, Rejection):
                     rejected[outcome.reason] += 1
@@ -337,7 +361,7 @@ class ParseFileFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(ITEMS, (outcome.item_id, outcome.item))
                 if outcome.event is not None:
                     yield outcome.event
-        self._count("rows_read", read)
+        self._count("rows_read", read - counted)
         self._count("rows_kept", kept)
         for reason, n in rejected.items():
             self._count("rows_rejected", n)
@@ -367,13 +391,14 @@ class ReadRows(beam.PTransform):
     """
 
     def __init__(self, patterns: Sequence[str], fmt: str, delimiter: str, parser: RowParser,
-                 known_items: beam.pvalue.AsSideInput | None = None):
+                 known_items: beam.pvalue.AsSideInput | None = None, progress_seconds: float | None = None):
         super().__init__()
         self.patterns = list(patterns)
         self.fmt = fmt
         self.delimiter = delimiter
         self.parser = parser
         self.known_items = known_items
+        self.progress_seconds = progress_seconds
 
     def expand(self, pbegin):
         side = {"known_items": self.known_items} if self.known_items is not None else {}
@@ -383,6 +408,7 @@ class ReadRows(beam.PTransform):
             | "MatchFiles" >> fileio.MatchAll()
             | "OpenFiles" >> fileio.ReadMatches()
             | "ValidateRows" >> beam.ParDo(
-                ParseFileFn(self.parser, self.fmt, self.delimiter, namespace=self.label), **side
+                ParseFileFn(self.parser, self.fmt, self.delimiter, namespace=self.label,
+                            progress_seconds=self.progress_seconds), **side
             ).with_outputs(ITEMS, REJECTED, COUNTS, main="rows")
         )

@@ -16,6 +16,9 @@ invariant ``rows_kept + rows_rejected == rows_read`` holds per file and in total
 ``quantity``, ``groups`` summed quantity; baskets / invoices / sessions
 ``examples``             records per split
 ``history_length``       p10 ... p99 and max of the test records' history lengths
+``time_range``           first and last kept event, and the first and last start of a held-out
+                         (test) group, in UTC (ISO 8601)
+``normalize_ids``        whether ids that are integers written as floats were written as integers
 ``config_fingerprint``   ``config.fingerprint("data")``
 =======================  ====================================================================
 """
@@ -23,6 +26,7 @@ invariant ``rows_kept + rows_rejected == rows_read`` holds per file and in total
 from __future__ import annotations
 
 import collections
+import datetime
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -73,7 +77,7 @@ class UserStatsFn(beam.CombineFn):
 
     def create_accumulator(self) -> dict[str, Any]:
         return {"outcomes": collections.Counter(), "interactions": 0, "groups": 0, "quantity": 0.0,
-                "train": 0, "train_targets": 0, "history": collections.Counter()}
+                "train": 0, "train_targets": 0, "history": collections.Counter(), "times": {}}
 
     def add_input(self, acc, summary: UserSummary):
         acc["outcomes"][summary.outcome] += 1
@@ -84,13 +88,19 @@ class UserStatsFn(beam.CombineFn):
         acc["train_targets"] += summary.train_targets
         if summary.test_history_length is not None:
             acc["history"][summary.test_history_length] += 1
+        _extend(acc["times"], "first_event", "last_event", summary.first_time, summary.last_time)
+        _extend(acc["times"], "test_from", "test_to", summary.test_time, summary.test_time)
         return acc
 
     def merge_accumulators(self, accumulators):
         merged = self.create_accumulator()
         for acc in accumulators:
             for key, value in acc.items():
-                if isinstance(value, collections.Counter):
+                if key == "times":
+                    _extend(merged["times"], "first_event", "last_event", value.get("first_event"),
+                            value.get("last_event"))
+                    _extend(merged["times"], "test_from", "test_to", value.get("test_from"), value.get("test_to"))
+                elif isinstance(value, collections.Counter):
                     merged[key].update(value)
                 else:
                     merged[key] += value
@@ -100,6 +110,20 @@ class UserStatsFn(beam.CombineFn):
         return acc
 
 
+def _extend(times: dict, low_key: str, high_key: str, low: int | None, high: int | None) -> None:
+    """Widens the ``[times[low_key], times[high_key]]`` range to hold ``low`` and ``high``."""
+    if low is not None:
+        times[low_key] = min(low, times.get(low_key, low))
+    if high is not None:
+        times[high_key] = max(high, times.get(high_key, high))
+
+
+def _iso(seconds: int | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def build_stats(
     fingerprint: str,
     interaction_files: Iterable[tuple[str, Mapping[str, Any]]],
@@ -107,6 +131,7 @@ def build_stats(
     users: Mapping[str, Any],
     index: Mapping[str, int],
     train_counts: Mapping[int, int],
+    normalize_ids: bool = True,
 ) -> dict[str, Any]:
     """The content of ``stats.json``."""
     outcomes = users["outcomes"]
@@ -128,6 +153,9 @@ def build_stats(
         "examples": {"train": users["train"], "valid": evaluated, "test": evaluated},
         "train_targets": users["train_targets"],
         "history_length": percentiles(users["history"]),
+        "time_range": {key: _iso(users.get("times", {}).get(key))
+                       for key in ("first_event", "last_event", "test_from", "test_to")},
+        "normalize_ids": normalize_ids,
     }
     return stats
 
@@ -139,10 +167,11 @@ class WriteStats(beam.PTransform):
     "train_counts"}`` PCollections.
     """
 
-    def __init__(self, output: str, fingerprint: str):
+    def __init__(self, output: str, fingerprint: str, normalize_ids: bool = True):
         super().__init__()
         self.output = output
         self.fingerprint = fingerprint
+        self.normalize_ids = normalize_ids
 
     def expand(self, inputs):
         catalogue = inputs.get("catalogue_files")
@@ -157,6 +186,7 @@ class WriteStats(beam.PTransform):
                 users=beam.pvalue.AsSingleton(users),
                 index=beam.pvalue.AsSingleton(inputs["index"]),
                 train_counts=beam.pvalue.AsDict(inputs["train_counts"]),
+                normalize_ids=self.normalize_ids,
             )
             | "ToJson" >> beam.Map(lambda stats: json.dumps(stats, indent=2))
             | "WriteStats" >> beam.io.WriteToText(

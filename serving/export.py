@@ -18,7 +18,8 @@ needs ``import scann`` (or a TF Serving built with ScaNN's ops, e.g. ``tfrec ser
 Every version is written to a temporary folder beside its final place and renamed
 into place, so a model server polling the folder never sees half a version. Also
 written: ``models.config`` (TF Serving's model config, stock-servable models),
-``model_card.json`` (data, config, metrics, index report, package versions) and
+``model_card.json`` and ``model_card.md`` (``serving.model_card``: intended use, data,
+metrics with confidence intervals, limitations, signatures, package versions) and
 ``items.tsv`` (item ids and texts, for people reading results).
 """
 
@@ -36,6 +37,7 @@ import tensorflow as tf
 
 from serving.index import IndexCatalogue
 from serving.items import write_items
+from serving.model_card import build_model_card, render_model_card_md
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
@@ -48,7 +50,6 @@ from serving.signatures import (
     output_meanings,
 )
 from serving.verify import check_version, format_checks
-from tfrec import features as F
 from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import load_catalogue
@@ -199,23 +200,14 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
     base_path = model_base_path or str(export_dir.resolve())
     fileio.write_text(export_dir / "models.config", models_config(base_path, list(modules)))
     write_items(export_dir, catalogue.ids, catalogue.texts)
-    card = {
-        "name": config.name,
-        "version": version,
-        "models": {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
-                   for name, p in paths.items()},
-        "embedding_dim": int(vectors.shape[1]),
-        "items": len(catalogue),
-        "categorical_fields": fields,
-        "category_field": category_field,
-        "data": fileio.read_json(model_dir / CATALOGUE_DIR / F.STATS_FILE),
-        "metrics": fileio.read_json(model_dir / "metrics.json"),
-        "training": fileio.read_json(model_dir / "train_summary.json"),
-        "index": fileio.read_json(index_dir / "index_report.json") if index_dir else None,
-        "config": config.to_dict(),
-        "packages": package_versions(),
-    }
+    models = {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
+              for name, p in paths.items()}
+    card = build_model_card(config, model_dir, index_dir, export_dir, version, models,
+                            {name: model["signature"] for name, model in models.items()})
+    card |= {"embedding_dim": int(vectors.shape[1]), "items": len(catalogue), "categorical_fields": fields,
+             "category_field": category_field}
     fileio.write_json(export_dir / "model_card.json", card)
+    fileio.write_text(export_dir / "model_card.md", render_model_card_md(card))
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
              time.time() - started, export_dir / "models.config")
     return paths

@@ -49,3 +49,48 @@ def test_a_data_folder_that_is_not_one_is_named(tmp_path, capsys):
     assert code == 2
     error = capsys.readouterr().err
     assert f"{tmp_path / 'model.keras'} not found" in error and "the output folder of `tfrec train`" in error
+
+
+def test_version(capsys):
+    import tfrec
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tfrec {tfrec.__version__}"
+
+
+@pytest.mark.parametrize("stage, arguments", [
+    ("preprocess", ["--output", "{out}"]),
+    ("train", ["--data", "{missing}", "--output", "{out}"]),
+    ("index", ["--model", "{missing}", "--output", "{out}"]),
+    ("export", ["--model", "{missing}", "--index", "{missing}", "--output", "{out}"]),
+    ("run", ["--output", "{out}"]),
+])
+def test_a_failed_stage_leaves_no_empty_output_folder(stage, arguments, tmp_path, capsys):
+    config = tmp_path / "broken.yaml"  # names an interaction file that does not exist
+    config.write_text(open("configs/online_retail.yaml").read().replace(
+        "data/online_retail/online_retail.csv.gz", str(tmp_path / "missing.csv")))
+    out = tmp_path / "out" / "nested"
+    args = [a.format(out=out, missing=tmp_path / "missing") for a in arguments]
+    assert main([stage, "--config", str(config), *args]) == 2
+    assert f"tfrec {stage}: error:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_stage_keeps_what_it_wrote_and_folders_that_existed(tmp_path):
+    from tfrec.fileio import no_empty_folders_on_failure
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(RuntimeError), no_empty_folders_on_failure(existing):
+        (existing / "a" / "b").mkdir(parents=True)
+        raise RuntimeError("stage failed")
+    assert existing.exists() and not (existing / "a").exists()
+    fresh = tmp_path / "fresh"
+    with pytest.raises(RuntimeError), no_empty_folders_on_failure(fresh):
+        (fresh / "checkpoints").mkdir(parents=True)
+        (fresh / "checkpoints" / "ckpt-1.index").write_text("x")
+        (fresh / "logs").mkdir()
+        raise RuntimeError("stage failed")
+    assert (fresh / "checkpoints" / "ckpt-1.index").exists() and not (fresh / "logs").exists()

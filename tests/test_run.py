@@ -14,14 +14,15 @@ LAYOUT = [
     "data/stats.json", "data/items.tfrecord.gz", "data/vocab/items.txt", "data/config.yaml",
     "model/model.keras", "model/metrics.json", "model/history.json", "model/checkpoints/checkpoint",
     "index/index_report.json", "index/scann/saved_model.pb",
-    "export/models.config", "export/model_card.json", "export/tfrec_retrieve/1/saved_model.pb",
+    "export/models.config", "export/model_card.json", "export/model_card.md",
+    "export/tfrec_retrieve/1/saved_model.pb",
     "export/tfrec_retrieve_scann/1/saved_model.pb", "export/tfrec_query/1/saved_model.pb",
     "export/tfrec_candidate/1/saved_model.pb", "export/tfrec_similar/1/saved_model.pb",
     "export/tfrec_search/1/saved_model.pb",
-    "report.md", "history_lengths.png", "training_curves.png", "recall_at_k.png",
+    "report.md", "history_lengths.png", "training_curves.png", "recall_at_k.png", "segments_recall.png",
 ]
-SECTIONS = ["## Data", "## Training", "## Quality", "## Retrieval index (ScaNN)", "## Examples",
-            "### Similar products", "## Environment and configuration"]
+SECTIONS = ["## Summary", "## Segments", "## Data", "## Training", "## Quality", "## Retrieval index (ScaNN)",
+            "## Examples", "### Similar products", "## Environment and configuration"]
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +74,25 @@ def test_report_has_every_section_filled_from_the_run(run):
     assert report.count("### User ") == 3
     assert report.count("because") >= 3
     assert "tensorflow | 2.20" in report
+
+
+def test_report_states_the_result_with_intervals_on_its_first_screen(run):
+    out, _, _ = run
+    report = (out / "report.md").read_text()
+    first_screen = "\n".join(report.splitlines()[:25])
+    metrics = json.loads((out / "model" / "metrics.json").read_text())["test"]
+    model = metrics["all"]["model"]["recall@20"]
+    assert f"For customers' next basket, tfrec's top 20 holds {100 * model:.1f}% of what they bought" in first_screen
+    assert "95% CI [" in first_screen and "Key table" in first_screen
+    low, high = metrics["ci"]["all"]["model"]["recall@20"]
+    assert f"{100 * model:.1f}% [{100 * low:.1f}, {100 * high:.1f}]" in first_screen
+    # The segment table: every segment with its customers; too few ones greyed, never bold.
+    segments = report.split("## Segments")[1].split("\n## ")[0]
+    for kind in metrics["segments"].values():
+        for segment in kind.values():
+            if segment["too_few_users"]:
+                assert f"_{segment['users']:,}_" in segments
+    assert "(too few customers)" not in "".join(line for line in segments.splitlines() if "**" in line)
 
 
 def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_config):

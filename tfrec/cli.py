@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
@@ -235,6 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands that pass unknown arguments through (to Beam).
 _PASS_THROUGH = {"preprocess", "run"}
+# The argument naming the folder each stage writes (removed again when a failure leaves it empty).
+_OUTPUT = {"preprocess": "output", "train": "output", "index": "output", "export": "output", "run": "output"}
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tfrec")
+    except metadata.PackageNotFoundError:
+        import tfrec
+
+        return tfrec.__version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,11 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command not in _PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from tfrec.errors import TfrecError
+    from tfrec.fileio import no_empty_folders_on_failure
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output = getattr(args, _OUTPUT[args.command]) if args.command in _OUTPUT else None
     try:
-        return args.handler(args, extra)
+        if output is None:
+            return args.handler(args, extra)
+        with no_empty_folders_on_failure(output):
+            return args.handler(args, extra)
     except (TfrecError, FileNotFoundError) as e:
         if os.environ.get("TFREC_DEBUG"):
             raise

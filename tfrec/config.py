@@ -167,6 +167,11 @@ class DataConfig(_Section):
     """How item text and categorical features are built."""
     sequences: Sequences = Sequences()
     """How event sequences become examples."""
+    normalize_ids: bool = True
+    """Write user, item and group ids that are integers written as floats ("15392.0", as
+    spreadsheets and pandas export a numeric column with gaps) as integers ("15392"), so
+    reports and served results show the shop's own ids. Other ids are kept as they are.
+    Recorded in stats.json."""
     num_shards: int = Field(0, ge=0)
     """TFRecord shards per split; 0 lets the runner decide."""
 
@@ -300,6 +305,13 @@ class EvalConfig(_Section):
     """Baselines computed in every evaluation, beside the model."""
     als: AlsConfig = AlsConfig()
     """The ALS baseline's settings."""
+    bootstrap_resamples: int = Field(1000, gt=0)
+    """Resamples of the paired bootstrap over users behind every confidence interval (95%) of
+    metrics.json and the report. The per-user metrics are computed once and re-weighted per
+    resample, so 1000 cost a few percent of the evaluation; more narrow the intervals' own noise."""
+    min_segment_users: int = Field(50, gt=0)
+    """A segment (or protocol) with fewer users is reported greyed, with its interval, and is
+    never marked best: too few users to tell the scorers apart."""
 
 
 class IndexConfig(_Section):

@@ -8,11 +8,13 @@ TensorFlow knows (``gs://``, ``s3://``, ``hdfs://``; there a rename is a copy an
 delete, which is as close to atomic as those stores allow).
 
 A killed writer can leave a temporary sibling behind; :func:`remove_stale_temporaries`
-clears them at the start of the next run.
+clears them at the start of the next run. :func:`no_empty_folders_on_failure` keeps a
+failed stage from leaving empty output folders behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,3 +97,35 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
     if removed:
         log.info("removed %d temporary file(s) left by an interrupted run in %s", len(removed), folder)
     return removed
+
+
+def _folders(folder: str) -> set[str]:
+    if not tf.io.gfile.isdir(folder):
+        return set()
+    return {os.fspath(root).rstrip("/") for root, _, _ in tf.io.gfile.walk(folder)}
+
+
+@contextlib.contextmanager
+def no_empty_folders_on_failure(folder: str | os.PathLike):
+    """Runs a stage that writes into ``folder``; when it fails, removes the folders it created
+    (``folder`` and any missing parent) and left without any file.
+
+    So a stage that fails before writing anything leaves no empty output folder behind,
+    while what it did write (the checkpoints an interrupted training resumes from, the
+    rejected rows of a job that kept nothing) stays. Folders that existed before are kept.
+    """
+    folder = os.fspath(folder).rstrip("/")
+    while not tf.io.gfile.exists(folder):  # watch the outermost folder the stage may create
+        parent, _ = _split(folder)
+        if not parent or parent == folder or tf.io.gfile.exists(parent):
+            break
+        folder = parent
+    before = _folders(folder)
+    try:
+        yield
+    except BaseException:
+        for root in sorted(_folders(folder) - before, key=len, reverse=True):  # deepest first
+            if not tf.io.gfile.listdir(root):
+                tf.io.gfile.rmtree(root)
+                log.info("removed %s: the failed stage wrote nothing there", root)
+        raise

@@ -20,6 +20,8 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tfrec.config import Config  # noqa: E402
 from tfrec.data import load_eval_split  # noqa: E402
+from tfrec.fileio import write_text  # noqa: E402
+from tfrec.report_summary import key_table, segments_section, summary_section  # noqa: E402
 
 METRIC_COLUMNS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
                   "hitrate@10", "coverage@10", "ils@10")
@@ -85,13 +87,19 @@ def training_section(history: list[dict], summary: dict | None, out: Path) -> st
     left.plot(epochs, [h["loss"] for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("training loss (in-batch softmax)")
-    for key, label in (("valid_explore_recall@20", "explore"), ("valid_all_recall@20", "all (towers only)")):
+    for key, label in (("valid_explore_recall@20", "validation, explore"),
+                       ("valid_all_recall@20", "validation, all (towers only)")):
         right.plot(epochs, [h[key] for h in history], marker="o", label=label)
     right.set_xlabel("epoch")
-    right.set_ylabel("validation Recall@20")
-    right.legend()
+    right.set_ylabel("Recall@20 on validation users")
+    best = (summary or {}).get("best_epoch")
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best:
+            axis.axvline(best, color="#2ca02c", linestyle="--", linewidth=1.2,
+                         label=f"best epoch ({best}), the one kept")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(out / "training_curves.png", dpi=110)
     plt.close(figure)
@@ -105,20 +113,36 @@ def training_section(history: list[dict], summary: dict | None, out: Path) -> st
     return "\n\n".join(lines)
 
 
-def _metrics_table(split: dict, protocol: str) -> str:
+def _metrics_table(split: dict, protocol: str, min_users: int) -> str:
+    """One protocol's table. Best of a column in bold, only when it is the only best and the
+    protocol has enough users; † marks a baseline the model differs from significantly."""
     scorers = split[protocol]
-    best = {m: (min if m in LOWER_IS_BETTER else max)(v.get(m, 0) for v in scorers.values()) for m in METRIC_COLUMNS}
+    vs = split.get("vs_baselines", {}).get(protocol, {})
+    too_few = split[protocol]["model"]["users"] < min_users
     rows = []
     for name, values in scorers.items():
         cells = []
         for m in METRIC_COLUMNS:
+            column = [v.get(m, 0) for v in scorers.values()]
+            top = (min if m in LOWER_IS_BETTER else max)(column)
+            unique = sum(bool(np.isclose(c, top)) for c in column) == 1
             cell = f"{values.get(m, float('nan')):.4f}"
-            cells.append(f"**{cell}**" if np.isclose(values.get(m, -1), best[m]) else cell)
+            if vs.get(name, {}).get(m, {}).get("significant"):
+                cell += " †"
+            if too_few:
+                cell = f"_{cell}_"
+            elif unique and np.isclose(values.get(m, -1), top):
+                cell = f"**{cell}**"
+            cells.append(cell)
         rows.append([f"**{name}**" if name == "model" else name, values["users"], *cells])
-    return _table(["", "users", *METRIC_COLUMNS], rows)
+    table = _table(["", "users", *METRIC_COLUMNS], rows)
+    if too_few:
+        table = (f"_Greyed: {split[protocol]['model']['users']} users, fewer than {min_users}: too few to tell "
+                 "the scorers apart; no column is marked best._\n\n" + table)
+    return table
 
 
-def quality_section(metrics: dict, curves: dict | None, out: Path) -> str:
+def quality_section(metrics: dict, curves: dict | None, out: Path, min_users: int = 50) -> str:
     parts = [
         "## Quality: exact evaluation against the full catalogue",
         "Every user is scored against every item; the model and each baseline rank the same users in the same "
@@ -126,13 +150,16 @@ def quality_section(metrics: dict, curves: dict | None, out: Path) -> str:
         "serves its repeat-aware score here). `explore`: the user's past items leave the ranking and the "
         "targets: discovery. `cold_start`: as explore, only targets never seen in training. `coverage@10`: "
         "share of the catalogue in some user's top 10; `ils@10`: intra-list similarity of the top 10 by "
-        "product text (lower is more diverse). Best of each column in bold.",
+        "product text (lower is more diverse). Best of each column in bold; † the model's difference from "
+        "this baseline is significant (95% paired bootstrap over users, `ci` and `vs_baselines` in "
+        "metrics.json).",
     ]
     for split in ("test", "valid"):
         m = metrics[split]
         parts.append(f"### {split} ({m['users']:,} users; {m['repeat_share']:.1%} of held-out items are repeats)")
         for protocol in ("all", "explore", "cold_start"):
-            parts.append(f"**{protocol}**\n\n{_metrics_table(m, protocol)}")
+            parts.append(f"**{protocol}**\n\n{_metrics_table(m, protocol, min_users)}")
+        parts.append(_protocols_line(m))
     if curves:
         figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharex=True)
         for axis, protocol in zip(axes, ("all", "explore")):
@@ -149,6 +176,15 @@ def quality_section(metrics: dict, curves: dict | None, out: Path) -> str:
         plt.close(figure)
         parts.append("![Recall@K](recall_at_k.png)")
     return "\n\n".join(parts)
+
+
+def _protocols_line(split: dict) -> str:
+    """The model's ``all`` minus ``explore`` difference, with its interval."""
+    d = split.get("vs_protocols", {}).get("model", {}).get("recall@20")
+    if not d or d["difference"] is None:
+        return ""
+    return (f"Model, `all` minus `explore`, Recall@20: {d['difference']:+.4f} "
+            f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]{' (significant)' if d['significant'] else ''}.")
 
 
 def index_section(report: dict | None) -> str:
@@ -239,17 +275,22 @@ def write_report(config: Config, run_dir: str | Path) -> Path:
 
     texts = read_items(export_dir)
     ids = (data_dir / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
+    metrics = _load(model_dir / "metrics.json")
+    min_users = config.eval.min_segment_users
     sections = [
         f"# tfrec run report: {config.name}",
-        f"Generated {datetime.date.today().isoformat()} from `{run_dir}` by `tfrec run`. Figures are read from the "
-        "run's own outputs.",
+        f"Generated {datetime.date.today().isoformat()} from `{run_dir}` by `tfrec run`; every figure is read "
+        "from the run's outputs. Deploying? Read `export/model_card.md`.",
+        summary_section(metrics, config) if metrics else "",
+        key_table(metrics, config) if metrics else "",
+        segments_section(metrics, config, run_dir) if metrics else "",
         data_section(_load(data_dir / "stats.json"), data_dir, run_dir),
         training_section(_load(model_dir / "history.json"), _load(model_dir / "train_summary.json"), run_dir),
-        quality_section(_load(model_dir / "metrics.json"), _load(model_dir / "recall_curves.json"), run_dir),
+        quality_section(metrics, _load(model_dir / "recall_curves.json"), run_dir, min_users),
         index_section(_load(index_dir / "index_report.json")),
         examples_section(data_dir, export_dir, ids, texts),
         environment_section(_load(export_dir / "model_card.json"), config),
     ]
     path = run_dir / "report.md"
-    path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+    write_text(path, "\n\n".join(s for s in sections if s) + "\n")
     return path

@@ -5,7 +5,7 @@
     runs/<name>/data/      TFRecords, stats.json, rejected/          (preprocess)
     runs/<name>/model/     checkpoints, TensorBoard logs, metrics.json (train, evaluate)
     runs/<name>/index/     ScaNN index, index_report.json           (index)
-    runs/<name>/export/    TF Serving layout, models.config, model_card.json (export)
+    runs/<name>/export/    TF Serving layout, models.config, model_card.{json,md} (export)
     runs/<name>/report.md  with its images beside it                 (report)
 
 Each stage records a fingerprint next to its outputs: a content hash of the config
@@ -26,6 +26,7 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from tfrec.config import Config
+from tfrec.fileio import no_empty_folders_on_failure
 
 STAMP = ".tfrec-stage.json"
 
@@ -100,7 +101,7 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
               lambda: train(config, data, model, resume=not force)),
         Stage("evaluate", model, ["metrics.json"], f_eval, lambda: evaluate(config, data, model)),
         Stage("index", index, ["index_report.json"], f_index, lambda: build_index(config, model, index)),
-        Stage("export", export, ["models.config", "model_card.json"], f_export,
+        Stage("export", export, ["models.config", "model_card.json", "model_card.md"], f_export,
               lambda: export_models(config, model, index, export)),
         Stage("report", output, ["report.md"], f_report, lambda: write_report(config, output)),
     ]
@@ -118,8 +119,9 @@ def run_all(config: Config, output: str | Path, force: bool = False, beam_args: 
             continue
         print(f"\n{'=' * 72}\n{header} -> {stage.folder}\n{'=' * 72}", flush=True)
         stage_start = time.time()
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        stage.action()
+        with no_empty_folders_on_failure(stage.folder):
+            stage.folder.mkdir(parents=True, exist_ok=True)
+            stage.action()
         stage.record()
         print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
     print(f"\nRun complete in {time.time() - started:.0f}s: {output}")

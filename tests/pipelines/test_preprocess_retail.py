@@ -29,6 +29,8 @@ def expected(retail_sample, sample_config):
     """Kept rows, item texts and each customer's invoices (item ids, in order), with pandas."""
     frame = pd.read_csv(retail_sample, dtype=str, keep_default_na=False)
     frame = frame.apply(lambda column: column.str.strip())
+    # data.normalize_ids (on by default): customer ids written as floats are read as integers.
+    frame["CustomerID"] = frame.CustomerID.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
     frame["line"] = range(2, len(frame) + 2)  # the sample has no quoted newlines
     kept = frame[(frame.CustomerID != "") & ~frame.InvoiceNo.str.startswith("C")
                  & (frame.Quantity.astype(float) > 0) & (frame.UnitPrice.astype(float) > 0)
@@ -43,6 +45,7 @@ def expected(retail_sample, sample_config):
     for customer, invoice, item in zip(events.CustomerID, events.InvoiceNo, events.StockCode):
         invoices[customer].setdefault(invoice, []).append(item)
     return {"rows": len(frame), "kept": len(kept), "events": len(events), "texts": texts,
+            "first": kept.ts.min().isoformat() + "Z", "last": kept.ts.max().isoformat() + "Z",
             "groups": {user: list(groups.values()) for user, groups in invoices.items()}}
 
 
@@ -70,6 +73,11 @@ def test_stats_match_pandas(expected, sample_config, sample_data_dir):
     assert stats["examples"]["valid"] == stats["examples"]["test"] == len(evaluated)
     assert stats["history_length"]["max"] == max(sum(map(len, groups[u][:-1])) for u in evaluated)
     assert stats["config_fingerprint"] == sample_config.fingerprint("data")
+    assert stats["normalize_ids"] is True
+    assert (stats["time_range"]["first_event"], stats["time_range"]["last_event"]) == (expected["first"],
+                                                                                       expected["last"])
+    assert expected["first"] < stats["time_range"]["test_from"] <= stats["time_range"]["test_to"] <= expected["last"]
+    assert all("." not in user for user in groups)
 
 
 def test_vocabulary_and_item_records(expected, sample_data_dir):

@@ -3,16 +3,18 @@
 Writes ``MODEL/metrics.json`` shaped::
 
     {"test": {"all": {"model": {"recall@20": ...}, "most_popular": {...}, ...},
-              "explore": {...}, "cold_start": {...}, "repeat_share": ..., "users": ...},
+              "explore": {...}, "cold_start": {...}, "repeat_share": ..., "users": ...,
+              "ci": ..., "vs_baselines": ..., "vs_protocols": ..., "segments": ..., "bootstrap": ...},
      "valid": {...}}
 
-and prints the same as tables.
+(the last five from ``tfrec.evaluation.segments``: 95% paired-bootstrap intervals over
+users, model against each baseline, protocol against protocol, and segments) and prints
+the tables.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import logging
 import time
 from pathlib import Path
 
@@ -23,9 +25,13 @@ from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split
 from tfrec.errors import TfrecError
 from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
 from tfrec.evaluation.evaluator import evaluate_split, format_table
+from tfrec.evaluation.segments import analyse_split, target_segments
+from tfrec.fileio import write_json
 from tfrec.models.text import cached_text_vectors, pretrained_pipeline
 from tfrec.models.two_tower import load_model
 from tfrec.training.trainer import model_scorer
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "recall_curves.json"
@@ -81,18 +87,21 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
     metrics, curves = {}, {}
     for name, split in (("valid", valid), ("test", test)):
         started = time.time()
-        curves[name] = {}
+        curves[name], per_user = {}, {}
         metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
                                        config.eval.ks, config.eval.batch_size, curves=curves[name],
-                                       item_vectors=text_vectors)
+                                       item_vectors=text_vectors, target_segments=target_segments(catalogue.counts),
+                                       per_user=per_user)
+        ranked = time.time()
+        metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
+                                       config.eval.min_segment_users)
+        seconds = time.time() - ranked
+        metrics[name]["bootstrap"] |= {"seconds": seconds, "evaluation_seconds": ranked - started}
+        log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,
+                 config.eval.bootstrap_resamples, seconds, ranked - started, 100 * seconds / (ranked - started))
         print(f"\n{format_table(metrics[name], name)}\n({time.time() - started:.1f}s)")
-    _write_json(model_dir / CURVES_FILE, curves)
-    _write_json(model_dir / METRICS_FILE, metrics)
+    write_json(model_dir / CURVES_FILE, curves)
+    write_json(model_dir / METRICS_FILE, metrics)
     print(f"\nMetrics written to {model_dir / METRICS_FILE}")
     return metrics
 
-
-def _write_json(path: Path, content: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    os.replace(tmp, path)

@@ -8,6 +8,11 @@
 Every scorer (the model and each baseline) scores the same batch of users, so the
 numbers in one table come from the same split, the same users and the same ranking
 rule (score, ties by lower item index).
+
+Target segments measure the ``all`` ranking on part of each user's held-out items:
+``repeat`` (items in the user's history), ``new`` (the others), and one segment per
+item mask given (e.g. popularity bands); a user with no target in a segment is not
+counted in it.
 """
 
 from __future__ import annotations
@@ -48,14 +53,24 @@ def evaluate_split(
     progress: Callable[[int], None] | None = None,
     curves: dict | None = None,
     item_vectors: np.ndarray | None = None,
+    target_segments: Mapping[str, np.ndarray] | None = None,
+    per_user: dict | None = None,
 ) -> dict:
     """Metrics of every scorer under every protocol, plus the split's repeat share.
 
     When ``curves`` is a dict it receives ``{protocol: {scorer: [recall@1, ..., recall@max_k]}}``;
-    with ``item_vectors`` the lists' intra-list similarity is measured with them.
+    with ``item_vectors`` the lists' intra-list similarity is measured with them. With
+    ``target_segments`` (name -> boolean item mask) the result has a ``"segments"`` entry,
+    ``{segment: {scorer: metrics}}``, for those and for ``repeat`` and ``new`` targets.
+    When ``per_user`` is a dict it receives ``{protocol or segment: {scorer: (users, values)}}``
+    (``RankingMetrics.per_user``), for bootstrapped confidence intervals.
     """
+    keep = per_user is not None
     metrics = {p: {name: RankingMetrics(num_items, ks, item_vectors=item_vectors) for name in scorers}
                for p in PROTOCOLS}
+    segment_masks = dict(target_segments or {})
+    segment_names = ["repeat", "new", *segment_masks] if target_segments is not None else []
+    segments = {s: {name: RankingMetrics(num_items, ks) for name in scorers} for s in segment_names}
     max_k = max(ks)
     targets_total = repeats = 0
     for start in range(0, len(split), batch_size):
@@ -66,19 +81,35 @@ def evaluate_split(
         cold = [t[cold_items[t]] for t in new]
         targets_total += sum(len(t) for t in targets)
         repeats += sum(len(t) - len(n) for t, n in zip(targets, new))
+        users = np.arange(rows.start, rows.stop)
         explore_rows = [i for i, t in enumerate(new) if len(t)]
         cold_rows = [i for i, t in enumerate(cold) if len(t)]
+        segment_targets = {}
+        if segment_names:
+            segment_targets = {"repeat": [np.intersect1d(t, h) for t, h in zip(targets, histories)], "new": new}
+            segment_targets |= {s: [t[mask[t]] for t in targets] for s, mask in segment_masks.items()}
         for name, score in scorers.items():
             scores = np.asarray(score(histories), np.float64)
-            metrics["all"][name].update(top_k_indices(scores, max_k), targets, scores)
+            top = top_k_indices(scores, max_k)
+            metrics["all"][name].update(top, targets, scores, users if keep else None)
+            for segment, chosen in segment_targets.items():
+                r = [i for i, t in enumerate(chosen) if len(t)]
+                segments[segment][name].update(top[r], [chosen[i] for i in r], scores[r], users[r] if keep else None)
             for row, history in enumerate(histories):
                 scores[row, history] = -np.inf
             top = top_k_indices(scores, max_k)
-            metrics["explore"][name].update(top[explore_rows], [new[i] for i in explore_rows], scores[explore_rows])
-            metrics["cold_start"][name].update(top[cold_rows], [cold[i] for i in cold_rows], scores[cold_rows])
+            metrics["explore"][name].update(top[explore_rows], [new[i] for i in explore_rows], scores[explore_rows],
+                                            users[explore_rows] if keep else None)
+            metrics["cold_start"][name].update(top[cold_rows], [cold[i] for i in cold_rows], scores[cold_rows],
+                                               users[cold_rows] if keep else None)
         if progress:
             progress(rows[-1] + 1)
     result = {p: {name: m.result() for name, m in by_name.items()} for p, by_name in metrics.items()}
+    if segment_names:
+        result["segments"] = {s: {name: m.result() for name, m in by_name.items()} for s, by_name in segments.items()}
+    if keep:
+        per_user.update({s: {name: m.per_user() for name, m in by_name.items()}
+                         for s, by_name in (metrics | segments).items()})
     result["users"] = len(split)
     result["repeat_share"] = repeats / max(targets_total, 1)
     if curves is not None:

@@ -13,7 +13,8 @@ A ranking orders every catalogue item by score, ties broken by the lower item in
   of the pairs of items in a user's top 10; lower is a more diverse list. Measured with
   one set of vectors for every scorer (the pretrained text vectors), so lists compare.
 
-Every metric but coverage is a mean over users.
+Every metric but coverage is a mean over users. ``per_user()`` returns each user's values,
+from which confidence intervals are bootstrapped (``tfrec.evaluation.bootstrap``).
 """
 
 from __future__ import annotations
@@ -21,17 +22,23 @@ from __future__ import annotations
 import numpy as np
 
 
-def first_relevant_rank(scores: np.ndarray, targets: list[np.ndarray]) -> np.ndarray:
+def target_mask(targets: list[np.ndarray], num_items: int) -> np.ndarray:
+    """``[len(targets), num_items]``: True where an item is one of the row's targets."""
+    mask = np.zeros((len(targets), num_items), bool)
+    rows = np.repeat(np.arange(len(targets)), [len(t) for t in targets])
+    mask[rows, np.concatenate(targets) if len(targets) else np.zeros(0, np.int64)] = True
+    return mask
+
+
+def first_relevant_rank(scores: np.ndarray, targets: list[np.ndarray], mask: np.ndarray | None = None) -> np.ndarray:
     """0-based rank of each row's best-ranked target in the full tie-broken ranking."""
-    ranks = np.empty(len(targets), np.int64)
+    mask = target_mask(targets, scores.shape[1]) if mask is None else mask
+    # The best target: highest score, ties by lower index (argmax returns the first maximum).
+    best = np.argmax(np.where(mask, scores, -np.inf), axis=1)
+    value = scores[np.arange(len(scores)), best][:, None]
     columns = np.arange(scores.shape[1])
-    for row, t in enumerate(targets):
-        s = scores[row]
-        ts = s[t]
-        best = t[np.lexsort((t, -ts))[0]]
-        value = s[best]
-        ranks[row] = np.count_nonzero(s > value) + np.count_nonzero((s == value) & (columns < best))
-    return ranks
+    return np.count_nonzero(scores > value, axis=1) + np.count_nonzero(
+        (scores == value) & (columns < best[:, None]), axis=1)
 
 
 def intra_list_similarity(vectors: np.ndarray) -> np.ndarray:
@@ -73,15 +80,21 @@ class RankingMetrics:
         self._curve = np.zeros(self.max_k)
         self._users = 0
         self._covered = np.zeros(num_items, bool)
+        self._rows: list[np.ndarray] = []
+        self._values: list[dict[str, np.ndarray]] = []
 
-    def update(self, top: np.ndarray, targets: list[np.ndarray], scores: np.ndarray) -> None:
-        """Adds a batch: ``top [b, >=max_k]`` ranked item indices, held-out items, full scores."""
+    def update(self, top: np.ndarray, targets: list[np.ndarray], scores: np.ndarray,
+               users: np.ndarray | None = None) -> None:
+        """Adds a batch: ``top [b, >=max_k]`` ranked item indices, held-out items, full scores.
+
+        With ``users`` (each row's user index in the split) every user's values are kept
+        for ``per_user()``.
+        """
         if not targets:
             return
         top = top[:, : self.max_k]
-        hits = np.zeros(top.shape, bool)
-        for row, t in enumerate(targets):
-            hits[row] = np.isin(top[row], t)
+        mask = target_mask(targets, scores.shape[1])
+        hits = np.take_along_axis(mask, top, axis=1)
         sizes = np.array([len(t) for t in targets], np.float64)
         values: dict[str, np.ndarray] = {}
         for k in self.ks:
@@ -91,12 +104,15 @@ class RankingMetrics:
             dcg = (hits[:, :k] * d).sum(1)
             ideal = np.cumsum(d)[np.minimum(sizes, k).astype(int) - 1]
             values[f"ndcg@{k}"] = dcg / ideal
-        values["mrr"] = 1.0 / (first_relevant_rank(scores, targets) + 1.0)
+        values["mrr"] = 1.0 / (first_relevant_rank(scores, targets, mask) + 1.0)
         values["hitrate@10"] = hits[:, :10].any(1).astype(np.float64)
         if self.item_vectors is not None:
             values["ils@10"] = intra_list_similarity(self.item_vectors[top[:, :10]])
         for name, v in values.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(v.sum())
+        if users is not None:
+            self._rows.append(np.asarray(users, np.int64))
+            self._values.append(values)
         curve = (np.cumsum(hits, axis=1) / sizes[:, None]).sum(0)
         self._curve[: len(curve)] += curve
         self._users += len(targets)
@@ -109,6 +125,13 @@ class RankingMetrics:
     def recall_curve(self) -> list[float]:
         """Recall@K for K = 1 .. max_k."""
         return (self._curve / max(self._users, 1)).tolist()
+
+    def per_user(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The users given to ``update`` and each one's value of every mean-over-users metric."""
+        if not self._rows:
+            return np.zeros(0, np.int64), {}
+        names = self._values[0].keys()
+        return np.concatenate(self._rows), {n: np.concatenate([v[n] for v in self._values]) for n in names}
 
     def result(self) -> dict[str, float]:
         out = {name: total / self._users for name, total in self._sums.items()} if self._users else {}

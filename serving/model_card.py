@@ -1,0 +1,339 @@
+"""``model_card.json`` and ``model_card.md``: what a deployer needs to trust an export.
+
+The card follows the Model Card Toolkit's schema (``model_details``,
+``model_parameters``, ``quantitative_analysis``, ``considerations``; field names as the
+toolkit spells them) without depending on the toolkit. ``considerations`` adds
+``out_of_scope_uses`` beside the toolkit's ``use_cases``. Every figure is read from the
+run's own outputs (stats.json, metrics.json with its bootstrap intervals, the index
+report) and each exported model's signature as the export documents it, so the card
+describes what was exported.
+
+For compatibility with earlier readers the card also keeps the flat keys ``name``,
+``version``, ``models``, ``data``, ``metrics``, ``training``, ``index``, ``config`` and
+``packages``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
+               "coverage@10")
+PURPOSE = {
+    "tfrec_query": "a customer's history -> the query vector (for an external nearest-neighbour index)",
+    "tfrec_candidate": "product text (and id, categories) -> the item vector (cold start: new products)",
+    "tfrec_retrieve": "a customer's history -> top-K product ids and scores, exact search over the catalogue",
+    "tfrec_similar": "a product id -> the most similar products",
+    "tfrec_search": "free text (and optionally a history) -> matching products",
+    "tfrec_retrieve_scann": "as tfrec_retrieve, with the ScaNN index (needs ScaNN's TF ops)",
+}
+
+
+def _read(path: Path | None) -> Any:
+    return json.loads(path.read_text()) if path is not None and path.exists() else None
+
+
+# ----------------------------------------------------------------------- card
+
+
+def _metric(kind: str, value: float, slice_: str, ci: list | None = None) -> dict:
+    entry = {"type": kind, "value": f"{value:.4f}", "slice": slice_}
+    if ci and None not in ci:
+        entry["confidence_interval"] = {"lower_bound": f"{ci[0]:.4f}", "upper_bound": f"{ci[1]:.4f}"}
+    return entry
+
+
+def _performance(metrics: dict) -> list[dict]:
+    test = metrics["test"]
+    out = []
+    for protocol in ("all", "explore", "cold_start"):
+        for scorer, values in test[protocol].items():
+            names = KEY_METRICS if scorer == "model" else ("recall@20", "ndcg@10")
+            for m in names:
+                if m in values:
+                    ci = test.get("ci", {}).get(protocol, {}).get(scorer, {}).get(m)
+                    out.append(_metric(m, values[m], f"test/{protocol}/{scorer} ({values['users']} users)", ci))
+        for baseline, by_metric in test.get("vs_baselines", {}).get(protocol, {}).items():
+            d = by_metric.get("recall@20")
+            if d and d["difference"] is not None:
+                out.append(_metric("recall@20 difference, model minus baseline", d["difference"],
+                                   f"test/{protocol}/model-{baseline}", d["ci"]))
+    for kind, segments in test.get("segments", {}).items():
+        for label, segment in segments.items():
+            values = segment["metrics"].get("model", {})
+            if "recall@20" in values:
+                note = ", too few users to conclude" if segment["too_few_users"] else ""
+                out.append(_metric("recall@20", values["recall@20"],
+                                   f"test/all/model/{kind}={label} ({segment['users']} users{note})",
+                                   segment["ci"]["model"]["recall@20"]))
+    return out
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _limitations(metrics: dict | None, stats: dict, index: dict | None, config) -> list[dict]:
+    notes = []
+    if metrics:
+        test = metrics["test"]
+        cold, model = test["cold_start"].get("model", {}), test["all"]["model"]
+        if cold.get("users", 0):
+            ci = test.get("ci", {}).get("cold_start", {}).get("model", {}).get("recall@20", [None, None])
+            few = cold["users"] < config.eval.min_segment_users
+            notes.append(f"Cold start: on products never bought in training, Recall@20 is {_percent(cold['recall@20'])}"
+                         + (f" (95% CI {_percent(ci[0])} to {_percent(ci[1])})" if None not in ci else "")
+                         + f" over {cold['users']} test users"
+                         + (", too few to conclude" if few else "")
+                         + f", against {_percent(model['recall@20'])} over all items.")
+        popular = test["all"].get("most_popular", {})
+        notes.append(f"Popularity bias: the model's top 10 lists together cover {_percent(model['coverage@10'])} of "
+                     f"the catalogue" + (f" (best-sellers list: {_percent(popular['coverage@10'])})" if popular else "")
+                     + "; products outside them are rarely shown.")
+        bands = test.get("segments", {}).get("target_popularity", {})
+        if "head" in bands and "tail" in bands and bands["tail"]["metrics"]:
+            notes.append(f"Long tail: Recall@20 on the least-bought products (tail) is "
+                         f"{_percent(bands['tail']['metrics']['model']['recall@20'])} against "
+                         f"{_percent(bands['head']['metrics']['model']['recall@20'])} on the best-sellers (head).")
+        notes.append(f"Repeat purchases: {_percent(test['repeat_share'])} of the held-out items were bought by the "
+                     "same customer before; the served score includes a repeat-aware term, so lists favour past "
+                     "purchases unless a request sets exclude_history.")
+    dropped = sum(stats.get("users_dropped", {}).values())
+    notes.append(f"Population: evaluated on customers with at least {config.data.sequences.min_groups} baskets; "
+                 f"{dropped:,} customers with fewer were not evaluated. A customer with no history gets an "
+                 "unpersonalised list.")
+    time_range = stats.get("time_range") or {}
+    if time_range.get("last_event"):
+        notes.append(f"Time: trained on data up to {time_range['last_event'][:10]}; new products need "
+                     "`tfrec index --add` and a new export, and quality drifts as the assortment and customers "
+                     "change: retrain and compare against the baselines again.")
+    if index and "recall@10_vs_exact" in index:
+        notes.append(f"ScaNN: tfrec_retrieve_scann returns {_percent(index['recall@10_vs_exact'])} of the exact "
+                     "top 10 (tfrec_retrieve is exact).")
+    return [{"description": n} for n in notes]
+
+
+def build_model_card(config, model_dir: str | Path, index_dir: str | Path | None, export_dir: str | Path,
+                     version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
+    """The model card of one export. ``models``: name -> ``{"path", "needs", "signature"}``;
+    ``signatures``: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
+    "outputs": {...}}`` (``serving.export.describe_signature``; default: each model's ``signature``)."""
+    from serving.export import package_versions
+    from tfrec.training.trainer import CATALOGUE_DIR
+
+    model_dir, export_dir = Path(model_dir), Path(export_dir)
+    index_dir = Path(index_dir) if index_dir else None
+    stats = _read(model_dir / CATALOGUE_DIR / "stats.json") or {}
+    metrics = _read(model_dir / "metrics.json")
+    training = _read(model_dir / "train_summary.json")
+    index = _read(index_dir / "index_report.json") if index_dir else None
+    if signatures is None:
+        signatures = {name: model["signature"] for name, model in models.items() if "signature" in model}
+    data = config.data
+    encoder = config.model.text_encoder
+    tower = config.model.user_tower
+    architecture = (
+        f"Two towers scored by dot product ({config.model.embedding_dim}-d). Item tower: the product text "
+        f"({', '.join(data.items.text_fields)}) through a {encoder.kind} keras-hub text encoder"
+        f"{' (' + encoder.preset + ', ' + encoder.fine_tune + ')' if encoder.kind == 'pretrained' else ''}"
+        f"{', plus a per-item id vector' if config.model.item_id_embedding else ''}. User tower: the "
+        f"{tower.recent_items} most recent items of the history ({tower.num_layers} transformer layer(s), "
+        f"{tower.pooling} pooling{', plus the mean of the whole history' if tower.long_term else ''}); no user id. "
+        f"Trained with in-batch softmax (temperature {config.train.temperature}"
+        f"{', logQ correction' if config.train.logq_correction else ''}); served score "
+        f"{'plus a repeat-aware term fitted on validation' if config.model.repeat_term else 'without repeat term'}."
+    )
+    population = {k: stats.get(k) for k in ("users", "users_evaluated", "users_train_only", "users_dropped", "items",
+                                            "cold_start_items", "interactions", "groups")}
+    training_data = {
+        "name": "training and evaluation data",
+        "source": list(data.interactions.paths) + (list(data.catalogue.paths) if data.catalogue else []),
+        "time_range": stats.get("time_range"),
+        "population": population,
+        "filters": [f.model_dump(mode="json") for f in data.interactions.filters],
+        "rows": {k: stats.get(k) for k in ("rows_read", "rows_kept", "rows_rejected", "rejected_by_reason")},
+        "normalize_ids": stats.get("normalize_ids"),
+        "split": "per customer by time: the last basket is test, the one before validation, the rest training",
+    }
+    evaluation = None
+    if metrics:
+        boot = metrics["test"].get("bootstrap", {})
+        evaluation = {
+            "name": "evaluation",
+            "description": f"{metrics['test']['users']:,} test customers (their last basket) and "
+                           f"{metrics['valid']['users']:,} validation customers, ranked against the full catalogue "
+                           f"of {stats.get('items', 0):,} products beside {len(config.eval.baselines)} baselines; "
+                           f"95% intervals from {boot.get('resamples', 0):,} paired bootstrap resamples of users.",
+        }
+    card = {
+        "model_details": {
+            "name": f"tfrec {config.name}",
+            "overview": "Two-tower retrieval for a shop: given a customer's purchase or view history, returns the "
+                        "products they are most likely to buy next, from the whole catalogue.",
+            "version": {"name": str(version), "date": datetime.date.today().isoformat()},
+            "documentation": "README.md of the tfrec project; the run's report.md.",
+            "path": str(export_dir),
+        },
+        "model_parameters": {
+            "model_architecture": architecture,
+            "data": [d for d in (training_data, evaluation) if d],
+            "input_format": "a customer's history: item ids, oldest first (tfrec_retrieve's `history`)",
+            "output_format": "item ids and scores, best first (tfrec_retrieve's `item_ids`, `scores`)",
+        },
+        "quantitative_analysis": {"performance_metrics": _performance(metrics) if metrics else []},
+        "considerations": {
+            "users": [{"description": "ML platform teams serving 'recommended for you', 'similar products' and "
+                                      "product search for this shop."}],
+            "use_cases": [{"description": d} for d in (
+                "Candidate generation: the top 20 to 100 products for a customer, to show directly or to pass to "
+                "a ranking stage with the shop's business rules.",
+                "Similar products (tfrec_similar) and text search (tfrec_search) over this catalogue.",
+                "Vectors for new products from their text (tfrec_candidate), before anyone has bought them.",
+            )],
+            "out_of_scope_uses": [{"description": d} for d in (
+                "Other shops, or this shop after a large change of assortment, without retraining and evaluating.",
+                "Decisions with legal or financial effect on a person (credit, pricing, eligibility): the scores "
+                "rank products, they do not judge customers.",
+                "Inferring anything about a customer (age, gender, income) from their history or vectors.",
+                "Predicting quantities, prices or demand: the model ranks, it does not forecast.",
+            )],
+            "limitations": _limitations(metrics, stats, index, config),
+            "tradeoffs": [{"description": d} for d in (
+                "tfrec_retrieve is exact and servable by stock TF Serving; tfrec_retrieve_scann is faster on large "
+                "catalogues but approximate and needs ScaNN's ops.",
+                "The repeat-aware term makes lists better at what customers re-buy and worse at discovery; requests "
+                "can set exclude_history, and model.repeat_term turns it off.",
+            )],
+            "ethical_considerations": [{
+                "name": "A request's history is personal data.",
+                "mitigation_strategy": "The exported models hold no user ids or histories; the history travels "
+                                       "only in the request. Log requests accordingly.",
+            }, {
+                "name": "Popularity feedback loops: shown products get bought and shown more.",
+                "mitigation_strategy": "Watch coverage@10 and the tail segment in each evaluation; the explore "
+                                       "protocol measures discovery.",
+            }],
+        },
+        "signatures": {name: {"purpose": PURPOSE.get(name, ""), "needs": models[name].get("needs", []), **sig}
+                       for name, sig in signatures.items() if name in models},
+        # Flat keys kept for earlier readers.
+        "name": config.name,
+        "version": version,
+        "models": models,
+        "data": stats or None,
+        "metrics": metrics,
+        "training": training,
+        "index": index,
+        "config": config.to_dict(),
+        "packages": package_versions(),
+    }
+    return card
+
+
+# --------------------------------------------------------------------- markdown
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    def cell(value) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def _with_ci(value: float, ci: list | None) -> str:
+    if not ci or None in ci:
+        return f"{value:.4f}"
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _quality_md(card: dict) -> list[str]:
+    metrics = card.get("metrics")
+    if not metrics:
+        return ["No evaluation in this run (`tfrec evaluate` writes metrics.json)."]
+    test = metrics["test"]
+    parts = [card["model_parameters"]["data"][-1]["description"],
+             "Protocols: `all`, every item of the held-out basket is a target; `explore`, the customer's past "
+             "items leave the ranking and the targets (discovery); `cold_start`, as explore, only products never "
+             "bought in training. Values with 95% confidence intervals; † marks a baseline whose difference from "
+             "the model is significant."]
+    for protocol in ("all", "explore", "cold_start"):
+        rows = []
+        for scorer, values in test[protocol].items():
+            ci = test.get("ci", {}).get(protocol, {}).get(scorer, {})
+            vs = test.get("vs_baselines", {}).get(protocol, {}).get(scorer, {})
+            cells = []
+            for m in ("recall@20", "ndcg@10", "mrr"):
+                mark = " †" if vs.get(m, {}).get("significant") else ""
+                cells.append(_with_ci(values[m], ci.get(m)) + mark)
+            rows.append([scorer, values["users"], *cells, f"{values['coverage@10']:.4f}"])
+        parts.append(f"**{protocol}**\n\n" + _table(["scorer", "users", "Recall@20", "NDCG@10", "MRR", "coverage@10"],
+                                                    rows))
+    return parts
+
+
+def _signature_md(name: str, sig: dict) -> str:
+    inputs = [[key, v["dtype"], v["shape"], json.dumps(v.get("default")) if v.get("default") != "required"
+               else "required", v.get("meaning", "")] for key, v in sig.get("inputs", {}).items()]
+    outputs = [[key, v["dtype"], v["shape"], v.get("meaning", "")] for key, v in sig.get("outputs", {}).items()]
+    return "\n\n".join([
+        f"### `{name}`", f"{sig.get('purpose') or name}. Needs: {', '.join(sig.get('needs', []))}.",
+        _table(["input", "dtype", "shape", "default", "meaning"], inputs),
+        _table(["output", "dtype", "shape", "meaning"], outputs),
+    ])
+
+
+def render_model_card_md(card: dict) -> str:
+    """The card as Markdown, one section per Model Card Toolkit section."""
+    details, parameters, considerations = card["model_details"], card["model_parameters"], card["considerations"]
+    data = parameters["data"][0]
+    time_range = data.get("time_range") or {}
+    population = data.get("population") or {}
+    rows = data.get("rows") or {}
+
+    def bullets(entries: list[dict]) -> str:
+        return "\n".join(f"- {e['description']}" for e in entries)
+
+    sections = [
+        f"# Model card: {details['name']}, version {details['version']['name']}",
+        f"{details['overview']}\n\nExported {details['version']['date']} to `{details['path']}`.",
+        "## Model details",
+        parameters["model_architecture"],
+        f"Input: {parameters['input_format']}. Output: {parameters['output_format']}.",
+        "## Intended use", bullets(considerations["use_cases"]),
+        "Intended users: " + " ".join(u["description"] for u in considerations["users"]),
+        "## Out-of-scope uses", bullets(considerations["out_of_scope_uses"]),
+        "## Training data",
+        _table(["", ""], [
+            ["source", ", ".join(f"`{s}`" for s in data["source"])],
+            ["time range", f"{time_range.get('first_event') or '?'} to {time_range.get('last_event') or '?'}"],
+            ["held-out baskets", f"{time_range.get('test_from') or '?'} to {time_range.get('test_to') or '?'}"],
+            ["split", data["split"]],
+            ["customers", f"{population.get('users') or 0:,} ({population.get('users_evaluated') or 0:,} "
+                          f"evaluated; dropped: {population.get('users_dropped') or {}})"],
+            ["products", f"{population.get('items') or 0:,} ({population.get('cold_start_items') or 0:,} never "
+                         "bought in training)"],
+            ["interactions", f"{population.get('interactions') or 0:,} in {population.get('groups') or 0:,} baskets"],
+            ["rows read / kept / rejected", f"{rows.get('rows_read') or 0:,} / {rows.get('rows_kept') or 0:,} / "
+                                            f"{rows.get('rows_rejected') or 0:,}"],
+            *[[f"rejected: {reason}", f"{n:,}"] for reason, n in (rows.get("rejected_by_reason") or {}).items()],
+            ["filters", "; ".join(f"{f['name']}: {f['column']} {f['op']} {f.get('value')}" for f in data["filters"])
+             or "none"],
+            ["ids written as floats read as integers", data.get("normalize_ids")],
+        ]),
+        "## Evaluation data and metrics", *_quality_md(card),
+        "## Limitations", bullets(considerations["limitations"]),
+        "## Trade-offs", bullets(considerations["tradeoffs"]),
+        "## Ethical considerations",
+        "\n".join(f"- {e['name']} {e['mitigation_strategy']}" for e in considerations["ethical_considerations"]),
+        "## Signatures",
+        "Every model answers TF Serving's REST `predict` and gRPC `Predict` on its `serving_default` signature; "
+        "an input with a default may be left out of a request.",
+        *[_signature_md(name, sig) for name, sig in card.get("signatures", {}).items()],
+        "## Environment",
+        _table(["package", "version"], [[k, v] for k, v in card.get("packages", {}).items()]),
+    ]
+    return "\n\n".join(s for s in sections if s) + "\n"
