@@ -42,5 +42,5 @@ setup(
     packages=find_packages(include=["tfrec", "tfrec.*", "pipelines", "pipelines.*", "serving", "serving.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["tfrec=tfrec.cli:main"]},
+    entry_points={"console_scripts": ["tfrec=tfrec.app.cli:main"]},
 )

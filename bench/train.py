@@ -24,7 +24,7 @@ from benchlib import machine, write_json
 
 from pipelines.preprocess import run_preprocess
 from tfrec.config import load_config
-from tfrec.evaluation.evaluate import evaluate
+from tfrec.evaluation.comparison import evaluate
 from tfrec.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from datetime import date, datetime
 from typing import Any, NamedTuple
 
-from tfrec.config import Catalogue, Filter, Interactions, Items
+from tfrec.config import CatalogueConfig, FilterConfig, InteractionsConfig, ItemsConfig
 
 MALFORMED_ROW = "malformed_row"
 NON_UTF8 = "non_utf8"
@@ -234,7 +234,7 @@ class RowFilter:
     every other op compares the stripped text with the value's text.
     """
 
-    def __init__(self, rule: Filter):
+    def __init__(self, rule: FilterConfig):
         self.rule = rule
         test = self._predicate(_NEGATED_OPS.get(rule.op, rule.op))
         self._test = (lambda text: not test(text)) if rule.op in _NEGATED_OPS else test
@@ -273,7 +273,7 @@ class RowFilter:
 class ItemTextBuilder:
     """Builds an item's text and categorical values from one row."""
 
-    def __init__(self, items: Items):
+    def __init__(self, items: ItemsConfig):
         self.items = items
 
     @property
@@ -307,7 +307,7 @@ class InteractionParser:
     With ``normalize_ids``, ids that are integers written as floats become integers.
     """
 
-    def __init__(self, interactions: Interactions, items: Items | None, normalize_ids: bool = True):
+    def __init__(self, interactions: InteractionsConfig, items: ItemsConfig | None, normalize_ids: bool = True):
         self.interactions = interactions
         self.normalize_ids = normalize_ids
         self.filters = [RowFilter(f) for f in interactions.filters]
@@ -351,7 +351,7 @@ class InteractionParser:
 class CatalogueParser:
     """Validates one row of a separate catalogue file into a ``ParsedRow`` without event."""
 
-    def __init__(self, catalogue: Catalogue, items: Items, normalize_ids: bool = True):
+    def __init__(self, catalogue: CatalogueConfig, items: ItemsConfig, normalize_ids: bool = True):
         self.catalogue = catalogue
         self.normalize_ids = normalize_ids
         self.filters = [RowFilter(f) for f in catalogue.filters]

@@ -26,7 +26,7 @@ import apache_beam as beam
 
 from pipelines.rows import Event
 from tfrec import features
-from tfrec.config import Sequences
+from tfrec.config import SequencesConfig
 
 # Outcomes of a user, as counted in stats.json.
 EVALUATED = "evaluated"
@@ -121,7 +121,7 @@ def eval_record(groups: list[list[int]], held_out: list[int]) -> EvalRecord:
     return EvalRecord(history, ordinals, sorted(set(held_out)))
 
 
-def split_user(events: Iterable[Event], sequences: Sequences, index: Mapping[str, int]) -> UserSplit:
+def split_user(events: Iterable[Event], sequences: SequencesConfig, index: Mapping[str, int]) -> UserSplit:
     """Splits one user's events (any order) into training windows and evaluation records."""
     ordered = sorted(events, key=order_key)
     if sequences.dedupe:
@@ -162,7 +162,7 @@ class SplitUserFn(beam.DoFn):
     target each item) and ``SUMMARY`` (one ``UserSummary``).
     """
 
-    def __init__(self, sequences: Sequences):
+    def __init__(self, sequences: SequencesConfig):
         self.sequences = sequences
 
     def process(self, element: tuple[str, Iterable[Event]], index: Mapping[str, int]):
@@ -190,7 +190,7 @@ class SplitSequences(beam.PTransform):
     ``index`` is a side input mapping item id -> item index.
     """
 
-    def __init__(self, sequences: Sequences, index: beam.pvalue.AsSideInput):
+    def __init__(self, sequences: SequencesConfig, index: beam.pvalue.AsSideInput):
         super().__init__()
         self.sequences = sequences
         self.index = index

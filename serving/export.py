@@ -30,7 +30,6 @@ import logging
 import os
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 
 import tensorflow as tf
@@ -41,10 +40,10 @@ from serving.model_card import build_model_card, render_model_card_md
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
-    Catalogue,
     QueryModel,
     RetrieveModel,
     SearchModel,
+    ServingCatalogue,
     SimilarModel,
     input_meanings,
     output_meanings,
@@ -64,20 +63,6 @@ QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH = (
 STOCK_SERVABLE = (QUERY, CANDIDATE, RETRIEVE, SIMILAR, SEARCH)
 TEXT_MODELS = (CANDIDATE, SEARCH)
 log = logging.getLogger(__name__)
-
-PACKAGES = ("tfrec", "tensorflow", "tensorflow-text", "keras", "keras-hub", "scann",
-            "apache-beam", "implicit", "numpy")
-
-
-def package_versions() -> dict[str, str]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
-
 
 def next_version(export_dir: Path) -> int:
     """One more than the highest version of any model in the export folder (1 for a new one)."""
@@ -156,7 +141,7 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
     else:
         catalogue = load_catalogue(model_dir / CATALOGUE_DIR, fields)
         vectors = model.item_vectors().numpy()
-    shared = Catalogue(catalogue.ids, vectors,
+    shared = ServingCatalogue(catalogue.ids, vectors,
                        catalogue.categorical[category_field] if category_field else None)
     vocabularies = json.loads((model_dir / CATEGORICAL_VOCAB_FILE).read_text())
     pipeline = serving_text_pipeline(config, model_dir, model)

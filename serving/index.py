@@ -280,12 +280,12 @@ def read_new_items(config: Config, path: Path) -> tuple[list[str], list[str], di
     """
     from pipelines import sources
     from pipelines.rows import CatalogueParser, Rejected, Rejection
-    from tfrec.config import Catalogue as CatalogueSection
+    from tfrec.config import CatalogueConfig
 
     data = config.data
     item_column = data.catalogue.item_id if data.catalogue else data.interactions.columns.item_id
     delimiter = data.catalogue.delimiter if data.catalogue else data.interactions.delimiter
-    section = CatalogueSection(paths=[str(path)], item_id=item_column, delimiter=delimiter)
+    section = CatalogueConfig(paths=[str(path)], item_id=item_column, delimiter=delimiter)
     parser = CatalogueParser(section, data.items)
     fmt = sources.detect_format(str(path), "auto")
     sources.check_columns(str(path), fmt, delimiter, parser.columns, "the new items file")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,19 @@ PURPOSE = {
     "tfrec_search": "free text (and optionally a history) -> matching products",
     "tfrec_retrieve_scann": "as tfrec_retrieve, with the ScaNN index (needs ScaNN's TF ops)",
 }
+
+PACKAGES = ("tfrec", "tensorflow", "tensorflow-text", "keras", "keras-hub", "scann",
+            "apache-beam", "implicit", "numpy")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
 
 
 def _read(path: Path | None) -> Any:
@@ -121,7 +135,6 @@ def build_model_card(config, model_dir: str | Path, index_dir: str | Path | None
     """The model card of one export. ``models``: name -> ``{"path", "needs", "signature"}``;
     ``signatures``: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
     "outputs": {...}}`` (``serving.export.describe_signature``; default: each model's ``signature``)."""
-    from serving.export import package_versions
     from tfrec.training.trainer import CATALOGUE_DIR
 
     model_dir, export_dir = Path(model_dir), Path(export_dir)

@@ -21,7 +21,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from serving.index import load_search_params, load_searcher_state
-from serving.signatures import Catalogue, RetrieveModel
+from serving.signatures import RetrieveModel, ServingCatalogue
 from tfrec.models import TwoTowerModel
 
 
@@ -44,7 +44,7 @@ def first_occurrences(items: tf.Tensor) -> tf.Tensor:
 class RetrieveScannModel(RetrieveModel):
     """``history`` -> top-``k`` ``item_ids`` and ``scores`` through the ScaNN index (``k <= index.k``)."""
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, index_dir: str | Path, default_k: int,
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, index_dir: str | Path, default_k: int,
                  exclude_history: bool, max_history: int):
         params = load_search_params(index_dir)
         self.scann_state = load_searcher_state(index_dir)

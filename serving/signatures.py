@@ -113,7 +113,7 @@ def same_batch(batch: tf.Tensor, tensor: tf.Tensor, what: str, main: str) -> tf.
         return tf.identity(tensor)
 
 
-class Catalogue(tf.Module):
+class ServingCatalogue(tf.Module):
     """Item ids, their lookup table, item vectors and category values, shared by every model."""
 
     def __init__(self, item_ids: np.ndarray, item_vectors: np.ndarray, categories: np.ndarray | None = None):
@@ -191,7 +191,7 @@ _HISTORY = tf.TensorSpec([None, None], tf.string, name="history")
 class QueryModel(ServingModule):
     """``history`` (recent item ids, oldest first) -> ``query_vector``."""
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, max_history: int):
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, max_history: int):
         super().__init__()
         self.hold(model=model)
         self.catalogue = catalogue
@@ -211,7 +211,7 @@ class CandidateModel(ServingModule):
     ``categories`` holds one column per categorical field, in config order.
     """
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, pipeline: TextPipeline,
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, pipeline: TextPipeline,
                  categorical: dict[str, list[str]]):
         super().__init__()
         self.hold(model=model, encoder=pipeline.encoder, tokenizer=pipeline.tokenizer, tokenize=pipeline.tokenize)
@@ -260,7 +260,7 @@ class RetrieveModel(ServingModule):
     vector scores highest with it ("because you bought ...").
     """
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, default_k: int, exclude_history: bool,
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, default_k: int, exclude_history: bool,
                  max_history: int):
         super().__init__()
         self.hold(model=model)
@@ -306,7 +306,7 @@ class RetrieveModel(ServingModule):
 class SimilarModel(tf.Module):
     """``item_id`` -> the top-``k`` most similar items by item vector (itself excluded)."""
 
-    def __init__(self, catalogue: Catalogue, default_k: int):
+    def __init__(self, catalogue: ServingCatalogue, default_k: int):
         super().__init__()
         self.catalogue, self.default_k = catalogue, default_k
         self.serve = self._signature()
@@ -337,7 +337,7 @@ class SearchModel(ServingModule):
     click already personalises the results.
     """
 
-    def __init__(self, model: TwoTowerModel, catalogue: Catalogue, candidate: CandidateModel, default_k: int,
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, candidate: CandidateModel, default_k: int,
                  history_weight: float, max_history: int):
         super().__init__()
         self.hold(model=model)

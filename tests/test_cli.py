@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tfrec.cli import build_parser, main
+from tfrec.app.cli import build_parser, main
 
 SUBCOMMANDS = ("preprocess", "train", "evaluate", "index", "export", "serve", "recommend", "run")
 
@@ -35,7 +35,7 @@ def test_only_beam_stages_pass_unknown_flags_on():
 
 
 def test_errors_name_the_file_and_exit_2_without_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tfrec.cli", "train", "--config", str(tmp_path / "missing.yaml"),
+    result = subprocess.run([sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(tmp_path / "missing.yaml"),
                              "--data", str(tmp_path), "--output", str(tmp_path / "model")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

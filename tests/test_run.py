@@ -32,7 +32,8 @@ def run(sample_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     config_path = folder / "tiny.yaml"
     config_path.write_text(config.to_yaml())
-    command = [sys.executable, "-m", "tfrec.cli", "run", "--config", str(config_path), "--output", str(folder / "out")]
+    command = [sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
+               "--output", str(folder / "out")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
@@ -100,7 +101,7 @@ def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_conf
     config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200", "export.k=7")
     config_path = out.parent / "changed.yaml"
     config_path.write_text(config.to_yaml())
-    result = subprocess.run([sys.executable, "-m", "tfrec.cli", "run", "--config", str(config_path),
+    result = subprocess.run([sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
                              "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for stage in ("preprocess", "train", "evaluate", "index"):

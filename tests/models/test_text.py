@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tfrec.config import ScratchEncoder, TextEncoder
+from tfrec.config import ScratchEncoderConfig, TextEncoderConfig
 from tfrec.errors import TfrecError
 from tfrec.models.text import (
     cached_text_vectors,
@@ -20,7 +20,7 @@ TEXTS = ["WHITE HANGING HEART T-LIGHT HOLDER", "RED ENAMEL MUG", "set of 3 cake 
 
 @pytest.fixture(scope="module")
 def minilm():
-    return pretrained_pipeline(TextEncoder(sequence_length=16))
+    return pretrained_pipeline(TextEncoderConfig(sequence_length=16))
 
 
 def test_bundled_preset_resolves_inside_the_installed_package():
@@ -48,7 +48,7 @@ def test_pretrained_vectors_equal_keras_hub_text_embedder(minilm):
 
 def test_frozen_encoder_has_no_trainable_weights(minilm):
     assert minilm.encoder.trainable_weights == []
-    last = pretrained_pipeline(TextEncoder(sequence_length=16, fine_tune="last_n", fine_tune_layers=1),
+    last = pretrained_pipeline(TextEncoderConfig(sequence_length=16, fine_tune="last_n", fine_tune_layers=1),
                                trainable_layers=1)
     assert 0 < len(last.encoder.trainable_weights) < len(last.encoder.weights)
 
@@ -65,8 +65,8 @@ def test_text_vectors_are_cached(minilm, tmp_path):
 def test_scratch_pipeline_tokenizes_with_a_catalogue_vocabulary():
     vocabulary = word_piece_vocabulary(TEXTS * 5, 60)
     assert vocabulary[:2] == ["[PAD]", "[UNK]"]
-    pipeline = scratch_pipeline(TextEncoder(kind="scratch", sequence_length=8,
-                                            scratch=ScratchEncoder(hidden_dim=16, intermediate_dim=32)),
+    pipeline = scratch_pipeline(TextEncoderConfig(kind="scratch", sequence_length=8,
+                                            scratch=ScratchEncoderConfig(hidden_dim=16, intermediate_dim=32)),
                                 vocabulary)
     tokens = pipeline.tokenize(tf.constant(["red mug", "zzzz qqqq"])).numpy()
     assert tokens.shape == (2, 8)

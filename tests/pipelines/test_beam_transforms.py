@@ -12,7 +12,7 @@ from pipelines.catalogue import BuildCatalogue
 from pipelines.rows import Event, InteractionParser, ItemText
 from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
 from tests.pipelines.bad_rows import KEPT_LINES, LINES, REJECTED, write_bad_rows
-from tfrec.config import Sequences
+from tfrec.config import SequencesConfig
 
 
 def test_read_rows_keeps_rejects_and_counts_every_row(tmp_path):
@@ -58,7 +58,7 @@ def test_split_sequences_outputs_records_counts_and_summaries():
     events += [event("u2", "a", "g0", 0), event("u2", "b", "g1", 1)]  # too short
     with BeamTestPipeline() as p:
         index = p | "Index" >> beam.Create([{"a": 0, "b": 1, "c": 2}])
-        splits = p | beam.Create(events) | SplitSequences(Sequences(), beam.pvalue.AsSingleton(index))
+        splits = p | beam.Create(events) | SplitSequences(SequencesConfig(), beam.pvalue.AsSingleton(index))
         for name, n in (("train", 2), ("valid", 1), ("test", 1)):
             assert_that(splits[name] | f"Count{name}" >> beam.combiners.Count.Globally(), equal_to([n]),
                         label=f"Records{name}")

@@ -15,7 +15,7 @@ from pipelines.rows import (
     RowFilter,
     parse_timestamp,
 )
-from tfrec.config import Catalogue, Columns, Filter, Interactions, Items
+from tfrec.config import CatalogueConfig, ColumnsConfig, FilterConfig, InteractionsConfig, ItemsConfig
 
 EPOCH_2024 = 1704067200  # 2024-01-01 00:00:00 UTC
 
@@ -60,7 +60,7 @@ def test_bad_timestamps_raise(value, fmt):
     ("present", None, "x", ""),
 ])
 def test_each_filter_op_keeps_and_rejects(op, value, passing, failing):
-    row_filter = RowFilter(Filter(name="rule", column="c", op=op, value=value))
+    row_filter = RowFilter(FilterConfig(name="rule", column="c", op=op, value=value))
     row_filter.check({"c": f" {passing} "})
     with pytest.raises(Rejected) as caught:
         row_filter.check({"c": failing})
@@ -69,20 +69,20 @@ def test_each_filter_op_keeps_and_rejects(op, value, passing, failing):
 
 
 def test_numeric_filter_on_text_is_bad_number():
-    row_filter = RowFilter(Filter(name="positive_price", column="price", op="gt", value=0))
+    row_filter = RowFilter(FilterConfig(name="positive_price", column="price", op="gt", value=0))
     with pytest.raises(Rejected) as caught:
         row_filter.check({"price": "free"})
     assert caught.value.reason == "bad_number:price"
     assert "'free'" in caught.value.detail
 
 
-INTERACTIONS = Interactions(
+INTERACTIONS = InteractionsConfig(
     paths=["x.csv"],
-    columns=Columns(user_id="user", item_id="item", timestamp="ts", group_id="basket", quantity="qty"),
+    columns=ColumnsConfig(user_id="user", item_id="item", timestamp="ts", group_id="basket", quantity="qty"),
     timestamp_format="unix",
-    filters=[Filter(name="positive_quantity", column="qty", op="gt", value=0)],
+    filters=[FilterConfig(name="positive_quantity", column="qty", op="gt", value=0)],
 )
-ITEMS = Items(text_fields=["title", "brand"], categorical_fields=["category"], text_separator=" | ",
+ITEMS = ItemsConfig(text_fields=["title", "brand"], categorical_fields=["category"], text_separator=" | ",
               max_text_chars=20)
 GOOD = {"user": " u1 ", "item": "i1", "ts": "100", "basket": "b1", "qty": "2", "title": "Mug ",
         "brand": "", "category": "kitchen"}
@@ -126,8 +126,8 @@ def test_columns_lists_every_configured_column_once():
 
 def test_catalogue_row():
     parser = CatalogueParser(
-        Catalogue(paths=["c.csv"], item_id="sku",
-                  filters=[Filter(name="active", column="status", op="eq", value="active")]),
+        CatalogueConfig(paths=["c.csv"], item_id="sku",
+                  filters=[FilterConfig(name="active", column="status", op="eq", value="active")]),
         ITEMS,
     )
     row = parser(Record("c.csv", 2, "raw", {"sku": "A1", "title": "Lamp", "brand": "Lux", "status": "active"}))

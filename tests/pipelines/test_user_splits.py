@@ -12,7 +12,7 @@ from pipelines.sequences import (
     split_user,
 )
 from pipelines.stats import percentiles
-from tfrec.config import Sequences
+from tfrec.config import SequencesConfig
 
 INDEX = {item: i for i, item in enumerate("abcdefghij")}
 
@@ -32,7 +32,7 @@ EVENTS = [
 
 
 def test_windows_valid_and_test_records():
-    split = split_user(reversed(EVENTS), Sequences(max_history=2), INDEX)
+    split = split_user(reversed(EVENTS), SequencesConfig(max_history=2), INDEX)
     assert split.outcome == EVALUATED
     a, b, c, d, e, f, g = range(7)
     assert split.train == [([a, b], [b]), ([b, b], [c])]
@@ -42,14 +42,14 @@ def test_windows_valid_and_test_records():
 
 
 def test_without_dedupe_repeated_items_stay_events():
-    split = split_user(EVENTS, Sequences(dedupe=False), INDEX)
+    split = split_user(EVENTS, SequencesConfig(dedupe=False), INDEX)
     assert split.interactions == 10
     assert split.valid.targets == [0, 3]
 
 
 def test_without_group_column_every_event_is_a_group():
     events = [event(item, None, t, t) for t, item in enumerate("abcab")]
-    split = split_user(events, Sequences(max_history=3), INDEX)
+    split = split_user(events, SequencesConfig(max_history=3), INDEX)
     assert split.groups == 5
     assert split.train == [([0], [1]), ([0, 1], [2])]
     assert split.valid.targets == [0] and split.test.targets == [1]
@@ -57,7 +57,7 @@ def test_without_group_column_every_event_is_a_group():
 
 
 def test_windows_never_see_their_own_or_later_groups():
-    split = split_user(EVENTS, Sequences(max_history=50), INDEX)
+    split = split_user(EVENTS, SequencesConfig(max_history=50), INDEX)
     groups = [[0, 1], [1], [2], [0, 3], [4, 5, 6]]
     assert [targets for _, targets in split.train] == groups[1:-2]
     for j, (history, _) in enumerate(split.train, start=1):
@@ -71,7 +71,7 @@ def test_windows_never_see_their_own_or_later_groups():
 ])
 def test_short_users(policy, groups, outcome, windows):
     events = [event("a", f"g{j}", j, j) for j in range(groups)]
-    split = split_user(events, Sequences(min_groups=3, short_users=policy), INDEX)
+    split = split_user(events, SequencesConfig(min_groups=3, short_users=policy), INDEX)
     assert split.outcome == outcome
     assert len(split.train) == windows
     assert split.valid is None and split.test is None
@@ -79,7 +79,7 @@ def test_short_users(policy, groups, outcome, windows):
 
 def test_two_groups_are_enough_when_min_groups_allows():
     events = [event("a", "g0", 0, 1), event("b", "g1", 1, 2)]
-    split = split_user(events, Sequences(min_groups=2), INDEX)
+    split = split_user(events, SequencesConfig(min_groups=2), INDEX)
     assert split.outcome == EVALUATED
     assert split.valid == ([], [], [0]) and split.test == ([0], [0], [1])
 

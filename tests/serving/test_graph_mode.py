@@ -16,7 +16,7 @@ from serving.export import CANDIDATE, QUERY, RETRIEVE, RETRIEVE_SCANN, SEARCH, S
 from serving.items import read_items
 from serving.saved_model import read_signature_defs
 from serving.verify import ModelCheck, check_version, run_child, verify_export
-from tfrec.cli import main as cli_main
+from tfrec.app.cli import main as cli_main
 from tfrec.errors import TfrecError
 
 ALL_MODELS = (QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH)

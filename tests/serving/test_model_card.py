@@ -6,7 +6,7 @@ import pytest
 
 from serving.export import RETRIEVE, export_models
 from serving.model_card import build_model_card, render_model_card_md
-from tfrec.evaluation.evaluate import evaluate
+from tfrec.evaluation.comparison import evaluate
 
 SECTIONS = ["## Model details", "## Intended use", "## Out-of-scope uses", "## Training data",
             "## Evaluation data and metrics", "## Limitations", "## Signatures", "## Environment"]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from serving.items import read_items
-from tfrec.cli import main
+from tfrec.app.cli import main
 
 
 @pytest.fixture(scope="module")

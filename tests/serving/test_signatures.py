@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from serving.scann_retrieve import first_occurrences
-from serving.signatures import EXCLUDED, Catalogue, SimilarModel
+from serving.signatures import EXCLUDED, ServingCatalogue, SimilarModel
 
 IDS = ["mug-red", "mug-blue", "lamp-1", "lamp-2", "mug-green", "lamp-3"]
 CATEGORIES = ["mugs", "mugs", "lamps", "lamps", "mugs", "lamps"]
@@ -14,7 +14,7 @@ VECTORS = np.array([[1, 0], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4], [0.5
 
 @pytest.fixture(scope="module")
 def catalogue():
-    return Catalogue(np.array(IDS), VECTORS, np.array(CATEGORIES))
+    return ServingCatalogue(np.array(IDS), VECTORS, np.array(CATEGORIES))
 
 
 def _ids(tensor) -> list[list[str]]:
@@ -48,7 +48,7 @@ def test_rules_apply_before_top_k_so_k_results_come_back(catalogue):
 
 
 def test_a_category_needs_a_catalogue_with_categories():
-    plain = Catalogue(np.array(IDS), VECTORS)
+    plain = ServingCatalogue(np.array(IDS), VECTORS)
     history = tf.constant([[0]], tf.int64)
     assert plain.keep(1, history, tf.constant(False), tf.constant([], tf.string), tf.constant("")).shape == (1, 6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="no category field"):
@@ -64,7 +64,7 @@ def test_k_must_be_positive(catalogue):
 
 def test_explanations_name_the_closest_history_item():
     vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
-    catalogue = Catalogue(np.array(["a", "b", "c", "d"]), vectors)
+    catalogue = ServingCatalogue(np.array(["a", "b", "c", "d"]), vectors)
     history = tf.constant([[0, 2, -1], [-1, -1, -1]], tf.int64)
     results = tf.constant([[1, 3], [1, 3]], tf.int64)
     because, score = catalogue.explain(history, results)

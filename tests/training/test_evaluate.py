@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from tfrec.evaluation.evaluate import evaluate
+from tfrec.evaluation.comparison import evaluate
 
 SCORERS = {"model", "most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"}
 METRICS = {"recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",

@@ -27,7 +27,7 @@ def test_two_workers_train_the_same_model(sample_config, sample_data_dir, tmp_pa
     config_path.write_text(config.to_yaml())
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     out = tmp_path / "model"
-    command = [sys.executable, "-m", "tfrec.cli", "train", "--config", str(config_path),
+    command = [sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(config_path),
                "--data", str(sample_data_dir), "--output", str(out)]
     processes = []
     for index in range(2):

@@ -45,7 +45,7 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     config_path = tmp_path / "tiny.yaml"
     config_path.write_text(config.to_yaml())
     out = tmp_path / "model"
-    command = [sys.executable, "-m", "tfrec.cli", "train", "--config", str(config_path),
+    command = [sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(config_path),
                "--data", str(sample_data_dir), "--output", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 

@@ -26,7 +26,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
-from tfrec.config import TextEncoder as TextEncoderConfig
+from tfrec.config import TextEncoderConfig
 from tfrec.errors import TfrecError
 
 PAD_TOKEN = "[PAD]"

@@ -44,7 +44,7 @@ from tfrec.data import (
     train_examples,
 )
 from tfrec.errors import TfrecError
-from tfrec.evaluation.evaluator import evaluate_split
+from tfrec.evaluation.ranking import evaluate_split, model_scorer
 from tfrec.models.two_tower import MODEL_FILE, TwoTowerModel, build_model
 from tfrec.tasks import RetrievalTask, mixed_log_q
 
@@ -113,21 +113,6 @@ def copy_catalogue(data_dir: Path, model_dir: Path) -> Path:
         if (data_dir / name).exists():
             shutil.copyfile(data_dir / name, target / name)
     return target
-
-
-def model_scorer(model: TwoTowerModel, item_vectors: tf.Tensor, repeat: bool = True):
-    """A score function for the evaluator: histories -> scores of the whole catalogue."""
-    score = tf.function(
-        lambda history: model.scores(history, item_vectors, repeat=repeat),
-        input_signature=[tf.TensorSpec([None, None], tf.int64)],
-        reduce_retracing=True,
-    )
-
-    def scores(histories: list[np.ndarray]) -> np.ndarray:
-        width = max(1, max(len(h) for h in histories))
-        return score(tf.constant(pad_histories(histories, width))).numpy()
-
-    return scores
 
 
 def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch_size: int) -> dict:

@@ -18,10 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from tfrec.app.report_summary import key_table, segments_section, summary_section  # noqa: E402
 from tfrec.config import Config  # noqa: E402
 from tfrec.data import load_eval_split  # noqa: E402
 from tfrec.fileio import write_text  # noqa: E402
-from tfrec.report_summary import key_table, segments_section, summary_section  # noqa: E402
 
 METRIC_COLUMNS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
                   "hitrate@10", "coverage@10", "ils@10")

@@ -80,8 +80,8 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     from pipelines.preprocess import run_preprocess
     from serving.export import export_models
     from serving.index import build_index
-    from tfrec.evaluation.evaluate import evaluate
-    from tfrec.report import write_report
+    from tfrec.app.report import write_report
+    from tfrec.evaluation.comparison import evaluate
     from tfrec.training.trainer import train
 
     data, model, index, export = (output / d for d in ("data", "model", "index", "export"))

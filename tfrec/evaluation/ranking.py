@@ -20,8 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import tensorflow as tf
 
-from tfrec.data import EvalSplit
+from tfrec.data import EvalSplit, pad_histories
 from tfrec.evaluation.metrics import RankingMetrics
 
 ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
@@ -129,3 +130,21 @@ def format_table(result: dict, split: str, metric_names=("recall@10", "recall@20
             cells = "".join(f"{values.get(m, float('nan')):>12.4f}" for m in metric_names)
             lines.append(f"{protocol:<11}{name:<19}{values['users']:>6}{cells}")
     return "\n".join(lines)
+
+
+def model_scorer(model, item_vectors: tf.Tensor, repeat: bool = True):
+    """A score function for the evaluator: histories -> scores of the whole catalogue.
+
+    ``model`` is a ``TwoTowerModel``; ``repeat`` adds its repeat-aware term.
+    """
+    score = tf.function(
+        lambda history: model.scores(history, item_vectors, repeat=repeat),
+        input_signature=[tf.TensorSpec([None, None], tf.int64)],
+        reduce_retracing=True,
+    )
+
+    def scores(histories: list[np.ndarray]) -> np.ndarray:
+        width = max(1, max(len(h) for h in histories))
+        return score(tf.constant(pad_histories(histories, width))).numpy()
+
+    return scores

@@ -24,12 +24,11 @@ from tfrec.config import Config
 from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split
 from tfrec.errors import TfrecError
 from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
-from tfrec.evaluation.evaluator import evaluate_split, format_table
+from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
 from tfrec.evaluation.segments import analyse_split, target_segments
 from tfrec.fileio import write_json
 from tfrec.models.text import cached_text_vectors, pretrained_pipeline
 from tfrec.models.two_tower import load_model
-from tfrec.training.trainer import model_scorer
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def _train(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
-    from tfrec.evaluation.evaluate import evaluate
+    from tfrec.evaluation.comparison import evaluate
 
     evaluate(_load(args), args.data, args.model)
     return 0
@@ -115,7 +115,7 @@ def _recommend(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from tfrec.run import run_all
+    from tfrec.app.run import run_all
 
     run_all(_load(args), args.output, force=args.force, beam_args=beam_args)
     return 0

@@ -1,0 +1,100 @@
+"""The package's structure: imports run one way, no import cycles, one home per class name.
+
+Layers, ground to top: the ``tfrec`` core (config, features, layout, data, models, tasks,
+training, evaluation), then ``pipelines``, then ``serving``, then the application
+(``tfrec.app``: CLI, ``tfrec run``, the report), which alone may import all of them.
+Imports inside functions count too.
+"""
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("tfrec", "pipelines", "serving")
+
+
+def layer(module: str) -> int:
+    if module.startswith("tfrec.app"):
+        return 3
+    return {"tfrec": 0, "pipelines": 1, "serving": 2}[module.split(".")[0]]
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _runtime_nodes(tree: ast.AST):
+    """Every node, except those under ``if TYPE_CHECKING:`` (type hints, never imported at run time)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules a file imports (anywhere in it, at run time), resolved to the longest known name."""
+    names = set()
+    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names} | {node.module}
+    resolved = set()
+    for name in names:
+        parts = name.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in known:
+                resolved.add(".".join(parts[:end]))
+                break
+    return resolved
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    known = set(found)
+    return {name: imports(path, known) - {name} for name, path in found.items()}
+
+
+def test_imports_run_from_lower_layers_to_higher_ones_only():
+    wrong = sorted(f"{name} imports {target}" for name, targets in graph().items() for target in targets
+                   if layer(target) > layer(name))
+    assert wrong == []
+
+
+def test_no_import_cycles_between_modules():
+    edges = graph()
+    # A package's __init__ importing its own submodules is how packages expose their API.
+    edges = {name: {t for t in targets if not t.startswith(name + ".")} for name, targets in edges.items()}
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(edges.get(node, ())):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(edges):
+        if node not in state:
+            visit(node, [])
+    assert cycles == []
+
+
+def test_no_class_name_is_defined_twice():
+    homes = defaultdict(list)
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                homes[node.name].append(name)
+    assert {name: where for name, where in homes.items() if len(where) > 1} == {}

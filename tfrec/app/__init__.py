@@ -1,0 +1,5 @@
+"""The application layer: the ``tfrec`` command line, ``tfrec run`` and the run report.
+
+The only part of the project that imports every layer: the core (``tfrec``), the Beam job
+(``pipelines``) and serving (``serving``).
+"""
