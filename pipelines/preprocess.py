@@ -154,7 +154,7 @@ def _list_inputs(config: Config) -> None:
     if data.catalogue is not None:
         inputs.append(("data.catalogue", data.catalogue, catalogue_parser))
     else:
-        print("catalogue: inline (item text from the interaction rows)")
+        log.info("catalogue: inline (item text from the interaction rows)")
     for key, section, parser in inputs:
         files = sources.match_files(section.paths, f"{key}.paths")
         name = key.split(".")[-1]
@@ -163,9 +163,9 @@ def _list_inputs(config: Config) -> None:
             if n < CHECKED_FILES:
                 sources.check_columns(path, fmt, section.delimiter, parser.columns, key)
             if n < LISTED_FILES:
-                print(f"{name}: {path} ({fmt}, {size / 1e6:,.1f} MB)")
+                log.info(f"{name}: {path} ({fmt}, {size / 1e6:,.1f} MB)")
         if len(files) > LISTED_FILES:
-            print(f"{name}: ... {len(files):,} files, {sum(size for _, size in files) / 1e6:,.1f} MB in all")
+            log.info(f"{name}: ... {len(files):,} files, {sum(size for _, size in files) / 1e6:,.1f} MB in all")
 
 
 def clear_outputs(output: str) -> None:
@@ -195,22 +195,22 @@ def _print_summary(stats: dict[str, Any], output: str, seconds: float) -> None:
     if "catalogue" in stats:
         sections.append(("catalogue rows", stats["catalogue"]))
     for name, counts in sections:
-        print(f"{name}: read {counts['rows_read']:,}, kept {counts['rows_kept']:,}, "
+        log.info(f"{name}: read {counts['rows_read']:,}, kept {counts['rows_kept']:,}, "
               f"rejected {counts['rows_rejected']:,}")
         for reason, n in counts["rejected_by_reason"].items():
-            print(f"  {reason:<32} {n:>10,}")
+            log.info(f"  {reason:<32} {n:>10,}")
     dropped = ", ".join(f"{k} {v:,}" for k, v in stats["users_dropped"].items()) or "none"
     examples = stats["examples"]
-    print(f"users: {stats['users']:,} ({stats['users_evaluated']:,} evaluated, "
+    log.info(f"users: {stats['users']:,} ({stats['users_evaluated']:,} evaluated, "
           f"{stats['users_train_only']:,} train only, dropped: {dropped})")
-    print(f"items: {stats['items']:,} ({stats['cold_start_items']:,} never a training target)")
-    print(f"interactions: {stats['interactions']:,} in {stats['groups']:,} groups "
+    log.info(f"items: {stats['items']:,} ({stats['cold_start_items']:,} never a training target)")
+    log.info(f"interactions: {stats['interactions']:,} in {stats['groups']:,} groups "
           f"({stats['duplicates_merged']:,} duplicate rows merged)")
-    print(f"examples: train {examples['train']:,} ({stats['train_targets']:,} target items), "
+    log.info(f"examples: train {examples['train']:,} ({stats['train_targets']:,} target items), "
           f"valid {examples['valid']:,}, test {examples['test']:,}")
     lengths = ", ".join(f"{k} {v:,}" for k, v in stats["history_length"].items())
-    print(f"test history length: {lengths}")
-    print(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{features.SHARD_SUFFIX}, "
+    log.info(f"test history length: {lengths}")
+    log.info(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{features.SHARD_SUFFIX}, "
           f"{features.ITEMS_FILE}, {features.VOCAB_FILE}, {features.STATS_FILE}, "
           f"{features.REJECTED_DIR}/*{REJECTED_SUFFIX}, {features.CONFIG_FILE}")
 
@@ -230,7 +230,7 @@ def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] 
     output = str(output)
     options = PipelineOptions(list(beam_args))
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    print(f"== preprocess {config.name}: -> {output} (runner: {runner})")
+    log.info(f"== preprocess {config.name}: -> {output} (runner: {runner})")
     _list_inputs(config)
     clear_outputs(output)
     start = time.perf_counter()

@@ -94,3 +94,20 @@ def test_a_failed_stage_keeps_what_it_wrote_and_folders_that_existed(tmp_path):
         (fresh / "logs").mkdir()
         raise RuntimeError("stage failed")
     assert (fresh / "checkpoints" / "ckpt-1.index").exists() and not (fresh / "logs").exists()
+
+
+def test_library_progress_is_logged_and_quiet_silences_it(capsys):
+    import logging
+
+    from tfrec.app.cli import configure_logging
+
+    configure_logging(logging.INFO)
+    logging.getLogger("tfrec.training").info("epoch 1 of 2")
+    logging.getLogger("serving.export").debug("detail")
+    assert capsys.readouterr().out == "epoch 1 of 2\n"
+    configure_logging(logging.WARNING)
+    logging.getLogger("pipelines.preprocess").info("rows read")
+    logging.getLogger("pipelines.preprocess").warning("a file was cut short")
+    assert capsys.readouterr().out == "a file was cut short\n"
+    args = build_parser().parse_args(["verify", "--export", "x", "-q"])
+    assert args.quiet and not args.verbose

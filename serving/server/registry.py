@@ -10,6 +10,7 @@ a model folder that disappears is no longer served.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,9 +98,9 @@ def _error_code(error: Exception) -> str:
 class ModelRegistry:
     """The models of an export folder: the servable in service for each, and every version's status."""
 
-    def __init__(self, export_dir: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, export_dir: str | Path, log: Callable[[str], None] | None = None):
         self.export_dir = Path(export_dir)
-        self.log = log
+        self.log = log or logging.getLogger(__name__).info
         self._lock = threading.Lock()
         self._serving: dict[str, Servable] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}

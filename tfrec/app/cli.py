@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _recommend(args: argparse.Namespace, _: list[str]) -> int:
-    from serving.recommend import recommend_cli
+    from tfrec.app.recommend import recommend_cli
 
     return recommend_cli(args)
 
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
+        talk = p.add_mutually_exclusive_group()
+        talk.add_argument("-v", "--verbose", action="store_true", help="also print debugging detail")
+        talk.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
         return p
 
     p = add("preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
@@ -251,6 +254,21 @@ def _version() -> str:
         return tfrec.__version__
 
 
+LIBRARY_LOGGERS = ("tfrec", "pipelines", "serving")
+
+
+def configure_logging(level: int) -> None:
+    """Progress lines of the library's loggers on stdout, as plain lines; other libraries' logging
+    (TensorFlow, Beam, absl) is left as it is."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level)
+        logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -259,8 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfrec.errors import TfrecError
     from tfrec.fileio import no_empty_folders_on_failure
 
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     output = getattr(args, _OUTPUT[args.command]) if args.command in _OUTPUT else None
     try:
         if output is None:

@@ -60,14 +60,14 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
     for name in config.eval.baselines:
         started = time.time()
         baselines.append(factories[name]().fit(train, len(catalogue)))
-        print(f"  fitted {name} in {time.time() - started:.1f}s")
+        log.info(f"  fitted {name} in {time.time() - started:.1f}s")
     return baselines
 
 
 def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dict:
     """Evaluates the trained model and the baselines; returns and writes the metrics."""
     data_dir, model_dir = Path(data_dir), Path(model_dir)
-    print(f"== evaluate: {model_dir} on {data_dir}")
+    log.info(f"== evaluate: {model_dir} on {data_dir}")
     model = load_model(model_dir)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     if model.num_items != len(catalogue):
@@ -98,9 +98,9 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
         metrics[name]["bootstrap"] |= {"seconds": seconds, "evaluation_seconds": ranked - started}
         log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,
                  config.eval.bootstrap_resamples, seconds, ranked - started, 100 * seconds / (ranked - started))
-        print(f"\n{format_table(metrics[name], name)}\n({time.time() - started:.1f}s)")
+        log.info(f"\n{format_table(metrics[name], name)}\n({time.time() - started:.1f}s)")
     write_json(model_dir / CURVES_FILE, curves)
     write_json(model_dir / METRICS_FILE, metrics)
-    print(f"\nMetrics written to {model_dir / METRICS_FILE}")
+    log.info(f"\nMetrics written to {model_dir / METRICS_FILE}")
     return metrics
 

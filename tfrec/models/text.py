@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from tfrec.errors import TfrecError
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
+
+log = logging.getLogger(__name__)
 
 
 def resolve_preset(preset: str) -> str:
@@ -273,7 +276,7 @@ def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir:
     path = Path(cache_dir) / f"text_vectors-{key}.npy"
     if path.exists():
         return np.load(path)
-    print(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
+    log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
     vectors = pipeline.encode(texts)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
