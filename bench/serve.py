@@ -29,6 +29,7 @@ from benchlib import machine, write_json
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import RETRIEVE, RETRIEVE_SCANN
+from serving.items import read_items
 from serving.server.process import ServerProcess
 from tfrec.errors import TfrecError
 
@@ -38,11 +39,6 @@ PROTOCOLS = ("rest", "grpc")
 MAX_REQUESTS_PER_CLIENT = 100_000
 WARMUP_REQUESTS = 10
 STARTUP_SECONDS = 300
-
-
-def read_item_ids(export: Path) -> list[str]:
-    lines = (export / "items.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    return [line.split("\t")[0] for line in lines if line]
 
 
 def user_histories(ids: list[str], count: int, length: int, seed: int) -> list[list[str]]:
@@ -140,7 +136,7 @@ def main() -> None:
     except TfrecError as e:
         sys.exit(f"bench/serve.py: {e}")
     models = [m for m in (RETRIEVE, RETRIEVE_SCANN) if (export / m).is_dir()]
-    histories = user_histories(read_item_ids(export), args.users, args.history, args.seed)
+    histories = user_histories(list(read_items(export)), args.users, args.history, args.seed)
     cases = [(model, protocol) for model in models for protocol in PROTOCOLS]
 
     load_before = os.getloadavg()

@@ -38,6 +38,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR
+from serving.items import read_items
 from serving.server.process import ServerProcess
 from tfrec.config import ServeConfig
 from tfrec.errors import TfrecError
@@ -47,11 +48,6 @@ MAX_REQUESTS_PER_CLIENT = 50_000
 HOSTILE_SHARE = 0.3
 ONE_MB = 1 << 20
 MB = 1e6
-
-
-def read_item_ids(export: Path) -> list[str]:
-    lines = (export / "items.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    return [line.split("\t")[0] for line in lines if line]
 
 
 class Requests:
@@ -346,7 +342,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with ServerProcess(export) as server:
         server.wait_until_serving(*models)
-        mix = Requests(server, read_item_ids(export), limits, models)
+        mix = Requests(server, list(read_items(export)), limits, models)
         warm = run_mix(mix, 2, 5.0, args.seed + 10_000)  # traces every model's functions once
         if warm["valid_failed"]:
             sys.exit(f"bench/soak.py: warm-up failed: {warm['valid_failed_examples']}")
