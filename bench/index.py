@@ -31,7 +31,7 @@ from benchlib import machine, write_json
 from serving.index import tuned_searcher
 from tfrec.config import IndexConfig, load_config
 from tfrec.errors import TfrecError
-from tfrec.training.trainer import VECTORS_FILE
+from tfrec.layout import VECTORS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("items", "dimensions", "num_leaves", "num_leaves_to_search", "reorder", "build_seconds",

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 import apache_beam as beam
 
 from pipelines.rows import ItemText
-from tfrec import features
+from tfrec import features, layout
 
 
 def most_frequent(counts: Mapping[str, int]) -> str:
@@ -107,8 +107,8 @@ class WriteCatalogue(beam.PTransform):
         self.categorical_fields = list(categorical_fields)
 
     def expand(self, inputs):
-        items_path = beam.io.filesystems.FileSystems.join(self.output, features.ITEMS_FILE)
-        vocab_path = beam.io.filesystems.FileSystems.join(self.output, features.VOCAB_FILE)
+        items_path = beam.io.filesystems.FileSystems.join(self.output, layout.ITEMS_FILE)
+        vocab_path = beam.io.filesystems.FileSystems.join(self.output, layout.VOCAB_FILE)
         (
             inputs["items"]
             | "ItemRecords" >> beam.Map(

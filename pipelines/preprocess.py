@@ -37,15 +37,13 @@ from pipelines.catalogue import BuildCatalogue, WriteCatalogue
 from pipelines.rows import CatalogueParser, InteractionParser
 from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
 from pipelines.stats import WriteStats
-from tfrec import features
+from tfrec import layout
 from tfrec.config import Config, DataConfig
 from tfrec.errors import TfrecError
+from tfrec.layout import REJECTED_PREFIX, REJECTED_SUFFIX, SHARD_PREFIX
 
 log = logging.getLogger(__name__)
 
-SHARD_PREFIX = "part"
-REJECTED_PREFIX = "rejected"
-REJECTED_SUFFIX = ".jsonl"
 LISTED_FILES = 10
 """Input files printed by name before the job starts."""
 CHECKED_FILES = 20
@@ -65,11 +63,11 @@ class WriteExamples(beam.PTransform):
         return {
             split: splits[split] | f"Write{split.capitalize()}" >> beam.io.WriteToTFRecord(
                 FileSystems.join(self.output, split, SHARD_PREFIX),
-                file_name_suffix=features.SHARD_SUFFIX,
+                file_name_suffix=layout.SHARD_SUFFIX,
                 num_shards=self.num_shards,
                 compression_type=CompressionTypes.GZIP,
             )
-            for split in features.SPLITS
+            for split in layout.SPLITS
         }
 
 
@@ -85,7 +83,7 @@ class WriteRejected(beam.PTransform):
             rejections
             | "ToJson" >> beam.Map(lambda rejection: rejection.to_json())
             | "WriteJsonLines" >> beam.io.WriteToText(
-                FileSystems.join(self.output, features.REJECTED_DIR, REJECTED_PREFIX),
+                FileSystems.join(self.output, layout.REJECTED_DIR, REJECTED_PREFIX),
                 file_name_suffix=REJECTED_SUFFIX,
             )
         )
@@ -126,7 +124,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None
     splits = interactions.rows | "SplitSequences" >> SplitSequences(
         data.sequences, beam.pvalue.AsSingleton(catalogue["index"])
     )
-    {split: splits[split] for split in features.SPLITS} | "WriteExamples" >> WriteExamples(
+    {split: splits[split] for split in layout.SPLITS} | "WriteExamples" >> WriteExamples(
         output, data.num_shards)
     {
         "items": catalogue["items"], "index": catalogue["index"], "train_counts": splits[TRAIN_COUNTS],
@@ -170,10 +168,10 @@ def _list_inputs(config: Config) -> None:
 
 def clear_outputs(output: str) -> None:
     """Deletes what an earlier run wrote into ``output``, so stale shards never mix with new ones."""
-    patterns = [FileSystems.join(output, split, "*") for split in features.SPLITS]
-    patterns += [FileSystems.join(output, features.REJECTED_DIR, "*")]
+    patterns = [FileSystems.join(output, split, "*") for split in layout.SPLITS]
+    patterns += [FileSystems.join(output, layout.REJECTED_DIR, "*")]
     patterns += [FileSystems.join(output, name) for name in (
-        features.ITEMS_FILE, features.VOCAB_FILE, features.STATS_FILE, features.CONFIG_FILE)]
+        layout.ITEMS_FILE, layout.VOCAB_FILE, layout.STATS_FILE, layout.CONFIG_FILE)]
     stale = [m.path for result in FileSystems.match(patterns) for m in result.metadata_list]
     if stale:
         FileSystems.delete(stale)
@@ -185,7 +183,7 @@ def _write_text(path: str, text: str) -> None:
 
 
 def read_stats(output: str | Path) -> dict[str, Any]:
-    with FileSystems.open(FileSystems.join(str(output), features.STATS_FILE),
+    with FileSystems.open(FileSystems.join(str(output), layout.STATS_FILE),
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return json.loads(f.read().decode("utf-8"))
 
@@ -210,9 +208,9 @@ def _print_summary(stats: dict[str, Any], output: str, seconds: float) -> None:
           f"valid {examples['valid']:,}, test {examples['test']:,}")
     lengths = ", ".join(f"{k} {v:,}" for k, v in stats["history_length"].items())
     log.info(f"test history length: {lengths}")
-    log.info(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{features.SHARD_SUFFIX}, "
-          f"{features.ITEMS_FILE}, {features.VOCAB_FILE}, {features.STATS_FILE}, "
-          f"{features.REJECTED_DIR}/*{REJECTED_SUFFIX}, {features.CONFIG_FILE}")
+    log.info(f"outputs in {output} ({seconds:,.0f} s): {{train,valid,test}}/*{layout.SHARD_SUFFIX}, "
+          f"{layout.ITEMS_FILE}, {layout.VOCAB_FILE}, {layout.STATS_FILE}, "
+          f"{layout.REJECTED_DIR}/*{REJECTED_SUFFIX}, {layout.CONFIG_FILE}")
 
 
 def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -242,10 +240,10 @@ def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] 
     counters = job_counters(result)
     width = max((len(name) for name in counters), default=0)
     log.info("Beam counters:\n%s", "\n".join(f"  {name:<{width}} {value:>12,}" for name, value in counters.items()))
-    _write_text(FileSystems.join(output, features.CONFIG_FILE), config.to_yaml())
+    _write_text(FileSystems.join(output, layout.CONFIG_FILE), config.to_yaml())
     stats = read_stats(output)
     _print_summary(stats, output, time.perf_counter() - start)
     if not stats["rows_kept"]:
         raise TfrecError(f"no interaction row was kept; the reasons are above and in "
-                         f"{FileSystems.join(output, features.REJECTED_DIR)}")
+                         f"{FileSystems.join(output, layout.REJECTED_DIR)}")
     return stats

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import apache_beam as beam
 
 from pipelines.rows import Event
-from tfrec import features
+from tfrec import features, layout
 from tfrec.config import SequencesConfig
 
 # Outcomes of a user, as counted in stats.json.
@@ -205,6 +205,6 @@ class SplitSequences(beam.PTransform):
             )
         )
         counts = outputs[TRAIN_COUNTS] | "CountTargets" >> beam.CombinePerKey(sum)
-        return {split: outputs[split] for split in features.SPLITS} | {
+        return {split: outputs[split] for split in layout.SPLITS} | {
             TRAIN_COUNTS: counts, SUMMARY: outputs[SUMMARY],
         }

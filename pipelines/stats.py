@@ -34,7 +34,7 @@ from typing import Any
 import apache_beam as beam
 
 from pipelines.sequences import EVALUATED, TRAIN_ONLY, UserSummary
-from tfrec import features
+from tfrec import layout
 
 PERCENTILES = (10, 25, 50, 75, 90, 99)
 
@@ -190,7 +190,7 @@ class WriteStats(beam.PTransform):
             )
             | "ToJson" >> beam.Map(lambda stats: json.dumps(stats, indent=2))
             | "WriteStats" >> beam.io.WriteToText(
-                beam.io.filesystems.FileSystems.join(self.output, features.STATS_FILE),
+                beam.io.filesystems.FileSystems.join(self.output, layout.STATS_FILE),
                 num_shards=1, shard_name_template="",
             )
         )

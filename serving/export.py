@@ -53,9 +53,8 @@ from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import load_catalogue
 from tfrec.errors import TfrecError
+from tfrec.layout import CATALOGUE_DIR, CATEGORICAL_VOCAB_FILE, MODEL_CARD_FILE, MODEL_CARD_MD_FILE, MODELS_CONFIG_FILE
 from tfrec.models import load_model, serving_text_pipeline
-from tfrec.models.two_tower import CATEGORICAL_VOCAB_FILE
-from tfrec.training.trainer import CATALOGUE_DIR
 
 QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH = (
     "tfrec_query", "tfrec_candidate", "tfrec_retrieve", "tfrec_retrieve_scann", "tfrec_similar", "tfrec_search"
@@ -183,7 +182,7 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
             shutil.rmtree(saved.parent, ignore_errors=True)
 
     base_path = model_base_path or str(export_dir.resolve())
-    fileio.write_text(export_dir / "models.config", models_config(base_path, list(modules)))
+    fileio.write_text(export_dir / MODELS_CONFIG_FILE, models_config(base_path, list(modules)))
     write_items(export_dir, catalogue.ids, catalogue.texts)
     models = {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
               for name, p in paths.items()}
@@ -191,10 +190,10 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
                             {name: model["signature"] for name, model in models.items()})
     card |= {"embedding_dim": int(vectors.shape[1]), "items": len(catalogue), "categorical_fields": fields,
              "category_field": category_field}
-    fileio.write_json(export_dir / "model_card.json", card)
-    fileio.write_text(export_dir / "model_card.md", render_model_card_md(card))
+    fileio.write_json(export_dir / MODEL_CARD_FILE, card)
+    fileio.write_text(export_dir / MODEL_CARD_MD_FILE, render_model_card_md(card))
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
-             time.time() - started, export_dir / "models.config")
+             time.time() - started, export_dir / MODELS_CONFIG_FILE)
     return paths
 
 

@@ -44,14 +44,18 @@ from serving.items import read_items, write_items
 from tfrec.config import Config, IndexConfig
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
+from tfrec.layout import (
+    CATALOGUE_DIR,
+    CATEGORICAL_VOCAB_FILE,
+    INDEX_CATALOGUE_FILE,
+    INDEX_REPORT_FILE,
+    SCANN_DIR,
+    SEARCH_FILE,
+    VECTORS_FILE,
+)
 from tfrec.models import load_model, serving_text_pipeline
-from tfrec.models.two_tower import CATEGORICAL_VOCAB_FILE, categorical_codes
-from tfrec.training.trainer import CATALOGUE_DIR, VECTORS_FILE
+from tfrec.models.two_tower import categorical_codes
 
-SCANN_DIR = "scann"
-CATALOGUE_FILE = "catalogue.npz"
-SEARCH_FILE = "search.json"
-REPORT_FILE = "index_report.json"
 RECALL_AT = 10
 MAX_WIDENINGS = 8
 BRUTE_FORCE_BELOW = 256
@@ -81,14 +85,14 @@ class IndexCatalogue:
         return len(self.ids)
 
     def save(self, folder: Path) -> None:
-        np.savez(folder / CATALOGUE_FILE, ids=self.ids.astype(str), vectors=self.vectors,
+        np.savez(folder / INDEX_CATALOGUE_FILE, ids=self.ids.astype(str), vectors=self.vectors,
                  **{f"cat_{k}": v.astype(str) for k, v in self.categorical.items()})
         write_items(folder, self.ids, self.texts)
 
     @classmethod
     def load(cls, folder: str | Path) -> IndexCatalogue:
         folder = Path(folder)
-        path = folder / CATALOGUE_FILE
+        path = folder / INDEX_CATALOGUE_FILE
         if not path.exists():
             raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index`?")
         arrays = np.load(path)
@@ -350,7 +354,7 @@ def _write_folder(output: Path, catalogue: IndexCatalogue, searcher, params: dic
         save_searcher(searcher, staging / SCANN_DIR)
         catalogue.save(staging)
         (staging / SEARCH_FILE).write_text(json.dumps({**params, "k": report["k"]}, indent=1))
-        (staging / REPORT_FILE).write_text(json.dumps(report, indent=1))
+        (staging / INDEX_REPORT_FILE).write_text(json.dumps(report, indent=1))
         keep = {p.name for p in staging.iterdir()}
         output.mkdir(exist_ok=True)
         for name in keep:

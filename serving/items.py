@@ -13,8 +13,7 @@ from pathlib import Path
 
 from tfrec import fileio
 from tfrec.errors import TfrecError
-
-ITEMS_FILE = "items.tsv"
+from tfrec.layout import ITEM_TEXTS_FILE
 
 
 def write_items(folder: Path, ids: Iterable[str], texts: Iterable[str]) -> None:
@@ -23,12 +22,12 @@ def write_items(folder: Path, ids: Iterable[str], texts: Iterable[str]) -> None:
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(["item_id", "text"])
     writer.writerows(zip(ids, texts))
-    fileio.write_text(Path(folder) / ITEMS_FILE, buffer.getvalue())
+    fileio.write_text(Path(folder) / ITEM_TEXTS_FILE, buffer.getvalue())
 
 
 def read_items(folder: Path) -> dict[str, str]:
     """Item id -> product text, in file order."""
-    path = Path(folder) / ITEMS_FILE
+    path = Path(folder) / ITEM_TEXTS_FILE
     if not path.exists():
         raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index` or `tfrec export`?")
     with open(path, encoding="utf-8", newline="") as f:

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tfrec.layout import CATALOGUE_DIR, INDEX_REPORT_FILE, METRICS_FILE, STATS_FILE, TRAIN_SUMMARY_FILE
+
 KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
                "coverage@10")
 PURPOSE = {
@@ -135,14 +137,13 @@ def build_model_card(config, model_dir: str | Path, index_dir: str | Path | None
     """The model card of one export. ``models``: name -> ``{"path", "needs", "signature"}``;
     ``signatures``: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
     "outputs": {...}}`` (``serving.export.describe_signature``; default: each model's ``signature``)."""
-    from tfrec.training.trainer import CATALOGUE_DIR
 
     model_dir, export_dir = Path(model_dir), Path(export_dir)
     index_dir = Path(index_dir) if index_dir else None
-    stats = _read(model_dir / CATALOGUE_DIR / "stats.json") or {}
-    metrics = _read(model_dir / "metrics.json")
-    training = _read(model_dir / "train_summary.json")
-    index = _read(index_dir / "index_report.json") if index_dir else None
+    stats = _read(model_dir / CATALOGUE_DIR / STATS_FILE) or {}
+    metrics = _read(model_dir / METRICS_FILE)
+    training = _read(model_dir / TRAIN_SUMMARY_FILE)
+    index = _read(index_dir / INDEX_REPORT_FILE) if index_dir else None
     if signatures is None:
         signatures = {name: model["signature"] for name, model in models.items() if "signature" in model}
     data = config.data

@@ -29,6 +29,7 @@ import numpy as np
 
 from serving.saved_model import DEFAULT_SIGNATURE, newest_version, read_saved_model, serving_meta_graph
 from tfrec.errors import TfrecError
+from tfrec.layout import MODEL_CARD_FILE
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +175,7 @@ def verify_export(export_dir: str | Path, version: int | None = None) -> list[Mo
         raise TfrecError(f"{export_dir}: no exported models (expected {export_dir}/<name>/<version>/)")
     items = read_items(export_dir)
     item_ids, texts = list(items)[:6], list(items.values())[:2]
-    card = json.loads((export_dir / "model_card.json").read_text()) if (export_dir / "model_card.json").exists() \
+    card = json.loads((export_dir / MODEL_CARD_FILE).read_text()) if (export_dir / MODEL_CARD_FILE).exists() \
         else {}
     num_categorical = len(card.get("categorical_fields") or [])
     checks = []

@@ -98,3 +98,19 @@ def test_no_class_name_is_defined_twice():
             if isinstance(node, ast.ClassDef):
                 homes[node.name].append(name)
     assert {name: where for name, where in homes.items() if len(where) > 1} == {}
+
+
+def test_run_folder_names_are_spelled_in_the_layout_module_only():
+    from tfrec import layout
+
+    # File names (a plain word such as "scann" or "catalogue" is also a module or a key elsewhere).
+    names = {value for key, value in vars(layout).items() if key.isupper() and isinstance(value, str)
+             and "." in value.strip(".")}
+    found = []
+    for module, path in modules().items():
+        if module == "tfrec.layout":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{module}:{node.lineno} {node.value!r}")
+    assert found == []

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tfrec.layout import SHARD_SUFFIX, SPLITS
+
 # Item records.
 ITEM_ID = "item_id"
 ITEM_INDEX = "item_index"
@@ -48,13 +50,6 @@ HISTORY_GROUP = "history_group"
 """Evaluation records only: the group ordinal (0 = the user's first group) of each history item."""
 TARGETS = "targets"
 
-SPLITS = ("train", "valid", "test")
-ITEMS_FILE = "items.tfrecord.gz"
-VOCAB_FILE = "vocab/items.txt"
-STATS_FILE = "stats.json"
-REJECTED_DIR = "rejected"
-CONFIG_FILE = "config.yaml"
-SHARD_SUFFIX = ".tfrecord.gz"
 
 
 def categorical_key(field: str) -> str:

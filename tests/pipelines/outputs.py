@@ -9,7 +9,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tfrec import features
+from tfrec import features, layout
 
 
 def examples(pattern: str | Path) -> list[dict[str, list]]:
@@ -33,7 +33,7 @@ def split(data_dir: Path, name: str) -> list[dict[str, list]]:
 
 
 def items(data_dir: Path) -> list[dict[str, list]]:
-    return examples(Path(data_dir) / features.ITEMS_FILE)
+    return examples(Path(data_dir) / layout.ITEMS_FILE)
 
 
 def multiset(records: list[dict[str, list]]) -> collections.Counter:
@@ -42,15 +42,15 @@ def multiset(records: list[dict[str, list]]) -> collections.Counter:
 
 
 def vocab(data_dir: Path) -> list[str]:
-    return (Path(data_dir) / features.VOCAB_FILE).read_text(encoding="utf-8").splitlines()
+    return (Path(data_dir) / layout.VOCAB_FILE).read_text(encoding="utf-8").splitlines()
 
 
 def stats(data_dir: Path) -> dict:
-    return json.loads((Path(data_dir) / features.STATS_FILE).read_text(encoding="utf-8"))
+    return json.loads((Path(data_dir) / layout.STATS_FILE).read_text(encoding="utf-8"))
 
 
 def rejected(data_dir: Path) -> list[dict]:
     rows = []
-    for path in sorted((Path(data_dir) / features.REJECTED_DIR).glob("*.jsonl")):
+    for path in sorted((Path(data_dir) / layout.REJECTED_DIR).glob("*.jsonl")):
         rows += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     return rows

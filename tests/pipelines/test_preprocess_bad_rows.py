@@ -5,7 +5,7 @@ import pytest
 from pipelines.preprocess import run_preprocess
 from tests.pipelines import outputs
 from tests.pipelines.bad_rows import KEPT_LINES, LINES, REJECTED, write_bad_rows
-from tfrec import cli, features
+from tfrec import cli, layout
 from tfrec.config import apply_overrides, config_from_dict
 from tfrec.errors import TfrecError
 
@@ -63,7 +63,7 @@ def test_outputs_of_the_kept_rows(bad_rows_run):
     assert stats["items"] == 3 and stats["cold_start_items"] == 2
     assert stats["examples"] == {"train": 1, "valid": 1, "test": 1}
     assert stats["history_length"]["max"] == 4
-    assert (output / features.CONFIG_FILE).read_text() == config.to_yaml()
+    assert (output / layout.CONFIG_FILE).read_text() == config.to_yaml()
 
 
 def test_stale_shards_of_an_earlier_run_are_removed(bad_rows_run):

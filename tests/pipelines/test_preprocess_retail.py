@@ -9,9 +9,9 @@ import pytest
 
 from pipelines.preprocess import run_preprocess
 from tests.pipelines import outputs
-from tfrec import features
+from tfrec import layout
 
-SPLITS = (*features.SPLITS, "items")
+SPLITS = (*layout.SPLITS, "items")
 
 
 def flat(groups):
@@ -19,7 +19,7 @@ def flat(groups):
 
 
 def records(data_dir):
-    found = {name: outputs.split(data_dir, name) for name in features.SPLITS}
+    found = {name: outputs.split(data_dir, name) for name in layout.SPLITS}
     found["items"] = outputs.items(data_dir)
     return found
 

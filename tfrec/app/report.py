@@ -22,6 +22,20 @@ from tfrec.app.report_summary import key_table, segments_section, summary_sectio
 from tfrec.config import Config  # noqa: E402
 from tfrec.data import load_eval_split  # noqa: E402
 from tfrec.fileio import write_text  # noqa: E402
+from tfrec.layout import (
+    CURVES_FILE,
+    DATA_DIR,
+    EXPORT_DIR,
+    HISTORY_FILE,
+    INDEX_DIR,
+    INDEX_REPORT_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    MODEL_DIR,
+    REPORT_FILE,
+    STATS_FILE,
+    TRAIN_SUMMARY_FILE,
+)
 
 METRIC_COLUMNS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
                   "hitrate@10", "coverage@10", "ils@10")
@@ -269,13 +283,13 @@ def environment_section(card: dict | None, config: Config) -> str:
 def write_report(config: Config, run_dir: str | Path) -> Path:
     """Writes ``run_dir/report.md`` and its images from the outputs of ``tfrec run``."""
     run_dir = Path(run_dir)
-    data_dir, model_dir, index_dir, export_dir = (run_dir / d for d in ("data", "model", "index", "export"))
-    print(f"== report: {run_dir / 'report.md'}")
+    data_dir, model_dir, index_dir, export_dir = (run_dir / d for d in (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR))
+    print(f"== report: {run_dir / REPORT_FILE}")
     from serving.items import read_items
 
     texts = read_items(export_dir)
     ids = (data_dir / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
-    metrics = _load(model_dir / "metrics.json")
+    metrics = _load(model_dir / METRICS_FILE)
     min_users = config.eval.min_segment_users
     sections = [
         f"# tfrec run report: {config.name}",
@@ -284,13 +298,13 @@ def write_report(config: Config, run_dir: str | Path) -> Path:
         summary_section(metrics, config) if metrics else "",
         key_table(metrics, config) if metrics else "",
         segments_section(metrics, config, run_dir) if metrics else "",
-        data_section(_load(data_dir / "stats.json"), data_dir, run_dir),
-        training_section(_load(model_dir / "history.json"), _load(model_dir / "train_summary.json"), run_dir),
-        quality_section(metrics, _load(model_dir / "recall_curves.json"), run_dir, min_users),
-        index_section(_load(index_dir / "index_report.json")),
+        data_section(_load(data_dir / STATS_FILE), data_dir, run_dir),
+        training_section(_load(model_dir / HISTORY_FILE), _load(model_dir / TRAIN_SUMMARY_FILE), run_dir),
+        quality_section(metrics, _load(model_dir / CURVES_FILE), run_dir, min_users),
+        index_section(_load(index_dir / INDEX_REPORT_FILE)),
         examples_section(data_dir, export_dir, ids, texts),
-        environment_section(_load(export_dir / "model_card.json"), config),
+        environment_section(_load(export_dir / MODEL_CARD_FILE), config),
     ]
-    path = run_dir / "report.md"
+    path = run_dir / REPORT_FILE
     write_text(path, "\n\n".join(s for s in sections if s) + "\n")
     return path

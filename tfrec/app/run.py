@@ -27,8 +27,24 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfrec.config import Config
 from tfrec.fileio import no_empty_folders_on_failure
-
-STAMP = ".tfrec-stage.json"
+from tfrec.layout import (
+    DATA_DIR,
+    EXPORT_DIR,
+    INDEX_DIR,
+    INDEX_REPORT_FILE,
+    ITEMS_FILE,
+    METRICS_FILE,
+    MODEL_CARD_FILE,
+    MODEL_CARD_MD_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    MODELS_CONFIG_FILE,
+    REPORT_FILE,
+    STAGE_STAMP,
+    STATS_FILE,
+    VECTORS_FILE,
+    VOCAB_FILE,
+)
 
 
 def input_fingerprint(patterns: list[str]) -> str:
@@ -59,13 +75,13 @@ class Stage:
     action: Callable[[], object]
 
     def done(self) -> bool:
-        stamp = self.folder / STAMP
+        stamp = self.folder / STAGE_STAMP
         if not stamp.exists() or not all((self.folder / o).exists() for o in self.outputs):
             return False
         return json.loads(stamp.read_text()).get(self.name) == self.fingerprint
 
     def record(self) -> None:
-        stamp = self.folder / STAMP
+        stamp = self.folder / STAGE_STAMP
         recorded = json.loads(stamp.read_text()) if stamp.exists() else {}
         recorded[self.name] = self.fingerprint
         stamp.write_text(json.dumps(recorded, indent=1))
@@ -84,7 +100,7 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     from tfrec.evaluation.comparison import evaluate
     from tfrec.training.trainer import train
 
-    data, model, index, export = (output / d for d in ("data", "model", "index", "export"))
+    data, model, index, export = (output / d for d in (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR))
     patterns = list(config.data.interactions.paths)
     if config.data.catalogue:
         patterns += config.data.catalogue.paths
@@ -95,15 +111,15 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     f_export = _chain(f_index, config.fingerprint("export"))
     f_report = _chain(f_eval, f_export)
     return [
-        Stage("preprocess", data, ["stats.json", "items.tfrecord.gz", "vocab/items.txt"], f_data,
+        Stage("preprocess", data, [STATS_FILE, ITEMS_FILE, VOCAB_FILE], f_data,
               lambda: run_preprocess(config, str(data), beam_args or [])),
-        Stage("train", model, ["model.keras", "vectors.npz"], f_model,
+        Stage("train", model, [MODEL_FILE, VECTORS_FILE], f_model,
               lambda: train(config, data, model, resume=not force)),
-        Stage("evaluate", model, ["metrics.json"], f_eval, lambda: evaluate(config, data, model)),
-        Stage("index", index, ["index_report.json"], f_index, lambda: build_index(config, model, index)),
-        Stage("export", export, ["models.config", "model_card.json", "model_card.md"], f_export,
+        Stage("evaluate", model, [METRICS_FILE], f_eval, lambda: evaluate(config, data, model)),
+        Stage("index", index, [INDEX_REPORT_FILE], f_index, lambda: build_index(config, model, index)),
+        Stage("export", export, [MODELS_CONFIG_FILE, MODEL_CARD_FILE, MODEL_CARD_MD_FILE], f_export,
               lambda: export_models(config, model, index, export)),
-        Stage("report", output, ["report.md"], f_report, lambda: write_report(config, output)),
+        Stage("report", output, [REPORT_FILE], f_report, lambda: write_report(config, output)),
     ]
 
 
@@ -125,5 +141,5 @@ def run_all(config: Config, output: str | Path, force: bool = False, beam_args: 
         stage.record()
         print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
     print(f"\nRun complete in {time.time() - started:.0f}s: {output}")
-    print(f"  report:  {output / 'report.md'}")
-    print(f"  serve:   tfrec serve --export {output / 'export'}")
+    print(f"  report:  {output / REPORT_FILE}")
+    print(f"  serve:   tfrec serve --export {output / EXPORT_DIR}")

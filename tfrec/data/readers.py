@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import features as F
+from tfrec import layout
 from tfrec.errors import TfrecError
 
 PAD = -1
@@ -38,7 +39,7 @@ def _records(pattern: str, spec: dict[str, Any]) -> tf.data.Dataset:
 
 
 def load_stats(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / F.STATS_FILE
+    path = Path(data_dir) / layout.STATS_FILE
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -72,7 +73,7 @@ class Catalogue:
 
 def load_catalogue(data_dir: str | Path, categorical_fields: tuple[str, ...] | list[str] = ()) -> Catalogue:
     """Reads ``items.tfrecord.gz`` into index order and checks it is complete."""
-    path = str(Path(data_dir) / F.ITEMS_FILE)
+    path = str(Path(data_dir) / layout.ITEMS_FILE)
     rows = list(_records(path, F.item_spec(categorical_fields)).as_numpy_iterator())
     if not rows:
         raise TfrecError(f"{path} holds no items")

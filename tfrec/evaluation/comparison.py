@@ -27,13 +27,12 @@ from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopu
 from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
 from tfrec.evaluation.segments import analyse_split, target_segments
 from tfrec.fileio import write_json
+from tfrec.layout import CURVES_FILE, METRICS_FILE, TEXT_CACHE_DIR
 from tfrec.models.text import cached_text_vectors, pretrained_pipeline
 from tfrec.models.two_tower import load_model
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.json"
-CURVES_FILE = "recall_curves.json"
 
 
 def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: Path) -> np.ndarray:
@@ -78,7 +77,7 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
     valid = load_eval_split(data_dir, "valid")
     test = load_eval_split(data_dir, "test")
     # One set of text vectors serves the zero-shot baseline and every list's intra-list similarity.
-    text_vectors = zero_shot_text_vectors(config, catalogue, model_dir / "text_cache")
+    text_vectors = zero_shot_text_vectors(config, catalogue, model_dir / TEXT_CACHE_DIR)
     baselines = make_baselines(config, catalogue, valid, text_vectors)
     scorers = {"model": model_scorer(model, model.item_vectors())}
     scorers.update({b.name: b.scores for b in baselines})

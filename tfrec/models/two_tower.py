@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tfrec.config import Config
 from tfrec.data import Catalogue
+from tfrec.layout import CATEGORICAL_VOCAB_FILE, MODEL_FILE, TEXT_CACHE_DIR, TEXT_VOCAB_FILE
 from tfrec.models.repeat import RepeatTerm
 from tfrec.models.text import (
     TextPipeline,
@@ -20,10 +21,6 @@ from tfrec.models.text import (
     word_piece_vocabulary,
 )
 from tfrec.models.towers import ItemTower, UserTower
-
-MODEL_FILE = "model.keras"
-TEXT_VOCAB_FILE = "text_vocab.txt"
-CATEGORICAL_VOCAB_FILE = "categorical_vocab.json"
 
 
 @keras.saving.register_keras_serializable(package="tfrec")
@@ -212,7 +209,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
     model.build()
     codes = categorical_codes(catalogue, vocabularies) if vocabularies else None
     if frozen:
-        vectors = cached_text_vectors(pipeline, list(catalogue.texts), model_dir / "text_cache")
+        vectors = cached_text_vectors(pipeline, list(catalogue.texts), model_dir / TEXT_CACHE_DIR)
         item_tower.set_catalogue(text_vectors=vectors, categorical=codes)
     else:
         tokens = pipeline.tokenize(tf.constant(list(catalogue.texts))).numpy()

@@ -31,8 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfrec import features as F
-from tfrec import fileio
+from tfrec import fileio, layout
 from tfrec.config import Config, save_config
 from tfrec.data import (
     EvalSplit,
@@ -45,13 +44,19 @@ from tfrec.data import (
 )
 from tfrec.errors import TfrecError
 from tfrec.evaluation.ranking import evaluate_split, model_scorer
-from tfrec.models.two_tower import MODEL_FILE, TwoTowerModel, build_model
+from tfrec.layout import (
+    BEST_WEIGHTS,
+    CATALOGUE_DIR,
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LOGS_DIR,
+    MODEL_FILE,
+    TRAIN_SUMMARY_FILE,
+    VECTORS_FILE,
+)
+from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import RetrievalTask, mixed_log_q
-
-CATALOGUE_DIR = "catalogue"
-VECTORS_FILE = "vectors.npz"
-HISTORY_FILE = "history.json"
-BEST_WEIGHTS = "best.weights.h5"
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -109,7 +114,7 @@ def copy_catalogue(data_dir: Path, model_dir: Path) -> Path:
     """Copies the items, vocabulary and stats next to the model (later stages read them there)."""
     target = model_dir / CATALOGUE_DIR
     (target / "vocab").mkdir(parents=True, exist_ok=True)
-    for name in (F.ITEMS_FILE, F.VOCAB_FILE, F.STATS_FILE, F.CONFIG_FILE):
+    for name in (layout.ITEMS_FILE, layout.VOCAB_FILE, layout.STATS_FILE, layout.CONFIG_FILE):
         if (data_dir / name).exists():
             shutil.copyfile(data_dir / name, target / name)
     return target
@@ -182,7 +187,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     if chief:
         copy_catalogue(data_dir, output_dir)
-        save_config(config, output_dir / "config.yaml")
+        save_config(config, output_dir / CONFIG_FILE)
     valid = load_eval_split(data_dir, "valid")
     examples = train_examples(data_dir, config.data.sequences.max_history, cfg.max_targets,
                               skip_repeats=cfg.skip_repeat_targets)
@@ -224,7 +229,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     saved_history = tf.Variable("[]", dtype=tf.string, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler,
                                      epoch=epoch, best=best, bad_epochs=bad_epochs, history=saved_history)
-    checkpoint_dir = work_dir / "checkpoints"
+    checkpoint_dir = work_dir / CHECKPOINT_DIR
     fingerprint = resume_fingerprint(config, stats)
     recorded = checkpoint_dir / "fingerprint"
     if checkpoint_dir.exists() and (not resume or not recorded.exists() or recorded.read_text() != fingerprint):
@@ -265,7 +270,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    writer = tf.summary.create_file_writer(str(work_dir / "logs"))
+    writer = tf.summary.create_file_writer(str(work_dir / LOGS_DIR))
     metric = cfg.early_stopping_metric
     ks = config.eval.ks
     started = time.time()
@@ -339,7 +344,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     if chief:
         _atomic_write_model(model, output_dir / MODEL_FILE)
         _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), output_dir / VECTORS_FILE)
-        fileio.write_json(output_dir / "train_summary.json", summary)
+        fileio.write_json(output_dir / TRAIN_SUMMARY_FILE, summary)
         print(f"Model written to {output_dir / MODEL_FILE}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
