@@ -26,7 +26,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
 OP_MODULES = ("tensorflow_text", "scann")
-PROJECT = {"tfrec", "serving", "pipelines", "keras_hub", "keras"}
+PROJECT = {"tfrec", "serving", "pipelines", "keras_hub"}
 
 
 def serving_graph(version_dir):
