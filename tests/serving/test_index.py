@@ -35,9 +35,11 @@ def _clustered(rng, n, d, centres=40):
     return middle[rng.integers(0, centres, n)] + 0.5 * _unit(rng, n, d)
 
 
-def _fastest_timed(report):
-    timed = [t for t in report["tries"] if t["stage"] == "timed" and t["meets_target"]]
-    return max(timed, key=lambda t: t["queries_per_second"])
+def _fastest(report):
+    """The fastest try at the target: of the final round when there was one, else of the timed points."""
+    final = [t for t in report["tries"] if t["stage"] == "final"]
+    pool = final or [t for t in report["tries"] if t["stage"] == "timed" and t["meets_target"]]
+    return max(pool, key=lambda t: t["queries_per_second"])
 
 
 def test_index_report_lists_every_try_and_the_choice_is_the_fastest_at_the_target(index_dir, trained_model_dir):
@@ -48,9 +50,9 @@ def test_index_report_lists_every_try_and_the_choice_is_the_fastest_at_the_targe
                 "build_seconds", "tune_seconds"):
         assert report[key] > 0, key
     stages = {t["stage"] for t in report["tries"]}
-    assert stages == {"check", "timed"}
+    assert {"check", "timed"} <= stages <= {"check", "timed", "final"}
     assert any(t["brute_force"] for t in report["tries"]) and any(not t["brute_force"] for t in report["tries"])
-    best = _fastest_timed(report)
+    best = _fastest(report)
     assert report["scann_batched_qps"] == pytest.approx(best["queries_per_second"], rel=1e-3)
     chosen = {k: report[k] for k in ("num_leaves", "num_leaves_to_search", "reorder", "brute_force")}
     assert chosen == {k: best[k] for k in chosen}
