@@ -2,23 +2,21 @@
 
 The index is built with ScaNN's TensorFlow ops (tree partitioning, anisotropic
 asymmetric hashing, exact re-scoring of the best candidates), so it can travel inside
-an exported SavedModel. Its parameters come from ``index`` in the config or, where
-unset, from the catalogue size: ``sqrt(N)`` leaves, a tenth of them searched, and
-``max(4 k, 200)`` candidates re-scored exactly.
-
-Every build is measured on held-out queries (the test users' query vectors written by
-``tfrec train``): recall@10 of the index against exact brute-force top-K and the
-queries per second of both, timed in the same run. When recall@10 falls under
-``index.recall_target`` the search is widened (more leaves, more re-scored candidates)
-until it holds, or the build fails with the list of what was tried.
+an exported SavedModel. Its settings are tuned for speed (``serving.index_tuning``):
+several trees, leaves searched and re-scored candidates, and ScaNN's exact brute-force
+scorer, are measured on held-out queries (the test users' query vectors written by
+``tfrec train``) against exact brute-force top-K, in the same run; the fastest setting
+whose recall@10 reaches ``index.recall_target`` is kept, and every try is reported.
+Settings given in ``index`` of the config are kept as given. Builds are seeded: the same
+vectors give the same index.
 
 An index folder holds::
 
     scann/              the ScaNN searcher's state, a SavedModel (needs ``import scann``)
     catalogue.npz       item ids, vectors and category values, in index order
     items.tsv           item ids and texts
-    search.json         the search parameters the measurement settled on
-    index_report.json   the measurement, for people and for the run report
+    search.json         the search parameters the tuning chose (read by the export)
+    index_report.json   the measurement of the choice and every try, for people and the run report
 
 ``tfrec index --add FILE`` embeds new products from their text with the trained item
 tower (no retraining), appends them to the catalogue and rebuilds the index, so the
@@ -28,7 +26,6 @@ next export serves them.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -41,7 +38,11 @@ import tensorflow as tf
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
 from serving.items import read_items, write_items
-from tfrec.config import Config, IndexConfig
+from serving.searcher import (
+    RECALL_AT,
+    _scann_ops,
+)
+from tfrec.config import Config
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
 from tfrec.layout import (
@@ -56,16 +57,7 @@ from tfrec.layout import (
 from tfrec.models import load_model, serving_text_pipeline
 from tfrec.models.two_tower import categorical_codes
 
-RECALL_AT = 10
-MAX_WIDENINGS = 8
-BRUTE_FORCE_BELOW = 256
-"""Catalogues smaller than this are searched exhaustively (no tree, no hashing)."""
-
-
-def _scann_ops():
-    from scann.scann_ops.py import scann_ops
-
-    return scann_ops
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------ catalogue
@@ -111,154 +103,24 @@ class IndexCatalogue:
         )
 
 
-# ------------------------------------------------------------------ building
+def save_searcher(searcher, folder: Path, params: dict[str, Any] | None = None) -> None:
+    """Writes the searcher's state as a SavedModel (loading it needs ``import scann``).
 
-
-def default_params(num_items: int, settings: IndexConfig) -> dict[str, Any]:
-    """Index parameters: the configured ones, the rest derived from the catalogue size."""
-    leaves = settings.num_leaves or max(1, int(round(math.sqrt(num_items))))
-    leaves = min(leaves, max(1, num_items // 50))  # ScaNN wants partitions of 50+ points
-    searched = settings.num_leaves_to_search or max(1, int(math.ceil(leaves / 10)))
-    return {
-        "num_leaves": leaves,
-        "num_leaves_to_search": min(searched, leaves),
-        "dimensions_per_block": settings.dimensions_per_block,
-        "anisotropic_quantization_threshold": settings.anisotropic_quantization_threshold,
-        "reorder": settings.reorder or max(4 * settings.k, 200),
-        "brute_force": num_items < BRUTE_FORCE_BELOW,
-    }
-
-
-def build_searcher(vectors: np.ndarray, k: int, params: dict[str, Any]):
-    """A ScaNN searcher (TF ops) over ``vectors`` by dot product."""
-    builder = _scann_ops().builder(tf.constant(vectors, tf.float32), k, "dot_product")
-    if params["brute_force"]:
-        return builder.score_brute_force().build()
-    if params["num_leaves"] > 1:
-        builder = builder.tree(num_leaves=params["num_leaves"], num_leaves_to_search=params["num_leaves_to_search"],
-                               training_sample_size=min(len(vectors), 250_000))
-    builder = builder.score_ah(params["dimensions_per_block"],
-                               anisotropic_quantization_threshold=params["anisotropic_quantization_threshold"],
-                               training_sample_size=min(len(vectors), 250_000))
-    return builder.reorder(params["reorder"]).build()
-
-
-def search(searcher, queries: np.ndarray, k: int, params: dict[str, Any]) -> np.ndarray:
-    """Top-``k`` item indices of each query through the index, ``[Q, k]``."""
-    if params["brute_force"]:
-        result = searcher.search_batched(tf.constant(queries, tf.float32), final_num_neighbors=k)
-    else:
-        result = searcher.search_batched(
-            tf.constant(queries, tf.float32), final_num_neighbors=k,
-            pre_reorder_num_neighbors=max(params["reorder"], k),
-            leaves_to_search=params["num_leaves_to_search"] if params["num_leaves"] > 1 else None,
-        )
-    return result.indices.numpy()
-
-
-def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-``k`` by dot product (TF matmul + top_k), ``[Q, k]``."""
-    scores = tf.matmul(tf.constant(queries, tf.float32), tf.constant(vectors, tf.float32), transpose_b=True)
-    return tf.math.top_k(scores, k).indices.numpy()
-
-
-def recall_against(approximate: np.ndarray, exact: np.ndarray) -> float:
-    """Mean share of each exact list found in the approximate one."""
-    return float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(approximate, exact)]))
-
-
-def _median_seconds(fn, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
-
-
-def measure(searcher, queries: np.ndarray, vectors: np.ndarray, params: dict[str, Any], k: int,
-            single_queries: int = 200) -> dict[str, Any]:
-    """Recall@10 of the index against exact top-K, and queries/s of both, timed alike."""
-    at = min(RECALL_AT, len(vectors))
-    exact = exact_top_k(queries, vectors, at)
-    recall = recall_against(search(searcher, queries, at, params), exact)
-    batched_scann = _median_seconds(lambda: search(searcher, queries, k, params))
-    batched_exact = _median_seconds(lambda: exact_top_k(queries, vectors, k))
-    few = queries[:single_queries]
-
-    def one_by_one(fn):
-        return lambda: [fn(few[i:i + 1]) for i in range(len(few))]
-
-    single_scann = _median_seconds(one_by_one(lambda q: search(searcher, q, k, params)))
-    single_exact = _median_seconds(one_by_one(lambda q: exact_top_k(q, vectors, k)))
-    return {
-        f"recall@{RECALL_AT}_vs_exact": recall,
-        "queries": len(queries),
-        "scann_batched_qps": len(queries) / batched_scann,
-        "exact_batched_qps": len(queries) / batched_exact,
-        "scann_single_qps": len(few) / single_scann,
-        "exact_single_qps": len(few) / single_exact,
-        "scann_over_exact_batched": batched_exact / batched_scann,
-        "scann_over_exact_single": single_exact / single_scann,
-    }
-
-
-def widen(params: dict[str, Any], num_items: int) -> dict[str, Any] | None:
-    """The next, wider search; ``None`` when it is already exhaustive."""
-    leaves, searched, reorder = params["num_leaves"], params["num_leaves_to_search"], params["reorder"]
-    if params["brute_force"] or (searched >= leaves and reorder >= num_items):
-        return None
-    return {**params, "num_leaves_to_search": min(leaves, searched * 2), "reorder": min(num_items, reorder * 2)}
-
-
-def tuned_searcher(vectors: np.ndarray, queries: np.ndarray, settings: IndexConfig, verbose: bool = True):
-    """Builds the index, measures it, widens its search until recall@10 holds.
-
-    Returns ``(searcher, params, report)``; raises ``TfrecError`` when no tried setting
-    reaches ``settings.recall_target``.
+    With ``params``, the state's own default search becomes theirs, so a searcher loaded
+    from it searches as the tuning chose even when a caller passes no search settings.
     """
-    k = min(settings.k, len(vectors))
-    params = default_params(len(vectors), settings)
-    started = time.perf_counter()
-    searcher = build_searcher(vectors, k, params)
-    build_seconds = time.perf_counter() - started
-    tries = []
-    while True:
-        result = measure(searcher, queries, vectors, params, k)
-        recall = result[f"recall@{RECALL_AT}_vs_exact"]
-        tries.append({"num_leaves_to_search": params["num_leaves_to_search"], "reorder": params["reorder"],
-                      "recall": round(recall, 4)})
-        if verbose:
-            print(f"  leaves {params['num_leaves_to_search']}/{params['num_leaves']}, re-scored {params['reorder']}: "
-                  f"recall@{RECALL_AT} {recall:.4f}, {result['scann_batched_qps']:,.0f} queries/s "
-                  f"(exact {result['exact_batched_qps']:,.0f})")
-        if recall >= settings.recall_target:
-            break
-        wider = widen(params, len(vectors))
-        if wider is None or len(tries) > MAX_WIDENINGS:
-            raise TfrecError(
-                f"the ScaNN index reaches recall@{RECALL_AT} {recall:.4f} against exact search, under "
-                f"index.recall_target {settings.recall_target}; tried {tries}. Raise index.num_leaves_to_search "
-                "or index.reorder, lower index.dimensions_per_block, or lower the target"
-            )
-        params = wider
-    report = {
-        "items": len(vectors),
-        "dimensions": int(vectors.shape[1]),
-        "k": k,
-        **{key: value for key, value in params.items()},
-        "build_seconds": build_seconds,
-        **result,
-        "recall_target": settings.recall_target,
-        "tries": tries,
-    }
-    return searcher, params, report
+    state = searcher.serialize_to_module()
+    if params is not None and not params["brute_force"]:
+        from scann.proto import scann_pb2
 
-
-def save_searcher(searcher, folder: Path) -> None:
-    """Writes the searcher's state as a SavedModel (loading it needs ``import scann``)."""
-    tf.saved_model.save(searcher.serialize_to_module(), str(folder),
-                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+        stored = state.scann_config.numpy()
+        config = scann_pb2.ScannConfig.FromString(stored.reshape(-1)[0])
+        if config.HasField("partitioning"):
+            config.partitioning.query_spilling.max_spill_centers = params["num_leaves_to_search"]
+        if config.HasField("exact_reordering"):
+            config.exact_reordering.approx_num_neighbors = params["reorder"]
+        state.scann_config.assign(np.array([config.SerializeToString()], dtype=object).reshape(stored.shape))
+    tf.saved_model.save(state, str(folder), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
 
 
 def load_searcher_state(index_dir: str | Path) -> tf.Module:
@@ -351,7 +213,7 @@ def _write_folder(output: Path, catalogue: IndexCatalogue, searcher, params: dic
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
     try:
-        save_searcher(searcher, staging / SCANN_DIR)
+        save_searcher(searcher, staging / SCANN_DIR, params)
         catalogue.save(staging)
         (staging / SEARCH_FILE).write_text(json.dumps({**params, "k": report["k"]}, indent=1))
         (staging / INDEX_REPORT_FILE).write_text(json.dumps(report, indent=1))
@@ -376,14 +238,14 @@ def build_index(config: Config, model_dir: str | Path, output: str | Path, add_i
     model_dir, output = Path(model_dir), Path(output)
     started = time.time()
     if add_items is None:
-        print(f"== index: {model_dir} -> {output}")
+        log.info(f"== index: {model_dir} -> {output}")
         model = load_model(model_dir)
         items = load_catalogue(model_dir / CATALOGUE_DIR, config.data.items.categorical_fields)
         catalogue = IndexCatalogue(items.ids, items.texts, model.item_vectors().numpy(), items.categorical)
         added = {}
     else:
         add_items = Path(add_items)
-        print(f"== index: adding the products of {add_items} to {output}")
+        log.info(f"== index: adding the products of {add_items} to {output}")
         catalogue = IndexCatalogue.load(output)
         ids, texts, categorical, rejected = read_new_items(config, add_items)
         existing = sorted(set(ids) & set(catalogue.ids))
@@ -391,21 +253,23 @@ def build_index(config: Config, model_dir: str | Path, output: str | Path, add_i
             raise TfrecError(f"{add_items}: {len(existing)} item id(s) are already in the index (first: "
                              f"{existing[0]!r}); `--add` only takes new products")
         for r in rejected:
-            print(f"  rejected {r['source']}:{r['line']}: {r['reason']} ({r['detail']})")
+            log.info(f"  rejected {r['source']}:{r['line']}: {r['reason']} ({r['detail']})")
         if not ids:
             raise TfrecError(f"{add_items}: no product to add ({len(rejected)} row(s) rejected)")
         vectors = embed_new_items(config, model_dir, texts, categorical)
         catalogue = catalogue.extended(ids, texts, vectors, categorical)
         added = {"added_items": len(ids), "added_from": str(add_items), "rejected_rows": len(rejected),
                  "rejected": rejected[:100]}
-        print(f"  {len(ids):,} new products embedded from their text ({len(rejected):,} rows rejected)")
+        log.info(f"  {len(ids):,} new products embedded from their text ({len(rejected):,} rows rejected)")
     queries = _queries(model_dir, config.index.eval_queries, catalogue.vectors.shape[1])
-    print(f"Building a ScaNN index over {len(catalogue):,} items of dimension {catalogue.vectors.shape[1]}, "
+    log.info(f"Building a ScaNN index over {len(catalogue):,} items of dimension {catalogue.vectors.shape[1]}, "
           f"measured on {len(queries):,} held-out queries")
-    searcher, params, report = tuned_searcher(catalogue.vectors, queries, config.index)
+    from serving.index_tuning import tune_searcher
+
+    searcher, params, report = tune_searcher(catalogue.vectors, queries, config.index)
     report.update(added)
     _write_folder(output, catalogue, searcher, params, report)
-    print(f"Index written to {output} in {time.time() - started:.0f}s: recall@{RECALL_AT} "
+    log.info(f"Index written to {output} in {time.time() - started:.0f}s: recall@{RECALL_AT} "
           f"{report[f'recall@{RECALL_AT}_vs_exact']:.4f} against exact search, "
           f"{report['scann_over_exact_batched']:.1f}x the exact queries/s (batched)")
     return report

@@ -318,17 +318,17 @@ class IndexConfig(_Section):
     k: int = Field(100, gt=0)
     """The most results the index returns (the served ``k`` is capped by it)."""
     recall_target: float = Field(0.95, gt=0.0, le=1.0)
-    """Recall@10 against exact search the index must reach (its search is widened until it does)."""
+    """Recall@10 against exact search the index must reach (the fastest setting that reaches it is kept)."""
     num_leaves: int | None = Field(None, gt=0)
-    """Tree partitions (None: sqrt of the catalogue size)."""
+    """Tree partitions (None: tuned, from sqrt to 4 sqrt of the catalogue size)."""
     num_leaves_to_search: int | None = Field(None, gt=0)
-    """Partitions searched per query (None: a tenth of them)."""
+    """Partitions searched per query (None: tuned)."""
     dimensions_per_block: int = Field(2, gt=0)
     """Asymmetric hashing: dimensions per quantisation block."""
     anisotropic_quantization_threshold: float = 0.2
     """Asymmetric hashing: ScaNN's anisotropic quantisation threshold."""
     reorder: int | None = Field(None, gt=0)
-    """Candidates re-scored exactly (None: max(4 k, 200))."""
+    """Candidates re-scored exactly (None: tuned; at least k)."""
     eval_queries: int = Field(1000, gt=0)
     """Held-out queries (test users) the index is measured on."""
 
