@@ -26,6 +26,7 @@ next export serves them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
