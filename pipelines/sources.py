@@ -308,6 +308,31 @@ def check_columns(path: str, fmt: str, delimiter: str, needed: Sequence[str], ke
 # --------------------------------------------------------------- Beam side
 
 
+def validated_rows(path: str, fmt: str, delimiter: str, parser: RowParser, opener=None,
+                   known_items: Any = None) -> Iterator[tuple[Record | None, ParsedRow | Rejection]]:
+    """Every row of one file, parsed and validated: ``(record, ParsedRow)`` for a kept row, ``(record or
+    None, Rejection)`` with its reason for a rejected one (the record: source, line and raw text).
+
+    The one read-and-validate loop: the Beam job runs it per file (``ParseFileFn``) and
+    ``tfrec index --add`` on a file of new products. With ``known_items``, a row naming an
+    item outside it is rejected as ``unknown_item``. ``opener(compression_type)`` opens the
+    file (default: Beam's ``FileSystems``, any filesystem Beam knows).
+    """
+    with open_input(path, fmt, opener) as stream:
+        for record in read_records(stream, path, fmt, delimiter, parser.columns):
+            if not isinstance(record, Record):
+                yield None, record
+                continue
+            try:
+                row = parser(record)
+                if known_items is not None and row.item_id not in known_items:
+                    raise Rejected(rows.UNKNOWN_ITEM, f"item {row.item_id!r} is not in the catalogue")
+            except Rejected as e:
+                yield record, Rejection(record.source, record.line, e.reason, e.detail, record.raw)
+                continue
+            yield record, row
+
+
 class ParseFileFn(beam.DoFn):
     """Reads one file and validates every row.
 
@@ -341,26 +366,24 @@ class ParseFileFn(beam.DoFn):
         def opener(compression_type):
             return readable.open(mime_type="application/octet-stream", compression_type=compression_type)
 
-        with open_input(source, fmt, opener) as stream:
-            for record in read_records(stream, source, fmt, self.delimiter, self.parser.columns):
-                read += 1
-                if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= every:
-                    last_report = time.monotonic()
-                    self._count("rows_read", read - counted)
-                    counted = read
-                    log.info("%s: %s rows read from %s so far (%s kept, %s rejected; %s rows/s)", self.namespace,
-                             f"{read:,}", source, f"{kept:,}", f"{sum(rejected.values()):,}",
-                             f"{read / max(last_report - started, 1e-9):,.0f}")
-                outcome = self._validate(record, known_items) if isinstance(record, Record) else record
-                if isinstance(outcome, Rejection):
-                    rejected[outcome.reason] += 1
-                    yield beam.pvalue.TaggedOutput(REJECTED, outcome)
-                    continue
-                kept += 1
-                if outcome.item is not None:
-                    yield beam.pvalue.TaggedOutput(ITEMS, (outcome.item_id, outcome.item))
-                if outcome.event is not None:
-                    yield outcome.event
+        for _, outcome in validated_rows(source, fmt, self.delimiter, self.parser, opener, known_items):
+            read += 1
+            if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= every:
+                last_report = time.monotonic()
+                self._count("rows_read", read - counted)
+                counted = read
+                log.info("%s: %s rows read from %s so far (%s kept, %s rejected; %s rows/s)", self.namespace,
+                         f"{read:,}", source, f"{kept:,}", f"{sum(rejected.values()):,}",
+                         f"{read / max(last_report - started, 1e-9):,.0f}")
+            if isinstance(outcome, Rejection):
+                rejected[outcome.reason] += 1
+                yield beam.pvalue.TaggedOutput(REJECTED, outcome)
+                continue
+            kept += 1
+            if outcome.item is not None:
+                yield beam.pvalue.TaggedOutput(ITEMS, (outcome.item_id, outcome.item))
+            if outcome.event is not None:
+                yield outcome.event
         self._count("rows_read", read - counted)
         self._count("rows_kept", kept)
         for reason, n in rejected.items():
@@ -369,15 +392,6 @@ class ParseFileFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput(
             COUNTS, (source, {"read": read, "kept": kept, "rejected": dict(rejected)})
         )
-
-    def _validate(self, record: Record, known_items: Any) -> ParsedRow | Rejection:
-        try:
-            row = self.parser(record)
-            if known_items is not None and row.item_id not in known_items:
-                raise Rejected(rows.UNKNOWN_ITEM, f"item {row.item_id!r} is not in the catalogue")
-        except Rejected as e:
-            return Rejection(record.source, record.line, e.reason, e.detail, record.raw)
-        return row
 
     def _count(self, name: str, n: int) -> None:
         beam.metrics.Metrics.counter(self.namespace, name).inc(n)

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow as tf
-from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
 from serving.items import read_items, write_items
 from serving.searcher import (
@@ -146,7 +145,7 @@ def read_new_items(config: Config, path: Path) -> tuple[list[str], list[str], di
     Returns ids, texts, categorical values and the rejected rows with their reasons.
     """
     from pipelines import sources
-    from pipelines.rows import CatalogueParser, Rejected, Rejection
+    from pipelines.rows import CatalogueParser, Rejection
     from tfrec.config import CatalogueConfig
 
     data = config.data
@@ -159,24 +158,19 @@ def read_new_items(config: Config, path: Path) -> tuple[list[str], list[str], di
     ids, texts, rejected = [], [], []
     categorical: dict[str, list[str]] = {f: [] for f in data.items.categorical_fields}
     seen: set[str] = set()
-    compression = CompressionTypes.UNCOMPRESSED if fmt == "parquet" else CompressionTypes.AUTO
-    with FileSystems.open(str(path), compression_type=compression) as stream:
-        for record in sources.read_records(stream, str(path), fmt, delimiter, parser.columns):
-            if isinstance(record, Rejection):
-                rejected.append(record._asdict())
-                continue
-            try:
-                row = parser(record)
-                if row.item_id in seen:
-                    raise Rejected("duplicate_item", f"{item_column}={row.item_id!r} occurs earlier in the file")
-            except Rejected as e:
-                rejected.append(Rejection(record.source, record.line, e.reason, e.detail, record.raw)._asdict())
-                continue
-            seen.add(row.item_id)
-            ids.append(row.item_id)
-            texts.append(row.item.text)
-            for field, value in zip(data.items.categorical_fields, row.item.categorical):
-                categorical[field].append(value)
+    for record, row in sources.validated_rows(str(path), fmt, delimiter, parser):
+        if isinstance(row, Rejection):
+            rejected.append(row._asdict())
+            continue
+        if row.item_id in seen:
+            detail = f"{item_column}={row.item_id!r} occurs earlier in the file"
+            rejected.append(Rejection(record.source, record.line, "duplicate_item", detail, record.raw)._asdict())
+            continue
+        seen.add(row.item_id)
+        ids.append(row.item_id)
+        texts.append(row.item.text)
+        for field, value in zip(data.items.categorical_fields, row.item.categorical):
+            categorical[field].append(value)
     return ids, texts, categorical, rejected
 
 

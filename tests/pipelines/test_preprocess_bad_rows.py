@@ -5,7 +5,8 @@ import pytest
 from pipelines.preprocess import run_preprocess
 from tests.pipelines import outputs
 from tests.pipelines.bad_rows import KEPT_LINES, LINES, REJECTED, write_bad_rows
-from tfrec import cli, layout
+from tfrec import layout
+from tfrec.app import cli
 from tfrec.config import apply_overrides, config_from_dict
 from tfrec.errors import TfrecError
 
