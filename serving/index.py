@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from serving.searcher import (
     RECALL_AT,
     _scann_ops,
 )
+from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
@@ -206,12 +206,13 @@ def _queries(model_dir: Path, limit: int, dimensions: int) -> np.ndarray:
 def _write_folder(output: Path, catalogue: IndexCatalogue, searcher, params: dict, report: dict) -> None:
     """Writes every file of the index folder into a staging folder, then swaps it in."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent))
+    staging = Path(fileio.temporary_sibling(output))
+    staging.mkdir()
     try:
         save_searcher(searcher, staging / SCANN_DIR, params)
         catalogue.save(staging)
-        (staging / SEARCH_FILE).write_text(json.dumps({**params, "k": report["k"]}, indent=1))
-        (staging / INDEX_REPORT_FILE).write_text(json.dumps(report, indent=1))
+        fileio.write_json(staging / SEARCH_FILE, {**params, "k": report["k"]})
+        fileio.write_json(staging / INDEX_REPORT_FILE, report)
         keep = {p.name for p in staging.iterdir()}
         output.mkdir(exist_ok=True)
         for name in keep:
@@ -232,6 +233,7 @@ def build_index(config: Config, model_dir: str | Path, output: str | Path, add_i
     """Builds (or, with ``add_items``, extends and rebuilds) the index; returns its report."""
     model_dir, output = Path(model_dir), Path(output)
     started = time.time()
+    fileio.remove_stale_temporaries(output.parent)
     if add_items is None:
         log.info(f"== index: {model_dir} -> {output}")
         model = load_model(model_dir)

@@ -42,3 +42,20 @@ def test_works_on_a_non_local_filesystem():
     with tf.io.gfile.GFile(path) as f:
         assert f.read() == "hello"
     assert fileio.read_json("ram://fileio-test/none.json") is None
+
+
+def test_staged_path_appears_only_when_the_block_succeeds(tmp_path):
+    target = tmp_path / "model.keras"
+    with pytest.raises(RuntimeError):
+        with fileio.staged(target) as staged:
+            assert staged.endswith("model.keras")
+            open(staged, "w").write("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with fileio.staged(target) as staged:
+        open(staged, "w").write("whole")
+    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+    fileio.write_npz(tmp_path / "v.npz", a=[1, 2])
+    import numpy as np
+
+    assert np.load(tmp_path / "v.npz")["a"].tolist() == [1, 2]

@@ -15,6 +15,7 @@ failed stage from leaving empty output folders behind.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -68,6 +69,42 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, value: Any, indent: int | None = 1) -> None:
     """Writes ``value`` as JSON to ``path`` atomically."""
     write_text(path, json.dumps(value, indent=indent) + "\n")
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> None:
+    """Writes NumPy arrays as an ``.npz`` file at ``path`` atomically."""
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(path, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def staged(path: str | os.PathLike):
+    """Yields a path to write a file or folder to, renamed to ``path`` when the block succeeds.
+
+    For writers that need a path of their own (``keras.Model.save``, a SavedModel): the
+    path is ``PARENT/.NAME.tmp-XXXX/NAME`` (same name, so writers that check the
+    extension accept it), and nothing appears at ``path`` unless the block ends without
+    an error.
+    """
+    path = os.fspath(path)
+    folder = temporary_sibling(path)
+    tf.io.gfile.makedirs(folder)
+    inner = _join(folder, _split(path)[1])
+    try:
+        yield inner
+        if tf.io.gfile.isdir(path) and tf.io.gfile.isdir(inner):
+            tf.io.gfile.rmtree(path)
+        tf.io.gfile.rename(inner, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(folder):
+            tf.io.gfile.rmtree(folder)
+
+
+def _join(folder: str, name: str) -> str:
+    return posixpath.join(folder, name) if "://" in folder else os.path.join(folder, name)
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:

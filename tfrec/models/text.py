@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from tfrec import fileio
 from tfrec.config import TextEncoderConfig
 from tfrec.errors import TfrecError
 
@@ -278,8 +280,7 @@ def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir:
         return np.load(path)
     log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
     vectors = pipeline.encode(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    fileio.write_bytes(path, buffer.getvalue())
     return vectors

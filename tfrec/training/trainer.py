@@ -139,10 +139,8 @@ def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 25
 
 
 def _atomic_write_model(model: keras.Model, path: Path) -> None:
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        staged = Path(tmp) / path.name
+    with fileio.staged(path) as staged:
         model.save(staged)
-        os.replace(staged, path)
 
 
 def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: Path) -> None:
@@ -150,10 +148,8 @@ def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSp
     queries = np.concatenate([
         model.query_vectors(histories[i:i + 512]).numpy() for i in range(0, len(histories), 512)
     ]) if len(histories) else np.zeros((0, model.item_tower.embedding_dim), np.float32)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, item_ids=catalogue_ids.astype(str), item_vectors=model.item_vectors().numpy(),
-             query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
-    os.replace(tmp, path)
+    fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=model.item_vectors().numpy(),
+                     query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
 
 
 def resume_fingerprint(config: Config, stats: dict) -> str:
