@@ -114,3 +114,24 @@ def test_run_folder_names_are_spelled_in_the_layout_module_only():
             if isinstance(node, ast.Constant) and node.value in names:
                 found.append(f"{module}:{node.lineno} {node.value!r}")
     assert found == []
+
+
+def test_importing_the_library_leaves_the_environment_alone():
+    import subprocess
+    import sys
+
+    # TensorFlow sets a few variables of its own on import: take the snapshot after it.
+    code = ("import os, tensorflow, apache_beam, keras, keras_hub; before = dict(os.environ); import tfrec, tfrec.models, tfrec.training.trainer, "
+            "tfrec.evaluation.comparison, pipelines.preprocess, serving.export, serving.server; "
+            "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_tfrs_and_tf_keras_come_with_the_dev_extra_only():
+    from importlib import metadata
+
+    requirements = metadata.requires("tfrec") or []
+    for name in ("tensorflow-recommenders", "tf-keras"):
+        found = [r for r in requirements if r.startswith(name)]
+        assert found and all("extra == \"dev\"" in r for r in found), found
