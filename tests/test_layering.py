@@ -120,8 +120,9 @@ def test_importing_the_library_leaves_the_environment_alone():
     import subprocess
     import sys
 
-    # TensorFlow sets a few variables of its own on import: take the snapshot after it.
-    code = ("import os, tensorflow, apache_beam, keras, keras_hub; before = dict(os.environ); import tfrec, tfrec.models, tfrec.training.trainer, "
+    # TensorFlow and threadpoolctl set a few variables of their own on import: take the snapshot after them.
+    code = ("import os, tensorflow, apache_beam, keras, keras_hub, threadpoolctl; before = dict(os.environ); "
+            "import tfrec, tfrec.models, tfrec.training.trainer, "
             "tfrec.evaluation.comparison, pipelines.preprocess, serving.export, serving.server; "
             "assert dict(os.environ) == before, set(os.environ.items()) ^ set(before.items())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
