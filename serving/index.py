@@ -7,8 +7,7 @@ several trees, leaves searched and re-scored candidates, and ScaNN's exact brute
 scorer, are measured on held-out queries (the test users' query vectors written by
 ``tfrec train``) against exact brute-force top-K, in the same run; the fastest setting
 whose recall@10 reaches ``index.recall_target`` is kept, and every try is reported.
-Settings given in ``index`` of the config are kept as given. Builds are seeded: the same
-vectors give the same index.
+Settings given in ``index`` of the config are kept as given. Builds are seeded.
 
 An index folder holds::
 

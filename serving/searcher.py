@@ -18,13 +18,15 @@ from tfrec.config import IndexConfig
 
 RECALL_AT = 10
 SEED = 0
-"""Seed of the tree's k-means and of the hashing's codebooks: the same vectors build the same index."""
+"""Seed of the tree's k-means and of the hashing's sampling and codebooks."""
 TRAINING_SAMPLE = 100_000
 """Items the tree and the hashing are trained on."""
 MIN_PARTITION = 50
+"""ScaNN's default smallest tree partition (lowered for trees with few items per leaf)."""
 EXACT_SCORES_AT_ONCE = 1 << 27
 """Scores exact search holds at once (512 MB of float32): queries are scored in chunks."""
 TIMING_REPEATS = 3
+"""A speed is the median of this many timed passes."""
 
 
 def _scann_ops():
@@ -69,7 +71,7 @@ def _min_partition(sample: int, num_leaves: int) -> int:
 
 
 def build_searcher(vectors: np.ndarray, k: int, params: dict[str, Any], seed: int = SEED):
-    """A ScaNN searcher (TF ops) over ``vectors`` by dot product; the same inputs build the same index.
+    """A ScaNN searcher (TF ops) over ``vectors`` by dot product, its training seeded.
 
     ``brute_force``: ScaNN's exact scorer. ``num_leaves`` 1: no tree, every item's hash is
     scored. Otherwise a k-means tree of ``num_leaves`` partitions. Hashed scores are
