@@ -11,7 +11,7 @@ on stdin and prints one JSON object:
   the inputs the request names;
 - ``eager``: the same through ``tf.saved_model.load``, with the SignatureDef's defaults
   filled in for the inputs a request leaves out, as TF Serving fills them;
-- ``modules``: this project's modules that got imported (there must be none).
+- ``modules``: this project's modules that loading imported (there must be none).
 
 It imports TensorFlow and, only when the graph needs their ops, TF-Text and ScaNN: what a
 model server links, nothing of this project.
@@ -26,7 +26,10 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow.python.framework import op_def_registry
 
 OP_MODULES = ("tensorflow_text", "scann")
-PROJECT = {"tfrec", "serving", "pipelines", "keras_hub"}
+PROJECT = {"tfrec", "serving", "pipelines", "keras_hub", "keras"}
+WITH_TENSORFLOW = {m.split(".")[0] for m in sys.modules}
+"""Modules ``import tensorflow`` brought (it imports Keras itself when Keras is installed):
+only modules the loading adds count against the model."""
 
 
 def serving_graph(version_dir):
@@ -128,7 +131,7 @@ def main():
         result["eager"] = run_eager(version_dir, graph, requests)
     except Exception as e:  # noqa: BLE001
         result["eager_load_error"] = f"{type(e).__name__}: {error_text(e)}"
-    result["modules"] = sorted({m.split(".")[0] for m in sys.modules} & PROJECT)
+    result["modules"] = sorted(({m.split(".")[0] for m in sys.modules} - WITH_TENSORFLOW) & PROJECT)
     print(json.dumps(result))
 
 

@@ -25,6 +25,14 @@ def test_metrics_json_has_every_split_protocol_and_scorer(tiny, sample_data_dir,
         # Every scorer ranks the same users.
         assert len({v["users"] for v in metrics[split]["all"].values()}) == 1
         assert metrics[split]["explore"]["model"]["users"] <= metrics[split]["users"]
+        # Every mean-over-users metric has its interval, around its value.
+        for protocol in ("all", "explore"):
+            for scorer, values in metrics[split][protocol].items():
+                low, high = metrics[split]["ci"][protocol][scorer]["recall@20"]
+                assert low <= values["recall@20"] <= high
+        assert set(metrics[split]["vs_baselines"]["all"]) == SCORERS - {"model"}
+    assert set(metrics["test"]["segments"]) == {"history_length", "target_popularity", "target_history", "cold_start"}
+    assert "segments" not in metrics["valid"]
     # Under `explore`, the repeat baseline has nothing of its own left: it is most-popular.
     explore = metrics["test"]["explore"]
     assert np.isclose(explore["repeat"]["recall@20"], explore["most_popular"]["recall@20"])

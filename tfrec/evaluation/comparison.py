@@ -8,8 +8,8 @@ Writes ``MODEL/metrics.json`` shaped::
      "valid": {...}}
 
 (the last five from ``tfrec.evaluation.segments``: 95% paired-bootstrap intervals over
-users, model against each baseline, protocol against protocol, and segments) and prints
-the tables.
+users, model against each baseline, protocol against protocol, and segments, the latter
+on the test split only) and prints the tables.
 """
 
 from __future__ import annotations
@@ -86,13 +86,14 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
     for name, split in (("valid", valid), ("test", test)):
         started = time.time()
         curves[name], per_user = {}, {}
+        segments = name == "test"  # what the report and the model card show; validation picks epochs
         metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
                                        config.eval.ks, config.eval.batch_size, curves=curves[name],
-                                       item_vectors=text_vectors, target_segments=target_segments(catalogue.counts),
-                                       per_user=per_user)
+                                       item_vectors=text_vectors, per_user=per_user,
+                                       target_segments=target_segments(catalogue.counts) if segments else None)
         ranked = time.time()
         metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
-                                       config.eval.min_segment_users)
+                                       config.eval.min_segment_users, segments=segments)
         seconds = time.time() - ranked
         metrics[name]["bootstrap"] |= {"seconds": seconds, "evaluation_seconds": ranked - started}
         log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,

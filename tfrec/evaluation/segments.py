@@ -131,10 +131,12 @@ def _segment(boot: PairedBootstrap, piece: _Slice, min_users: int, best_by: str)
 
 
 def analyse_split(per_user: dict, split: EvalSplit, num_resamples: int, seed: int, min_users: int,
-                  level: float = 0.95) -> dict:
-    """``ci``, ``vs_baselines``, ``vs_protocols`` and ``segments`` of one split (see the module doc).
+                  level: float = 0.95, segments: bool = True) -> dict:
+    """``ci``, ``vs_baselines``, ``vs_protocols`` and, with ``segments``, ``segments`` of one split
+    (see the module doc).
 
-    ``per_user``: what ``evaluate_split(..., per_user=...)`` filled in, with target segments.
+    ``per_user``: what ``evaluate_split(..., per_user=...)`` filled in (with target segments,
+    for ``segments``).
     """
     boot = PairedBootstrap(len(split), num_resamples, seed, level)
     protocols = {p: _Slice(boot, per_user[p]) for p in ("all", "explore", "cold_start")}
@@ -144,13 +146,15 @@ def analyse_split(per_user: dict, split: EvalSplit, num_resamples: int, seed: in
         "vs_baselines": {p: piece.vs_baselines(boot) for p, piece in protocols.items()},
         "vs_protocols": {s: protocols["all"].vs(boot, protocols["explore"], s, s) for s in protocols["all"].scorers},
     }
+    if not segments:
+        return out
     names = protocols["all"].names
     best_by = BEST_BY if BEST_BY in names else next(m for m in names if m.startswith("recall@"))
-    segments: dict[str, dict] = {"history_length": {}}
+    found: dict[str, dict] = {"history_length": {}}
     for label, mask in history_quartiles(split).items():
-        segments["history_length"][label] = _segment(boot, _Slice(boot, per_user["all"], mask), min_users, best_by)
+        found["history_length"][label] = _segment(boot, _Slice(boot, per_user["all"], mask), min_users, best_by)
     for kind, labels in TARGET_KINDS.items():
-        segments[kind] = {label: _segment(boot, _Slice(boot, per_user[label]), min_users, best_by)
-                          for label in labels if label in per_user}
-    out["segments"] = segments
+        found[kind] = {label: _segment(boot, _Slice(boot, per_user[label]), min_users, best_by)
+                       for label in labels if label in per_user}
+    out["segments"] = found
     return out
