@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from benchlib import machine, write_json
+from benchlib import find_export, machine, write_json
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import RETRIEVE, RETRIEVE_SCANN
@@ -110,13 +110,6 @@ def summarise(runs: list[dict]) -> dict:
         "requests_per_s": median("requests_per_s"),
         "runs": runs,
     }
-
-
-def find_export(path: Path) -> Path:
-    for candidate in (path, ROOT / path):
-        if (candidate / RETRIEVE).is_dir():
-            return candidate.resolve()
-    raise TfrecError(f"{path} holds no {RETRIEVE} model: run `make demo` (or `tfrec run`) first, or pass --export")
 
 
 def main() -> None:

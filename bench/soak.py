@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from benchlib import machine, write_json
+from benchlib import find_export, machine, write_json
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
@@ -314,13 +314,6 @@ def measure_heavy(server: ServerProcess, mix: Requests) -> list[dict]:
                      "rss_before_mb": round(before / MB, 1), "peak_growth_mb": round((server.peak_rss_bytes()
                                                                                       - before) / MB, 1)})
     return rows
-
-
-def find_export(path: Path) -> Path:
-    for candidate in (path, ROOT / path):
-        if (candidate / RETRIEVE).is_dir():
-            return candidate.resolve()
-    raise TfrecError(f"{path} holds no {RETRIEVE} model: run `make demo` (or `tfrec run`) first, or pass --export")
 
 
 def main() -> None:
