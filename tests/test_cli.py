@@ -96,11 +96,16 @@ def test_a_failed_stage_keeps_what_it_wrote_and_folders_that_existed(tmp_path):
     assert (fresh / "checkpoints" / "ckpt-1.index").exists() and not (fresh / "logs").exists()
 
 
-def test_library_progress_is_logged_and_quiet_silences_it(capsys):
+def test_library_progress_is_logged_and_quiet_silences_it(capsys, monkeypatch):
     import logging
 
-    from tfrec.app.cli import configure_logging
+    from tfrec.app.cli import LIBRARY_LOGGERS, configure_logging
 
+    for name in LIBRARY_LOGGERS:  # restored after the test: other tests read these loggers through caplog
+        logger = logging.getLogger(name)
+        monkeypatch.setattr(logger, "handlers", list(logger.handlers))
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
     configure_logging(logging.INFO)
     logging.getLogger("tfrec.training").info("epoch 1 of 2")
     logging.getLogger("serving.export").debug("detail")
