@@ -213,7 +213,13 @@ class UserTower(_Section):
     pooling: Literal["last", "attention", "mean"] = "last"
     """How the transformer's outputs become one vector."""
     long_term: bool = True
-    """Add the mean of every history item's vector (up to ``max_history`` items)."""
+    """Add the mean of every history item's vector (up to ``max_history`` items; a causal
+    tower reads its last ``recent_items`` only)."""
+    causal: bool = False
+    """Causal attention, trained on every position at once: one pass over a user's training
+    sequence (the last ``recent_items`` items) gives a query at each position, trained against
+    the next item or group; no position reads its target or anything later. Serving reads
+    the query of the last position."""
 
 
 class ModelConfig(_Section):
@@ -252,8 +258,21 @@ class TrainConfig(_Section):
     """Never treat a candidate equal to the positive item as a negative."""
     logq_correction: bool = True
     """Subtract each candidate's log sampling probability (Yi et al., RecSys 2019)."""
+    negatives: Literal["auto", "full", "sampled"] = "auto"
+    """``full``: softmax over the whole catalogue; ``sampled``: the batch's other targets plus
+    ``num_random_negatives`` sampled items, with logQ correction; ``auto``: ``full`` when the
+    catalogue has at most ``full_softmax_max_items`` items."""
+    full_softmax_max_items: int = Field(100_000, gt=0)
+    """Largest catalogue ``negatives: auto`` scores in full at every step."""
     num_random_negatives: int = Field(0, ge=0)
-    """Extra negatives per batch sampled uniformly from the catalogue."""
+    """Extra negatives per batch, drawn as ``negative_sampling`` says (with ``negatives: sampled``)."""
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    """How the extra negatives are drawn: uniformly (mixed negative sampling), or in proportion to
+    the items' training-target counts."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero at the last epoch."""
+    warmup_steps: int = Field(0, ge=0)
+    """Steps of linear learning-rate warm-up (``cosine`` schedule)."""
     skip_repeat_targets: bool = False
     """Train the towers only on targets absent from the example's history: discovery is
     the towers' job, re-purchases are the repeat-aware term's."""
