@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import features as F
-from tfrec.data.readers import PAD, _records, load_eval_split
+from tfrec.data.readers import PAD, _records, load_eval_split, load_stats
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def causal_sequences(data_dir: str | Path, length: int,
     ``pair_item [S, P]`` (``P``: the most pairs of any piece)."""
     valid = load_eval_split(data_dir, "valid")
     sources = list(zip(valid.histories, valid.history_groups))
-    sources += _train_only_windows(data_dir, set(valid.user_ids.tolist()))
+    if load_stats(data_dir).get("users_train_only", 1):
+        sources += _train_only_windows(data_dir, set(valid.user_ids.tolist()))
     found = [piece for history, groups in sources for piece in pieces(history, groups, length, skip_repeats)]
     width = max((len(q) for _, q, _ in found), default=1)
     items = np.full((len(found), length), PAD, np.int64)
