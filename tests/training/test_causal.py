@@ -104,3 +104,40 @@ def test_causal_training_serves_the_last_position(tiny, sample_data_dir, tmp_pat
     history = np.array([[-1, -1, -1, 3, 5, 8, 2, 1, 0, 4]])
     by_position = model.sequence_queries(history).numpy()[:, -1]
     np.testing.assert_allclose(model.query_vectors(history).numpy(), by_position, atol=1e-5)
+
+
+def test_a_window_cut_to_its_items_gives_the_same_queries():
+    """Batches drop their left padding; positions count from the right, so nothing changes."""
+    tower = UserTower(max_history=8, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
+                      dropout=0.0, pooling="last", long_term=True, causal=True)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 8, 8)).astype("float32")
+    x[:, :3] = 0
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]], bool)
+    full = tower(x, mask).numpy()
+    np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy(), tower.sequence(x, mask).numpy()[:, 3:],
+                               atol=1e-5)
+    np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy()[:, -1], full, atol=1e-5)
+
+
+def test_batches_cover_every_sequence_once_cut_to_their_longest():
+    from tfrec.data.sequences import sequence_batches
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 9, size=40)
+    items = np.full((40, 8), -1)
+    pair_query = np.full((40, 8), -1)
+    pair_item = np.full((40, 8), -1)
+    for row, n in enumerate(lengths):
+        items[row, 8 - n:] = 100 * row + np.arange(n)
+        pair_query[row, : n - 1] = np.arange(8 - n, 7)
+        pair_item[row, : n - 1] = items[row, 8 - n + 1:]
+    seen = []
+    for batch_items, batch_query, batch_item in sequence_batches(items, pair_query, pair_item, 8, seed=3):
+        batch_items, batch_query, batch_item = batch_items.numpy(), batch_query.numpy(), batch_item.numpy()
+        assert (batch_items[:, 0] >= 0).any()  # cut to the longest sequence of the batch
+        for row_items, queries, targets in zip(batch_items, batch_query, batch_item):
+            for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
+                assert row_items[q + 1] == target  # each query still points at the item before its target
+            seen.append(int(row_items[-1]) // 100)
+    assert sorted(seen) == list(range(40))

@@ -126,14 +126,37 @@ def causal_sequences(data_dir: str | Path, length: int,
 
 
 def sequence_batches(items: np.ndarray, pair_query: np.ndarray, pair_item: np.ndarray, batch_size: int,
-                     seed: int) -> tf.data.Dataset:
-    """Shuffled full batches of ``(items, pair_query, pair_item)``; the same seed gives the same batches."""
-    return (
-        tf.data.Dataset.from_tensor_slices((items, pair_query, pair_item))
-        .shuffle(len(items), seed=seed, reshuffle_each_iteration=False)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+                     seed: int, bucket_batches: int = 16) -> tf.data.Dataset:
+    """Shuffled full batches of ``(items, pair_query, pair_item)``; the same seed gives the same batches.
+
+    Most sequences are far shorter than the window, so batches are made of sequences of
+    similar length (sorted within runs of ``bucket_batches`` shuffled batches) and cut to the
+    longest of them: left padding is dropped (position embeddings count from the right, so
+    a position means the same in every batch) and the pair columns are cut to the most pairs.
+    """
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(items))
+    order = order[: len(order) - len(order) % batch_size]
+    lengths = (items >= 0).sum(axis=1)
+    chunk = batch_size * bucket_batches
+    batches = []
+    for start in range(0, len(order), chunk):
+        rows = order[start:start + chunk]
+        rows = rows[np.argsort(-lengths[rows], kind="stable")]
+        batches += [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    pairs = (pair_item >= 0).sum(axis=1)
+
+    def generate():
+        for rows in batches:
+            width = max(1, int(lengths[rows].max()))
+            num_pairs = max(1, int(pairs[rows].max()))
+            shift = items.shape[1] - width
+            queries = pair_query[rows, :num_pairs]
+            yield items[rows, shift:], np.where(queries >= 0, queries - shift, -1), pair_item[rows, :num_pairs]
+
+    spec = tf.TensorSpec([batch_size, None], tf.int64)
+    return tf.data.Dataset.from_generator(generate, output_signature=(spec, spec, spec)).prefetch(tf.data.AUTOTUNE)
 
 
 def target_counts(pair_item: np.ndarray, num_items: int) -> np.ndarray:

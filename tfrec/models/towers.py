@@ -322,7 +322,8 @@ class UserTower(keras.layers.Layer):
 
     def sequence(self, item_vectors, mask, training=None):
         """Causal towers: the query at every position ``[B, L, embedding_dim]`` of the last
-        ``recent_items`` items; position ``p`` reads positions ``<= p`` only.
+        ``recent_items`` items (``L`` may be fewer: a left-padded window with its padding cut);
+        position ``p`` reads positions ``<= p`` only.
 
         Padded positions attend to themselves only, so every row is defined; their queries
         are meaningless and are never trained.
@@ -336,7 +337,9 @@ class UserTower(keras.layers.Layer):
         attend = (lower[None] & mask[:, None, :]) | tf.eye(length, dtype=tf.bool)[None]
         weights = tf.cast(mask, x.dtype)
         outputs = []
-        h = x + self.position_embedding(x)
+        # Positions count from the right: a window cut shorter than ``recent_items`` (its left
+        # padding dropped) puts each item at the same position as the full window does.
+        h = x + self.position_embedding(x, start_index=self.recent_items - length)
         h = self.input_dropout(self.input_norm(h), training=training)
         for block in self.blocks:
             h = block(h, attention_mask=attend, training=training)
