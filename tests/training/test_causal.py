@@ -96,7 +96,8 @@ def test_causal_training_serves_the_last_position(tiny, sample_data_dir, tmp_pat
     from tfrec.models.two_tower import load_model
     from tfrec.training.trainer import train
 
-    config = tiny_config(tiny, "model.user_tower.causal=true", "model.user_tower.recent_items=10",
+    config = tiny_config(tiny, "model.user_tower.causal=true", "model.user_tower.recent_items=40",
+                         "data.sequences.max_history=40",
                          "train.negatives=full", "train.epochs=1", "train.steps_per_epoch=3")
     summary = train(config, sample_data_dir, tmp_path)
     assert summary["epochs_run"] == 1

@@ -294,7 +294,8 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         if causal:
             items, pair_query, pair_item = batch
             present = tf.where(pair_query >= 0)
-            owners = present[:, 0] * window + tf.gather_nd(pair_query, present)
+            # Batches are cut to their longest sequence: positions index that width.
+            owners = present[:, 0] * tf.shape(items, out_type=tf.int64)[1] + tf.gather_nd(pair_query, present)
             queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.embedding_dim])
             return tf.gather(queries, owners), tf.gather_nd(pair_item, present), owners
         # One query per window, shared by its targets (the items of its group).
