@@ -102,7 +102,8 @@ def main() -> None:
             metrics = evaluate(config, data, model_dir)
             runs.append({"seed": seed, "train_wall_s": round(wall, 1), "epochs": summary["epochs_run"],
                          "best_epoch": summary["best_epoch"], "valid": metrics["valid"], "test": metrics["test"]})
-            print(f"seed {seed}: trained in {wall:.0f} s ({summary['epochs_run']} epochs, best {summary['best_epoch']}), "
+            print(f"seed {seed}: trained in {wall:.0f} s "
+                  f"({summary['epochs_run']} epochs, best {summary['best_epoch']}), "
                   f"test explore recall@10 {metrics['test']['explore']['model']['recall@10']:.4f} "
                   f"ndcg@10 {metrics['test']['explore']['model']['ndcg@10']:.4f}")
 

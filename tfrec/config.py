@@ -280,6 +280,9 @@ class TrainConfig(_Section):
     """Examples in the shuffle buffer (at least the training set for a full shuffle)."""
     early_stopping_patience: int = Field(2, ge=0)
     """Epochs without a better validation metric before stopping (0: never stop early)."""
+    validation_users: int | None = Field(5000, gt=0)
+    """Validation users measured after each epoch (a fixed random sample; None: all). The
+    evaluation after training always reads every user."""
     early_stopping_metric: str = "recall@20"
     """Validation metric (explore protocol) that picks the best epoch."""
     seed: int = 42

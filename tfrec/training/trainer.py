@@ -42,7 +42,8 @@ from tfrec.data import (
     shuffled_batches,
     train_examples,
 )
-from tfrec.data.sequences import causal_sequences, sequence_batches, target_counts as sequence_target_counts
+from tfrec.data.sequences import causal_sequences, sequence_batches
+from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
 from tfrec.evaluation.evaluator import evaluate_split
 from tfrec.models.two_tower import MODEL_FILE, TwoTowerModel, build_model
@@ -216,6 +217,10 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         copy_catalogue(data_dir, output_dir)
         save_config(config, output_dir / "config.yaml")
     valid = load_eval_split(data_dir, "valid")
+    epoch_valid = valid
+    if cfg.validation_users and len(valid) > cfg.validation_users:
+        sample = np.random.default_rng(cfg.seed).choice(len(valid), cfg.validation_users, replace=False)
+        epoch_valid = valid.subset(np.sort(sample))
     causal = config.model.user_tower.causal
     window = min(config.model.user_tower.recent_items, config.data.sequences.max_history)
     if causal:
@@ -242,7 +247,8 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     negatives_text = ("full softmax over the catalogue" if full_softmax else
                       f"in-batch + {cfg.num_random_negatives} {cfg.negative_sampling} sampled negatives")
     print(f"{len(catalogue):,} items, {num_examples:,} training {unit} ({num_targets:,} target items), "
-          f"{len(valid):,} validation users, {steps_per_epoch} steps of {global_batch} {unit} "
+          f"{len(valid):,} validation users ({len(epoch_valid):,} measured each epoch), "
+          f"{steps_per_epoch} steps of {global_batch} {unit} "
           f"(about {targets_per_batch:,.0f} targets) per epoch; {negatives_text}")
 
     with strategy.scope():
@@ -321,7 +327,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         optimizer.apply_gradients(zip(tape.gradient(loss, tower_variables), tower_variables))
         return loss
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # causal batches vary in width
     def train_step(batch):
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
@@ -349,7 +355,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
             progress.update(step + 1, [("loss", total / (step + 1))])
         seconds = time.time() - epoch_start
         trained_examples += steps_per_epoch * global_batch
-        result = validate(model, valid, catalogue.cold_start, ks, config.eval.batch_size)
+        result = validate(model, epoch_valid, catalogue.cold_start, ks, config.eval.batch_size)
         explore = result["explore"]["model"]
         record = {"epoch": e + 1, "loss": total / steps_per_epoch, "seconds": seconds,
                   "examples_per_second": steps_per_epoch * global_batch / seconds,
