@@ -142,3 +142,10 @@ def test_batches_cover_every_sequence_once_cut_to_their_longest():
                 assert row_items[q + 1] == target  # each query still points at the item before its target
             seen.append(int(row_items[-1]) // 100)
     assert sorted(seen) == list(range(40))
+
+
+def test_a_piece_ends_with_a_query_as_a_served_history_does():
+    """The last position is where serving reads the query, so training must train it there."""
+    for groups in (np.arange(6), np.array([0, 0, 1, 1, 1, 2, 2])):
+        for piece_items, pair_query, _ in pieces(np.arange(len(groups)), groups, 4):
+            assert pair_query.max() == len(piece_items) - 1

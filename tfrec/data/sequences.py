@@ -15,7 +15,8 @@ A training example is one piece of a user's sequence:
 The causal mask lets position ``p`` read positions ``<= p`` only, and a query sits at the end
 of its group, so no query reads its target, the rest of the target's group, or anything
 later. Targets are training items only: the last training group's query has no target (its
-next group is the validation item).
+next group is the validation item). A piece ends at its last query, so, as in serving, the
+last position of a sequence holds a query.
 
 The training part of an evaluated user's history is exactly the history of their
 validation record (with its group ordinals), so sequences are read from there. Users that
@@ -87,6 +88,9 @@ def pieces(items: np.ndarray, groups: np.ndarray, length: int,
         owned_from = end
         if not len(targets):
             continue
+        # The piece ends at its last query, as a served history ends at the query: the last
+        # position's query (the one serving reads) is trained, and no item is there for nothing.
+        end = int(query_of[targets].max()) + 1
         pad = length - (end - start)
         out.append((np.r_[np.full(pad, PAD, np.int64), items[start:end]],
                     query_of[targets] - start + pad, items[targets]))
