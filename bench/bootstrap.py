@@ -27,10 +27,9 @@ import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfrec.config import load_config
 from tfrec.data import load_catalogue, load_eval_split
 from tfrec.evaluation.comparison import make_baselines, zero_shot_text_vectors
-from tfrec.evaluation.ranking import evaluate_split
+from tfrec.evaluation.ranking import evaluate_split, model_scorer
 from tfrec.evaluation.segments import analyse_split, target_segments
 from tfrec.models.two_tower import load_model
-from tfrec.training.trainer import model_scorer
 
 ROOT = Path(__file__).resolve().parents[1]
 

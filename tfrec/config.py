@@ -221,12 +221,18 @@ class UserTowerConfig(_Section):
     """Attention heads per block."""
     intermediate_dim: int = Field(256, gt=0)
     """Feed-forward width of each block."""
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
     """Dropout in the user tower."""
     pooling: Literal["last", "attention", "mean"] = "last"
     """How the transformer's outputs become one vector."""
     long_term: bool = True
-    """Add the mean of every history item's vector (up to ``max_history`` items)."""
+    """Add the mean of every history item's vector (up to ``max_history`` items; a causal
+    tower reads its last ``recent_items`` only)."""
+    causal: bool = True
+    """Causal attention, trained on every position at once: one pass over a user's training
+    sequence (the last ``recent_items`` items) gives a query at each position, trained against
+    the next item or group; no position reads its target or anything later. Serving reads
+    the query of the last position."""
 
 
 class ModelConfig(_Section):
@@ -251,7 +257,7 @@ class TrainConfig(_Section):
     """Training windows (queries) per batch; each brings the items of its group as targets."""
     max_targets: int = Field(16, gt=0)
     """Targets per example: a larger group is split into several examples with one history."""
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(12, ge=1)
     """Most epochs (early stopping may end sooner)."""
     steps_per_epoch: int | None = Field(None, gt=0)
     """None: one pass over the training examples per epoch."""
@@ -265,16 +271,32 @@ class TrainConfig(_Section):
     """Never treat a candidate equal to the positive item as a negative."""
     logq_correction: bool = True
     """Subtract each candidate's log sampling probability (Yi et al., RecSys 2019)."""
+    negatives: Literal["auto", "full", "sampled"] = "sampled"
+    """``full``: softmax over the whole catalogue; ``sampled``: the batch's other targets plus
+    ``num_random_negatives`` sampled items, with logQ correction; ``auto``: ``full`` when the
+    catalogue has at most ``full_softmax_max_items`` items."""
+    full_softmax_max_items: int = Field(100_000, gt=0)
+    """Largest catalogue ``negatives: auto`` scores in full at every step."""
     num_random_negatives: int = Field(0, ge=0)
-    """Extra negatives per batch sampled uniformly from the catalogue."""
+    """Extra negatives per batch, drawn as ``negative_sampling`` says (with ``negatives: sampled``)."""
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    """How the extra negatives are drawn: uniformly (mixed negative sampling), or in proportion to
+    the items' training-target counts."""
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
+    """``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero at the last epoch."""
+    warmup_steps: int = Field(100, ge=0)
+    """Steps of linear learning-rate warm-up (``cosine`` schedule)."""
     skip_repeat_targets: bool = False
     """Train the towers only on targets absent from the example's history: discovery is
     the towers' job, re-purchases are the repeat-aware term's."""
     shuffle_buffer: int = Field(100_000, gt=0)
     """Examples in the shuffle buffer (at least the training set for a full shuffle)."""
-    early_stopping_patience: int = Field(2, ge=0)
+    early_stopping_patience: int = Field(3, ge=0)
     """Epochs without a better validation metric before stopping (0: never stop early)."""
-    early_stopping_metric: str = "recall@20"
+    validation_users: int | None = Field(5000, gt=0)
+    """Validation users measured after each epoch (a fixed random sample; None: all). The
+    evaluation after training always reads every user."""
+    early_stopping_metric: str = "ndcg@10"
     """Validation metric (explore protocol) that picks the best epoch."""
     seed: int = 42
     """Seed of initialisation, shuffling and dropout."""

@@ -1,11 +1,13 @@
-"""The in-batch softmax loss against a direct NumPy computation, each option on and off."""
+"""The retrieval losses against a direct NumPy computation: in-batch softmax (each option on and
+off), in-batch plus uniform or popularity-sampled negatives with logQ, and the full softmax."""
 
 import itertools
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tfrec.tasks import RetrievalTask, mixed_log_q
+from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
 
 
 def numpy_loss(q, c, ids, temperature, accidental, log_q, neg=None, neg_ids=None, query_ids=None):
@@ -65,3 +67,62 @@ def test_mixed_log_q_is_a_distribution():
         assert np.isclose(q.sum(), 1.0, atol=1e-6)
     # In-batch sampling alone follows the target frequencies.
     np.testing.assert_allclose(np.exp(mixed_log_q(counts, 8, 0))[[0, 2, 3]], [0.10, 0.05, 0.85], rtol=1e-5)
+
+
+def numpy_full_softmax(q, items, ids, temperature, query_ids=None):
+    losses = []
+    for i in range(len(q)):
+        logits = items @ q[i] / temperature
+        keep = np.ones(len(items), bool)
+        if query_ids is not None:
+            for j in range(len(q)):
+                if query_ids[j] == query_ids[i] and ids[j] != ids[i]:
+                    keep[ids[j]] = False  # another positive of the same query is not a negative
+        values = logits[keep]
+        losses.append(np.log(np.exp(values - values.max()).sum()) + values.max() - logits[ids[i]])
+    return np.array(losses)
+
+
+@pytest.mark.parametrize("temperature,baskets", list(itertools.product([0.05, 1.0], [False, True])))
+def test_full_softmax_matches_numpy(temperature, baskets):
+    rng = np.random.default_rng(3)
+    num_items = 12
+    ids = np.array([1, 4, 4, 7, 2, 1])
+    query_ids = np.array([0, 0, 1, 1, 1, 2]) if baskets else None
+    q = _unit(rng, (6, 8))
+    if baskets:
+        q = q[query_ids]
+    items = _unit(rng, (num_items, 8))
+    task = RetrievalTask(temperature=temperature, log_q=mixed_log_q(np.ones(num_items), 6, 0))
+    got = task.full_softmax(q, items, ids, query_ids=query_ids).numpy()
+    np.testing.assert_allclose(got, numpy_full_softmax(q, items, ids, temperature, query_ids), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "popularity"])
+def test_sampled_negatives_with_log_q_match_numpy(sampling):
+    """In-batch plus sampled negatives (mixed negative sampling), logQ for the sampling used."""
+    rng = np.random.default_rng(11)
+    num_items, batch, negatives = 20, 6, 5
+    counts = rng.integers(1, 50, size=num_items)
+    sampler = NegativeSampler(counts, sampling)
+    neg_ids = sampler(tf.random.Generator.from_seed(1), negatives).numpy()
+    assert neg_ids.shape == (negatives,) and ((0 <= neg_ids) & (neg_ids < num_items)).all()
+    ids = np.array([1, 4, 4, 7, 2, 1])
+    q, c, neg = _unit(rng, (batch, 8)), _unit(rng, (batch, 8)), _unit(rng, (negatives, 8))
+    log_q = mixed_log_q(counts, batch, negatives, sampling)
+    task = RetrievalTask(temperature=0.1, log_q=log_q)
+    got = task(q, c, ids, neg, neg_ids).numpy()
+    np.testing.assert_allclose(got, numpy_loss(q, c, ids, 0.1, True, log_q, neg, neg_ids), rtol=1e-4, atol=1e-4)
+    # With popularity sampling the extra candidates follow the in-batch distribution: q = p.
+    if sampling == "popularity":
+        np.testing.assert_allclose(np.exp(log_q), counts / counts.sum(), rtol=1e-5)
+
+
+def test_popularity_sampler_follows_the_counts():
+    counts = np.array([0, 1, 0, 3, 6])
+    draws = NegativeSampler(counts, "popularity")(tf.random.Generator.from_seed(5), 20_000).numpy()
+    frequencies = np.bincount(draws, minlength=5) / len(draws)
+    assert frequencies[0] == frequencies[2] == 0  # never an item without a count
+    np.testing.assert_allclose(frequencies, counts / counts.sum(), atol=0.02)
+    uniform = NegativeSampler(counts, "uniform")(tf.random.Generator.from_seed(5), 20_000).numpy()
+    np.testing.assert_allclose(np.bincount(uniform, minlength=5) / len(uniform), 0.2, atol=0.02)

@@ -24,6 +24,13 @@ def _l2_normalize(x):
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
 
+def _causal_mean(x, weights):
+    """Mean of the unmasked rows ``<= p`` of ``x [B, L, d]`` at every position ``p`` (0 before any)."""
+    total = tf.cumsum(x * weights[..., None], axis=1)
+    count = tf.cumsum(weights, axis=1)[..., None]
+    return total / tf.maximum(count, 1.0)
+
+
 @keras.saving.register_keras_serializable(package="tfrec")
 class ItemTower(keras.layers.Layer):
     """Item index (any shape, ``-1`` = padding) -> item vector ``[..., embedding_dim]``.
@@ -252,6 +259,7 @@ class UserTower(keras.layers.Layer):
         pooling: str = "last",
         recent_items: int | None = None,
         long_term: bool = True,
+        causal: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -266,6 +274,7 @@ class UserTower(keras.layers.Layer):
         self.pooling = pooling
         self.recent_items = min(recent_items or max_history, max_history)
         self.long_term = long_term
+        self.causal = causal
 
         self.position_embedding = keras_hub.layers.PositionEmbedding(self.recent_items, name="position_embedding")
         self.input_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="input_norm")
@@ -311,7 +320,46 @@ class UserTower(keras.layers.Layer):
         logits = tf.squeeze(self.attention_query(x), -1) + (1.0 - weights) * -1e9
         return tf.reduce_sum(x * tf.nn.softmax(logits, axis=-1)[..., None], 1)
 
+    def sequence(self, item_vectors, mask, training=None):
+        """Causal towers: the query at every position ``[B, L, embedding_dim]`` of the last
+        ``recent_items`` items (``L`` may be fewer: a left-padded window with its padding cut);
+        position ``p`` reads positions ``<= p`` only.
+
+        Padded positions attend to themselves only, so every row is defined; their queries
+        are meaningless and are never trained.
+        """
+        if not self.causal:
+            raise ValueError("sequence() needs a causal user tower (causal=True)")
+        x = item_vectors[:, -self.recent_items:]
+        mask = tf.cast(mask[:, -self.recent_items:], tf.bool)
+        length = tf.shape(x)[1]
+        lower = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
+        attend = (lower[None] & mask[:, None, :]) | tf.eye(length, dtype=tf.bool)[None]
+        weights = tf.cast(mask, x.dtype)
+        outputs = []
+        # Positions count from the right: a window cut shorter than ``recent_items`` (its left
+        # padding dropped) puts each item at the same position as the full window does.
+        h = x + self.position_embedding(x, start_index=self.recent_items - length)
+        h = self.input_dropout(self.input_norm(h), training=training)
+        for block in self.blocks:
+            h = block(h, attention_mask=attend, training=training)
+        h = self.output_norm(h)
+        if self.pooling == "last":
+            outputs.append(h)
+        elif self.pooling == "mean":
+            outputs.append(_causal_mean(h, weights))
+        else:
+            logits = tf.squeeze(self.attention_query(h), -1)
+            pair = tf.where(attend, logits[:, None, :], -1e9)
+            outputs.append(tf.matmul(tf.nn.softmax(pair, axis=-1), h))
+        if self.long_term:
+            outputs.append(_causal_mean(x, weights))
+        return _l2_normalize(self.projection(tf.concat(outputs, axis=-1)))
+
     def call(self, item_vectors, mask, training=None):
+        if self.causal:
+            # The query of the whole history is the last position's, exactly as in training.
+            return self.sequence(item_vectors, mask, training=training)[:, -1]
         mask = tf.cast(mask, tf.bool)
         # Keep the last position visible so an all-padding history still has a query.
         length = tf.shape(mask)[1]
@@ -334,5 +382,6 @@ class UserTower(keras.layers.Layer):
             pooling=self.pooling,
             recent_items=self.recent_items,
             long_term=self.long_term,
+            causal=self.causal,
         )
         return config

@@ -75,6 +75,12 @@ class TwoTowerModel(keras.Model):
             vectors = tf.gather(item_vectors, tf.maximum(recent, 0)) * tf.cast(known, item_vectors.dtype)[..., None]
         return self.user_tower(vectors, known, training=training)
 
+    def sequence_queries(self, items, training=None):
+        """Causal user towers: items ``[B, L]`` (left-padded with -1) -> the query at every
+        position ``[B, L, d]``, each reading that position and the ones before it."""
+        items = tf.convert_to_tensor(items)
+        return self.user_tower.sequence(self.item_tower(items, training=training), items >= 0, training=training)
+
     def call(self, inputs, training=None):
         history, target = inputs
         return self.query_vectors(history, training=training), self.item_tower(target, training=training)
@@ -199,6 +205,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
         pooling=m.user_tower.pooling,
         recent_items=m.user_tower.recent_items,
         long_term=m.user_tower.long_term,
+        causal=m.user_tower.causal,
         name="user_tower",
     )
     repeat_term = (

@@ -1,5 +1,5 @@
 """Training objectives."""
 
-from tfrec.tasks.retrieval import RetrievalTask, mixed_log_q
+from tfrec.tasks.retrieval import NegativeSampler, RetrievalTask, mixed_log_q
 
-__all__ = ["RetrievalTask", "mixed_log_q"]
+__all__ = ["NegativeSampler", "RetrievalTask", "mixed_log_q"]

@@ -14,7 +14,12 @@ share a ``query_id`` are one query, and its other positives are never its negati
   negatives far more often than rare ones, which biases the model against them. The
   logit of each candidate ``j`` is reduced by ``log q_j``, its probability of being
   sampled. With ``B`` in-batch candidates drawn from the target frequencies ``p`` and
-  ``M`` uniform ones over ``N`` items, ``q_j = (B p_j + M / N) / (B + M)``.
+  ``M`` extra ones drawn from ``s`` (uniform ``1 / N``, or the popularity ``p`` itself),
+  ``q_j = (B p_j + M s_j) / (B + M)``: mixed negative sampling (Yang et al., WWW 2020)
+  with uniform ``s``.
+
+When the catalogue is small enough, ``full_softmax`` drops sampling altogether: every
+item is a candidate for every query, so there is no sampling bias to correct.
 """
 
 from __future__ import annotations
@@ -25,13 +30,45 @@ import tensorflow as tf
 _MASKED = -1e9
 
 
-def mixed_log_q(counts: np.ndarray, batch_size: int, num_random_negatives: int) -> np.ndarray:
-    """``log q`` of each item under the mixture of in-batch and uniform sampling."""
+def mixed_log_q(counts: np.ndarray, batch_size: int, num_random_negatives: int,
+                sampling: str = "uniform") -> np.ndarray:
+    """``log q`` of each item under the mixture of in-batch and extra sampled candidates.
+
+    ``sampling``: how the extra negatives are drawn, ``uniform`` or ``popularity`` (in
+    proportion to ``counts``, as ``NegativeSampler`` does).
+    """
+    if sampling not in ("uniform", "popularity"):
+        raise ValueError(f"sampling must be uniform or popularity, got {sampling!r}")
     counts = np.asarray(counts, np.float64)
     p = counts / max(counts.sum(), 1.0)
     n = len(counts)
-    q = (batch_size * p + num_random_negatives / n) / (batch_size + num_random_negatives)
+    s = np.full(n, 1.0 / n) if sampling == "uniform" else p
+    q = (batch_size * p + num_random_negatives * s) / (batch_size + num_random_negatives)
     return np.log(np.maximum(q, 1e-12)).astype(np.float32)
+
+
+class NegativeSampler:
+    """Draws extra negatives, uniformly or in proportion to the items' target counts.
+
+    Draws come from a ``tf.random.Generator`` (checkpointed with the model), so a resumed
+    run draws what the interrupted one would have.
+    """
+
+    def __init__(self, counts: np.ndarray, sampling: str = "uniform"):
+        if sampling not in ("uniform", "popularity"):
+            raise ValueError(f"sampling must be uniform or popularity, got {sampling!r}")
+        counts = np.asarray(counts, np.float64)
+        self.num_items = len(counts)
+        self.sampling = sampling
+        cdf = np.cumsum(counts / max(counts.sum(), 1.0))
+        self.cdf = tf.constant(cdf, tf.float64)
+
+    def __call__(self, generator: tf.random.Generator, num: int) -> tf.Tensor:
+        if self.sampling == "uniform":
+            return generator.uniform([num], 0, self.num_items, dtype=tf.int64)
+        u = generator.uniform([num], 0.0, 1.0, dtype=tf.float64)
+        ids = tf.searchsorted(self.cdf, u, side="right")
+        return tf.minimum(tf.cast(ids, tf.int64), self.num_items - 1)
 
 
 class RetrievalTask:
@@ -86,3 +123,22 @@ class RetrievalTask:
         logits = self.logits(queries, candidates, candidate_ids, negatives, negative_ids, query_ids)
         labels = tf.range(tf.shape(queries)[0])
         return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+    def full_softmax(self, queries, item_vectors, positive_ids, query_ids=None):
+        """Cross-entropy of each positive against the whole catalogue ``item_vectors [N, d]``.
+
+        Row ``i`` is query ``queries[i]`` with positive item ``positive_ids[i]``. Rows with
+        the same ``query_ids`` are one query's positives: each leaves the others out of its
+        softmax. No logQ correction: nothing is sampled.
+        """
+        positive_ids = tf.cast(positive_ids, tf.int64)
+        logits = tf.matmul(queries, item_vectors, transpose_b=True) / self.temperature
+        if query_ids is not None:
+            query_ids = tf.cast(query_ids, tf.int64)
+            same = tf.equal(query_ids[:, None], query_ids[None, :]) & tf.not_equal(
+                positive_ids[:, None], positive_ids[None, :])
+            pairs = tf.where(same)  # (row, other row of the same query)
+            indices = tf.stack([pairs[:, 0], tf.gather(positive_ids, pairs[:, 1])], axis=1)
+            logits = tf.tensor_scatter_nd_update(
+                logits, indices, tf.fill([tf.shape(indices)[0]], tf.constant(_MASKED, logits.dtype)))
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_ids, logits=logits)

@@ -42,6 +42,8 @@ from tfrec.data import (
     shuffled_batches,
     train_examples,
 )
+from tfrec.data.sequences import causal_sequences, sequence_batches
+from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
 from tfrec.evaluation.ranking import evaluate_split, model_scorer
 from tfrec.layout import (
@@ -56,7 +58,7 @@ from tfrec.layout import (
     VECTORS_FILE,
 )
 from tfrec.models.two_tower import TwoTowerModel, build_model
-from tfrec.tasks import RetrievalTask, mixed_log_q
+from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -152,11 +154,28 @@ def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSp
                      query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
 
 
+def learning_rate_schedule(cfg, steps_per_epoch: int):
+    """The configured learning rate: a constant, or warm-up then cosine decay over every epoch."""
+    if cfg.lr_schedule == "constant":
+        return cfg.learning_rate
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(cfg.warmup_steps, total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.learning_rate if not warmup else 0.0,
+        decay_steps=total - warmup,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def resume_fingerprint(config: Config, stats: dict) -> str:
     """What a checkpoint must have been trained with to be resumed: the data and every
     model and training setting except the epoch budget (raising it extends a run)."""
     settings = config.to_dict()
-    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("epochs", "early_stopping_patience")}
+    # A schedule over every epoch depends on their number; a constant rate does not.
+    free = ("early_stopping_patience",) if config.train.lr_schedule != "constant" else (
+        "epochs", "early_stopping_patience")
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in free}
     blob = json.dumps([settings["data"], settings["model"], settings["train"], stats.get("config_fingerprint"),
                        stats.get("rows_kept"), stats.get("examples")], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -185,27 +204,46 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         copy_catalogue(data_dir, output_dir)
         save_config(config, output_dir / CONFIG_FILE)
     valid = load_eval_split(data_dir, "valid")
-    examples = train_examples(data_dir, config.data.sequences.max_history, cfg.max_targets,
-                              skip_repeats=cfg.skip_repeat_targets)
-    num_examples, target_counts = count_targets(examples, len(catalogue))
+    epoch_valid = valid
+    if cfg.validation_users and len(valid) > cfg.validation_users:
+        sample = np.random.default_rng(cfg.seed).choice(len(valid), cfg.validation_users, replace=False)
+        epoch_valid = valid.subset(np.sort(sample))
+    causal = config.model.user_tower.causal
+    window = min(config.model.user_tower.recent_items, config.data.sequences.max_history)
+    if causal:
+        # One example per training sequence; every position of it carries a query.
+        sequences = causal_sequences(data_dir, window, cfg.skip_repeat_targets)
+        num_examples, target_counts = len(sequences[0]), sequence_target_counts(sequences[2], len(catalogue))
+        unit = "sequences"
+    else:
+        examples = train_examples(data_dir, config.data.sequences.max_history, cfg.max_targets,
+                                  skip_repeats=cfg.skip_repeat_targets)
+        num_examples, target_counts = count_targets(examples, len(catalogue))
+        unit = "examples"
     num_targets = int(target_counts.sum())
     global_batch = cfg.batch_size
     steps_per_epoch = cfg.steps_per_epoch or num_examples // global_batch
     if steps_per_epoch < 1:
         raise TfrecError(
-            f"{data_dir}: {num_examples} training examples are fewer than one batch of {global_batch}; "
+            f"{data_dir}: {num_examples} training {unit} are fewer than one batch of {global_batch}; "
             "lower train.batch_size"
         )
     targets_per_batch = global_batch * num_targets / max(num_examples, 1)
-    print(f"{len(catalogue):,} items, {num_examples:,} training examples ({num_targets:,} target items), "
-          f"{len(valid):,} validation users, {steps_per_epoch} steps of {global_batch} examples "
-          f"(about {targets_per_batch:,.0f} targets) per epoch")
+    full_softmax = cfg.negatives == "full" or (
+        cfg.negatives == "auto" and len(catalogue) <= cfg.full_softmax_max_items)
+    negatives_text = ("full softmax over the catalogue" if full_softmax else
+                      f"in-batch + {cfg.num_random_negatives} {cfg.negative_sampling} sampled negatives")
+    print(f"{len(catalogue):,} items, {num_examples:,} training {unit} ({num_targets:,} target items), "
+          f"{len(valid):,} validation users ({len(epoch_valid):,} measured each epoch), "
+          f"{steps_per_epoch} steps of {global_batch} {unit} "
+          f"(about {targets_per_batch:,.0f} targets) per epoch; {negatives_text}")
 
     with strategy.scope():
         model = build_model(config, catalogue, work_dir)
+        learning_rate = learning_rate_schedule(cfg, steps_per_epoch)
         optimizer = (
-            keras.optimizers.AdamW(cfg.learning_rate, weight_decay=cfg.weight_decay)
-            if cfg.weight_decay else keras.optimizers.Adam(cfg.learning_rate)
+            keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
+            if cfg.weight_decay else keras.optimizers.Adam(learning_rate)
         )
         # The repeat-aware term is fitted after training, on validation (``fit_repeat_term``).
         tower_variables = model.item_tower.trainable_variables + model.user_tower.trainable_variables
@@ -214,9 +252,11 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     task = RetrievalTask(
         temperature=cfg.temperature,
         remove_accidental_hits=cfg.remove_accidental_hits,
-        log_q=(mixed_log_q(target_counts, round(targets_per_batch), cfg.num_random_negatives)
-               if cfg.logq_correction else None),
+        log_q=(mixed_log_q(target_counts, round(targets_per_batch), cfg.num_random_negatives,
+                           cfg.negative_sampling)
+               if cfg.logq_correction and not full_softmax else None),
     )
+    draw_negatives = NegativeSampler(target_counts, cfg.negative_sampling)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
     bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -244,24 +284,39 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
 
     replicas = strategy.num_replicas_in_sync
 
-    def replica_step(histories, targets):
+    def queries_and_targets(batch):
+        """Each (query, target item) pair of a batch: query vectors, target ids, query ids."""
+        if causal:
+            items, pair_query, pair_item = batch
+            present = tf.where(pair_query >= 0)
+            # Batches are cut to their longest sequence: positions index that width.
+            owners = present[:, 0] * tf.shape(items, out_type=tf.int64)[1] + tf.gather_nd(pair_query, present)
+            queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.embedding_dim])
+            return tf.gather(queries, owners), tf.gather_nd(pair_item, present), owners
         # One query per window, shared by its targets (the items of its group).
+        histories, targets = batch
         present = tf.where(targets >= 0)
-        owners, items = present[:, 0], tf.gather_nd(targets, present)
+        owners = present[:, 0]
+        return tf.gather(model.query_vectors(histories, training=True), owners), tf.gather_nd(targets, present), owners
+
+    def replica_step(*batch):
         with tf.GradientTape() as tape:
-            queries = model.query_vectors(histories, training=True)
-            candidates = model.item_tower(items, training=True)
-            negatives = negative_ids = None
-            if cfg.num_random_negatives:
-                negative_ids = sampler.uniform([cfg.num_random_negatives], 0, model.num_items, dtype=tf.int64)
-                negatives = model.item_tower(negative_ids, training=True)
-            per_target = task(tf.gather(queries, owners), candidates, items, negatives, negative_ids,
-                              query_ids=owners)
+            queries, items, owners = queries_and_targets(batch)
+            if full_softmax:
+                catalogue_vectors = model.item_tower(tf.range(model.num_items, dtype=tf.int64), training=True)
+                per_target = task.full_softmax(queries, catalogue_vectors, items, query_ids=owners)
+            else:
+                candidates = model.item_tower(items, training=True)
+                negatives = negative_ids = None
+                if cfg.num_random_negatives:
+                    negative_ids = draw_negatives(sampler, cfg.num_random_negatives)
+                    negatives = model.item_tower(negative_ids, training=True)
+                per_target = task(queries, candidates, items, negatives, negative_ids, query_ids=owners)
             loss = tf.reduce_sum(per_target) / tf.cast(tf.size(items) * replicas, tf.float32)
         optimizer.apply_gradients(zip(tape.gradient(loss, tower_variables), tower_variables))
         return loss
 
-    @tf.function
+    @tf.function(reduce_retracing=True)  # causal batches vary in width
     def train_step(batch):
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
@@ -274,7 +329,8 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     while int(epoch.numpy()) < cfg.epochs:
         e = int(epoch.numpy())
         reseed(model, cfg.seed + e)
-        batches = shuffled_batches(examples, global_batch, cfg.shuffle_buffer, cfg.seed + e).repeat()
+        batches = (sequence_batches(*sequences, global_batch, cfg.seed + e) if causal else
+                   shuffled_batches(examples, global_batch, cfg.shuffle_buffer, cfg.seed + e)).repeat()
         batches = strategy.experimental_distribute_dataset(batches.take(steps_per_epoch).with_options(_SHARD_BY_DATA))
         print(f"Epoch {e + 1}/{cfg.epochs}")
         progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if chief else 0)
@@ -288,7 +344,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
             progress.update(step + 1, [("loss", total / (step + 1))])
         seconds = time.time() - epoch_start
         trained_examples += steps_per_epoch * global_batch
-        result = validate(model, valid, catalogue.cold_start, ks, config.eval.batch_size)
+        result = validate(model, epoch_valid, catalogue.cold_start, ks, config.eval.batch_size)
         explore = result["explore"]["model"]
         record = {"epoch": e + 1, "loss": total / steps_per_epoch, "seconds": seconds,
                   "examples_per_second": steps_per_epoch * global_batch / seconds,

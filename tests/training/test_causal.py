@@ -1,0 +1,151 @@
+"""Causal all-position training: what each query reads and what it is trained against.
+
+A query must never read its own target, the rest of the target's group, or anything after
+it; every training target of the windowed examples must be trained exactly once (and so no
+validation or test item is a training target); the served query is the last position's.
+"""
+
+import collections
+
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from tfrec.data import train_examples
+from tfrec.data.sequences import causal_sequences, pieces, query_positions
+from tfrec.models.towers import UserTower
+
+
+def test_query_positions_point_at_the_end_of_the_previous_group():
+    np.testing.assert_array_equal(query_positions(np.array([0, 0, 1, 2, 2, 2, 3])), [-1, -1, 1, 2, 2, 2, 5])
+    np.testing.assert_array_equal(query_positions(np.arange(4)), [-1, 0, 1, 2])
+
+
+@pytest.mark.parametrize("length", [3, 4, 7, 50])
+def test_pieces_train_each_target_once_from_the_end_of_its_previous_group(length):
+    rng = np.random.default_rng(length)
+    for _ in range(30):
+        sizes = rng.integers(1, 6, size=rng.integers(2, 15))
+        groups = np.repeat(np.arange(len(sizes)), sizes)
+        items = rng.permutation(1000)[: len(groups)]  # distinct, so an item names its position
+        position = {int(item): i for i, item in enumerate(items)}
+        trained = collections.Counter()
+        for piece_items, pair_query, pair_item in pieces(items, groups, length):
+            assert piece_items.shape == (length,) and pair_query.shape == pair_item.shape
+            for q, item in zip(pair_query, pair_item):
+                target = position[int(item)]
+                context = piece_items[: q + 1]
+                context = context[context >= 0]
+                # The context ends with the target's previous group: nothing of the target's
+                # own group or later, and no gap; it holds at least half the window.
+                end = int(np.flatnonzero(groups < groups[target])[-1]) + 1
+                np.testing.assert_array_equal(context, items[end - len(context):end])
+                assert len(context) >= min(length // 2, end)
+                trained[target] += 1
+        # Every item after the first group is a target exactly once.
+        assert trained == collections.Counter(np.flatnonzero(groups > 0).tolist())
+
+
+def test_repeated_items_can_be_left_out_of_the_targets():
+    items, groups = np.array([5, 6, 5, 7, 6]), np.arange(5)
+    (_, _, targets), = pieces(items, groups, 8, skip_repeats=True)
+    np.testing.assert_array_equal(targets, [6, 7])
+    (_, _, targets), = pieces(items, groups, 8)
+    np.testing.assert_array_equal(targets, [6, 5, 7, 6])
+
+
+@pytest.mark.parametrize("pooling,num_layers,long_term", [("last", 2, False), ("mean", 1, True),
+                                                          ("attention", 1, False), ("mean", 0, False)])
+def test_no_position_reads_a_later_item(pooling, num_layers, long_term):
+    tower = UserTower(max_history=8, embedding_dim=8, num_layers=num_layers, num_heads=2, intermediate_dim=16,
+                      dropout=0.0, pooling=pooling, long_term=long_term, causal=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 8, 8)).astype("float32")
+    mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8], bool)
+    served = tower(x, mask).numpy()
+    base = tower.sequence(x, mask).numpy()
+    for p in range(2, 7):
+        changed = x.copy()
+        changed[:, p + 1:] = rng.normal(size=changed[:, p + 1:].shape)
+        out = tower.sequence(changed, mask).numpy()
+        np.testing.assert_allclose(out[:, : p + 1], base[:, : p + 1], atol=1e-5)
+        assert not np.allclose(out[:, p + 1:], base[:, p + 1:])
+    # Serving reads the last position's query.
+    np.testing.assert_allclose(served, base[:, -1], atol=1e-6)
+
+
+def test_sequences_hold_exactly_the_training_targets(sample_data_dir):
+    """Every (context, target) pair of the sequences is a training window's, and the reverse."""
+    items, pair_query, pair_item = causal_sequences(sample_data_dir, 10)
+    pairs = collections.Counter()
+    for row_items, queries, targets in zip(items, pair_query, pair_item):
+        for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
+            context = row_items[: q + 1]
+            context = context[context >= 0]
+            pairs[(tuple(context[-3:]), int(target))] += 1
+    windows = collections.Counter()
+    for history, targets in train_examples(sample_data_dir, 10, 10_000, cache=False).as_numpy_iterator():
+        history = history[history >= 0]
+        for target in targets[targets >= 0]:
+            windows[(tuple(history[-3:]), int(target))] += 1
+    assert sum(pairs.values()) > 100
+    assert pairs == windows
+
+
+def test_causal_training_serves_the_last_position(tiny, sample_data_dir, tmp_path):
+    from tfrec.models.two_tower import load_model
+    from tfrec.training.trainer import train
+
+    config = tiny_config(tiny, "model.user_tower.causal=true", "model.user_tower.recent_items=40",
+                         "data.sequences.max_history=40",
+                         "train.negatives=full", "train.epochs=1", "train.steps_per_epoch=3")
+    summary = train(config, sample_data_dir, tmp_path)
+    assert summary["epochs_run"] == 1
+    model = load_model(tmp_path)
+    history = np.array([[-1, -1, -1, 3, 5, 8, 2, 1, 0, 4]])
+    by_position = model.sequence_queries(history).numpy()[:, -1]
+    np.testing.assert_allclose(model.query_vectors(history).numpy(), by_position, atol=1e-5)
+
+
+def test_a_window_cut_to_its_items_gives_the_same_queries():
+    """Batches drop their left padding; positions count from the right, so nothing changes."""
+    tower = UserTower(max_history=8, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
+                      dropout=0.0, pooling="last", long_term=True, causal=True)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 8, 8)).astype("float32")
+    x[:, :3] = 0
+    mask = np.array([[0, 0, 0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 1]], bool)
+    full = tower(x, mask).numpy()
+    np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy(), tower.sequence(x, mask).numpy()[:, 3:],
+                               atol=1e-5)
+    np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy()[:, -1], full, atol=1e-5)
+
+
+def test_batches_cover_every_sequence_once_cut_to_their_longest():
+    from tfrec.data.sequences import sequence_batches
+
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(1, 9, size=40)
+    items = np.full((40, 8), -1)
+    pair_query = np.full((40, 8), -1)
+    pair_item = np.full((40, 8), -1)
+    for row, n in enumerate(lengths):
+        items[row, 8 - n:] = 100 * row + np.arange(n)
+        pair_query[row, : n - 1] = np.arange(8 - n, 7)
+        pair_item[row, : n - 1] = items[row, 8 - n + 1:]
+    seen = []
+    for batch_items, batch_query, batch_item in sequence_batches(items, pair_query, pair_item, 8, seed=3):
+        batch_items, batch_query, batch_item = batch_items.numpy(), batch_query.numpy(), batch_item.numpy()
+        assert (batch_items[:, 0] >= 0).any()  # cut to the longest sequence of the batch
+        for row_items, queries, targets in zip(batch_items, batch_query, batch_item):
+            for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
+                assert row_items[q + 1] == target  # each query still points at the item before its target
+            seen.append(int(row_items[-1]) // 100)
+    assert sorted(seen) == list(range(40))
+
+
+def test_a_piece_ends_with_a_query_as_a_served_history_does():
+    """The last position is where serving reads the query, so training must train it there."""
+    for groups in (np.arange(6), np.array([0, 0, 1, 1, 1, 2, 2])):
+        for piece_items, pair_query, _ in pieces(np.arange(len(groups)), groups, 4):
+            assert pair_query.max() == len(piece_items) - 1
