@@ -30,10 +30,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import sources
 from pipelines.catalogue import BuildCatalogue, WriteCatalogue
+from pipelines.options import pipeline_options
 from pipelines.rows import CatalogueParser, InteractionParser
 from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
 from pipelines.stats import WriteStats
@@ -226,7 +227,7 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
 def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
     output = str(output)
-    options = PipelineOptions(list(beam_args))
+    options = pipeline_options(beam_args)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     log.info(f"== preprocess {config.name}: -> {output} (runner: {runner})")
     _list_inputs(config)

@@ -31,6 +31,20 @@ example:
 """
 
 
+RUNNER_FLAGS = """\
+runner flags, passed on to Apache Beam (any other Beam pipeline option works too):
+  --runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner|PortableRunner
+  DirectRunner: --direct_running_mode=in_memory|multi_threading|multi_processing --direct_num_workers=N
+  Dataflow:     --project=P --region=R --temp_location=gs://B/tmp --staging_location=gs://B/staging
+                --setup_file=./setup.py (or --requirements_file=F) --num_workers=N --max_num_workers=N
+                --machine_type=TYPE --service_account_email=SA --job_name=NAME
+  Flink:        --flink_master=HOST:8081 --environment_type=LOOPBACK|DOCKER|PROCESS --parallelism=N
+  Spark:        --spark_master_url=spark://HOST:7077 --environment_type=LOOPBACK|DOCKER|PROCESS
+  portable:     --job_endpoint=HOST:8099 --environment_type=... --environment_config=...
+An argument that neither tfrec nor Beam knows is an error (exit code 2).
+"""
+
+
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, type=Path, metavar="FILE",
                         help="YAML configuration (see configs/online_retail.yaml)")
@@ -137,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description,
+                           epilog=RUNNER_FLAGS if name in _PASS_THROUGH else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
         talk = p.add_mutually_exclusive_group()
@@ -145,11 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
-            "Runs the Apache Beam preprocessing job. Arguments tfrec does not know are passed "
-            "to Beam as pipeline options, e.g.\n"
-            "  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp "
-            "--setup_file=./setup.py\n"
-            "  --runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2")
+            "Runs the Apache Beam preprocessing job. Beam's pipeline options (the runner flags "
+            "below) are passed on to Beam.")
     _config_args(p)
     p.add_argument("--output", required=True, help="data directory to write (local or gs://)")
 
@@ -230,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", _run, "preprocess, train, evaluate, index and export in one go",
             "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
-            "A stage whose outputs exist for the same config and inputs is skipped.")
+            "A stage whose outputs exist for the same config and inputs is skipped. Beam's pipeline "
+            "options (the runner flags below) are passed on to the preprocessing job.")
     _config_args(p)
     p.add_argument("--output", required=True, type=Path, help="run folder, e.g. runs/online_retail")
     p.add_argument("--force", action="store_true", help="redo every stage")
@@ -274,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in _PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        from pipelines.options import unknown_beam_args
+
+        unknown = unknown_beam_args(extra)
+        if unknown:
+            parser.error(f"unrecognized arguments (neither tfrec nor Apache Beam knows them): {' '.join(unknown)}")
     from tfrec.errors import TfrecError
     from tfrec.fileio import no_empty_folders_on_failure
 
