@@ -16,14 +16,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from tfrec.errors import TfrecError
 
-def _register_runner_options() -> None:
-    """Imports the runner modules whose option classes register themselves on import."""
-    from apache_beam.runners.portability import flink_runner, spark_runner  # noqa: F401
-
-
 def unknown_beam_args(args: Sequence[str]) -> list[str]:
     """The flags in ``args`` that no registered Beam pipeline option accepts."""
-    _register_runner_options()
     parser = _BeamArgumentParser(allow_abbrev=False)
     classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
     for cls in classes.values():
