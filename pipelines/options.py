@@ -16,6 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentP
 
 from tfrec.errors import TfrecError
 
+
 def unknown_beam_args(args: Sequence[str]) -> list[str]:
     """The flags in ``args`` that no registered Beam pipeline option accepts."""
     parser = _BeamArgumentParser(allow_abbrev=False)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from tfrec import fileio
 from tfrec.config import TextEncoderConfig
 from tfrec.errors import TfrecError
 
@@ -270,16 +273,15 @@ def scratch_pipeline(config: TextEncoderConfig, vocabulary: list[str],
     return TextPipeline(tokenize, encoder, fingerprint, tokenizer)
 
 
-def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | Path) -> np.ndarray:
+def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | os.PathLike) -> np.ndarray:
     """Encodes texts once; later calls with the same encoder and texts read the cache."""
     key = hashlib.sha256(("\x00".join(texts) + pipeline.fingerprint).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"text_vectors-{key}.npy"
-    if path.exists():
-        return np.load(path)
+    path = fileio.join(cache_dir, f"text_vectors-{key}.npy")
+    if fileio.exists(path):
+        return np.load(io.BytesIO(fileio.read_bytes(path)))
     log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
     vectors = pipeline.encode(texts)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    fileio.write_bytes(path, buffer.getvalue())
     return vectors
