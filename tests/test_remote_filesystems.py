@@ -128,10 +128,10 @@ class RamFileSystem(FileSystem):
 
 
 @pytest.fixture(scope="module")
-def root():
+def root() -> str:
+    """A fresh ``ram://`` folder (its files live until the test process ends)."""
     base = f"ram://remote-{uuid.uuid4().hex[:8]}"
-    yield base
-    fileio.remove(base)
+    return base
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +147,12 @@ def _records(data_dir: str, split: str) -> list[bytes]:
     files = fileio.glob(fileio.join(data_dir, split, f"*{layout.SHARD_SUFFIX}"))
     assert files, f"no {split} shards in {data_dir}"
     return sorted(tf.data.TFRecordDataset(files, compression_type="GZIP").as_numpy_iterator())
+
+
+def _without_timings(value):
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if "seconds" not in k}
+    return value
 
 
 def test_the_beam_job_reads_and_writes_a_url_filesystem(root, remote_inputs, sample_data_dir, retail_sample):
@@ -191,7 +197,9 @@ def test_train_evaluate_index_export_on_urls_equal_the_local_run(root, tiny, sam
     evaluated = tiny_config(tiny, *EVAL)
     local_model = str(tmp_path / "model")
     fileio.copy_tree(str(trained_model_dir), local_model)
-    assert evaluate(evaluated, data, model) == evaluate(evaluated, str(sample_data_dir), local_model)
+    remote_metrics = evaluate(evaluated, data, model)
+    assert _without_timings(remote_metrics) == _without_timings(evaluate(evaluated, str(sample_data_dir), local_model))
+    assert fileio.read_json(fileio.join(model, layout.METRICS_FILE)) == json.loads(json.dumps(remote_metrics))
 
     build_index(tiny, model, index)
     local_index, remote_index = IndexCatalogue.load(index_dir), IndexCatalogue.load(index)
@@ -200,12 +208,15 @@ def test_train_evaluate_index_export_on_urls_equal_the_local_run(root, tiny, sam
 
     export_models(tiny, model, index, export, version=1, verify=False)
     assert fileio.listdir(export) == sorted(p.name for p in export_dir.iterdir() if not p.name.startswith("."))
-    histories = tf.constant([list(local_index.ids[:3]), list(local_index.ids[5:8])])
-    for name in ("tfrec_retrieve", "tfrec_retrieve_scann"):
-        remote = load_serving_signature(export, name)(history=histories)
-        local = load_serving_signature(str(export_dir), name)(history=histories)
-        assert remote["item_ids"].numpy().tolist() == local["item_ids"].numpy().tolist(), name
-        np.testing.assert_allclose(remote["scores"].numpy(), local["scores"].numpy(), atol=1e-5)
+    histories = tf.constant([list(local_index.ids[i:i + 3]) for i in range(0, 60, 3)])
+    remote = load_serving_signature(export, "tfrec_retrieve")(history=histories, k=10)
+    local = load_serving_signature(str(export_dir), "tfrec_retrieve")(history=histories, k=10)
+    assert remote["item_ids"].numpy().tolist() == local["item_ids"].numpy().tolist()
+    np.testing.assert_allclose(remote["scores"].numpy(), local["scores"].numpy(), atol=1e-5)
+    # ScaNN's index is trained and tuned anew (k-means, timings), so its lists are held to the exact ones.
+    scann = load_serving_signature(export, "tfrec_retrieve_scann")(history=histories, k=10)["item_ids"].numpy()
+    exact = remote["item_ids"].numpy()
+    assert np.mean([len(set(a) & set(e)) / 10 for a, e in zip(scann, exact)]) >= 0.9
     # TF Serving's graph-mode loader in a fresh process, which cannot see this one's ram://: a local copy.
     check = check_version("tfrec_query", fileio.join(export, "tfrec_query", "1"), list(local_index.ids[:6]), [])
     assert check.ok, check.problems

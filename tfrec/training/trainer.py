@@ -309,7 +309,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         if improved:
             best.assign(current)
             bad_epochs.assign(0)
-            model.save_weights(fileio.join(work_dir, BEST_WEIGHTS))
+            with fileio.local_staging(fileio.join(work_dir, BEST_WEIGHTS)) as staged:  # whole or not at all
+                model.save_weights(staged)
         else:
             bad_epochs.assign_add(1)
         print(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
