@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -183,7 +183,7 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def read_stats(output: str | Path) -> dict[str, Any]:
+def read_stats(output: str | os.PathLike) -> dict[str, Any]:
     with FileSystems.open(FileSystems.join(str(output), layout.STATS_FILE),
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return json.loads(f.read().decode("utf-8"))
@@ -224,7 +224,7 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+def run_preprocess(config: Config, output: str | os.PathLike, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
     output = str(output)
     options = pipeline_options(beam_args)
