@@ -28,6 +28,9 @@ EXTRAS = {
     # (tests/models/test_tfrs_parity.py); it needs tf-keras (Keras 2) beside it.
     "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7", "tf-keras==2.20.1"],
     "bench": ["implicit==0.7.3", "matplotlib>=3.7"],
+    # Google Cloud: gs:// paths in the Beam job and the DataflowRunner (google-cloud-storage,
+    # google-auth, the Dataflow client). TensorFlow reads gs:// by itself.
+    "gcp": ["apache-beam[gcp,tfrecord]==2.77.0"],
 }
 
 setup(

@@ -22,18 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipelines import sources
 from pipelines.catalogue import BuildCatalogue, WriteCatalogue
+from pipelines.options import pipeline_options
 from pipelines.rows import CatalogueParser, InteractionParser
 from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
 from pipelines.stats import WriteStats
@@ -182,7 +183,7 @@ def _write_text(path: str, text: str) -> None:
         f.write(text.encode("utf-8"))
 
 
-def read_stats(output: str | Path) -> dict[str, Any]:
+def read_stats(output: str | os.PathLike) -> dict[str, Any]:
     with FileSystems.open(FileSystems.join(str(output), layout.STATS_FILE),
                           compression_type=CompressionTypes.UNCOMPRESSED) as f:
         return json.loads(f.read().decode("utf-8"))
@@ -223,10 +224,10 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
-def run_preprocess(config: Config, output: str | Path, beam_args: Sequence[str] = ()) -> dict[str, Any]:
+def run_preprocess(config: Config, output: str | os.PathLike, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
     output = str(output)
-    options = PipelineOptions(list(beam_args))
+    options = pipeline_options(beam_args)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     log.info(f"== preprocess {config.name}: -> {output} (runner: {runner})")
     _list_inputs(config)

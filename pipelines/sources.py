@@ -90,7 +90,8 @@ def match_files(patterns: Sequence[str], key: str) -> list[tuple[str, int]]:
         try:
             matched = FileSystems.match([pattern])[0].metadata_list
         except (BeamIOError, ValueError) as e:  # e.g. a filesystem Beam has no plugin for
-            raise TfrecError(f"{key}: cannot list {pattern!r}: {e}") from None
+            hint = " (for gs:// paths: pip install 'tfrec[gcp]')" if pattern.startswith("gs://") else ""
+            raise TfrecError(f"{key}: cannot list {pattern!r}{hint}: {e}") from None
         if not matched:
             raise TfrecError(f"{key}: no file matches {pattern!r}")
         found.update((m.path, m.size_in_bytes) for m in matched)

@@ -29,8 +29,8 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
-from pathlib import Path
 
 import tensorflow as tf
 
@@ -63,35 +63,49 @@ STOCK_SERVABLE = (QUERY, CANDIDATE, RETRIEVE, SIMILAR, SEARCH)
 TEXT_MODELS = (CANDIDATE, SEARCH)
 log = logging.getLogger(__name__)
 
-def next_version(export_dir: Path) -> int:
+def next_version(export_dir: str) -> int:
     """One more than the highest version of any model in the export folder (1 for a new one)."""
-    versions = [int(p.name) for p in export_dir.glob("*/*") if p.is_dir() and p.name.isdigit()]
+    versions = [int(version) for model in fileio.listdir(export_dir)
+                for version in fileio.listdir(fileio.join(export_dir, model)) if version.isdigit()]
     return max(versions, default=0) + 1
 
 
-def stage(module: tf.Module, target: Path, scann: bool = False) -> Path:
+def stage(module: tf.Module, target: str, scann: bool = False) -> str:
     """Saves ``module`` as a SavedModel in a hidden folder beside ``target``; returns the SavedModel's path.
 
     Nothing is visible at ``target`` until :func:`publish` renames the staged folder into
     place. TensorFlow writes each optional input (an argument with a default) as a
     ``PlaceholderWithDefault`` and keeps the default in the SignatureDef, so graph-mode
-    callers may leave it out.
+    callers may leave it out. For a ``target`` on another filesystem (a bucket), the
+    model is staged in a local temporary folder, where the serving check's fresh process
+    can load it.
     """
-    if target.exists():
+    if fileio.exists(target):
         raise TfrecError(f"{target} already exists: versions are never overwritten; pick another --version")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(fileio.temporary_sibling(target))
-    staging.mkdir()
-    saved = staging / "model"
+    if fileio.is_url(target):
+        staging = tempfile.mkdtemp(prefix="tfrec-export-")
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        staging = fileio.temporary_sibling(target)
+        os.mkdir(staging)
+    saved = os.path.join(staging, "model")
     options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"] if scann else None)
-    tf.saved_model.save(module, str(saved), signatures={DEFAULT_SIGNATURE: module.serve}, options=options)
+    tf.saved_model.save(module, saved, signatures={DEFAULT_SIGNATURE: module.serve}, options=options)
     return saved
 
 
-def publish(saved: Path, target: Path) -> None:
-    """Renames a staged SavedModel to ``target`` (one atomic rename) and removes its staging folder."""
-    os.rename(saved, target)
-    shutil.rmtree(saved.parent, ignore_errors=True)
+def publish(saved: str, target: str) -> None:
+    """Moves a staged SavedModel to ``target`` and removes its staging folder.
+
+    Locally one atomic rename. On a bucket the files are copied with ``saved_model.pb``
+    last, so a model server polling the folder never finds a SavedModel without its
+    variables (until that file lands, it does not see a version there).
+    """
+    if fileio.is_url(target):
+        fileio.copy_tree(saved, target, last="saved_model.pb")
+    else:
+        os.rename(saved, target)
+    shutil.rmtree(os.path.dirname(saved), ignore_errors=True)
 
 
 def models_config(model_base_path: str, names: list[str]) -> str:
@@ -111,9 +125,10 @@ def models_config(model_base_path: str, names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_models(config: Config, model_dir: str | Path, index_dir: str | Path | None, export_dir: str | Path,
+def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
+                  export_dir: str | os.PathLike,
                   version: int | None = None, model_base_path: str | None = None,
-                  verify: bool = True) -> dict[str, Path]:
+                  verify: bool = True) -> dict[str, str]:
     """Writes every model of the table above as ``export_dir/<name>/<version>``; returns their paths.
 
     Each model is staged, checked in graph mode and eagerly in a fresh process
@@ -121,11 +136,11 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
     is never left where a model server would load it. ``model_base_path`` is where the
     model server will see ``export_dir`` (default: ``export_dir`` itself).
     """
-    model_dir, export_dir = Path(model_dir), Path(export_dir)
-    index_dir = Path(index_dir) if index_dir else None
+    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
+    index_dir = os.fspath(index_dir) if index_dir else None
     started = time.time()
     log.info("export: %s -> %s", model_dir, export_dir)
-    for folder in [export_dir, *(p for p in export_dir.iterdir() if p.is_dir())] if export_dir.is_dir() else []:
+    for folder in [export_dir, *(fileio.join(export_dir, name) for name in fileio.listdir(export_dir))]:
         fileio.remove_stale_temporaries(folder)
     model = load_model(model_dir)
     fields = list(config.data.items.categorical_fields)
@@ -138,11 +153,11 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
         catalogue = IndexCatalogue.load(index_dir)
         vectors = catalogue.vectors
     else:
-        catalogue = load_catalogue(model_dir / CATALOGUE_DIR, fields)
+        catalogue = load_catalogue(fileio.join(model_dir, CATALOGUE_DIR), fields)
         vectors = model.item_vectors().numpy()
     shared = ServingCatalogue(catalogue.ids, vectors,
                        catalogue.categorical[category_field] if category_field else None)
-    vocabularies = json.loads((model_dir / CATEGORICAL_VOCAB_FILE).read_text())
+    vocabularies = json.loads(fileio.read_text(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE)))
     pipeline = serving_text_pipeline(config, model_dir, model)
     settings = config.export
     k, max_history = settings.k, settings.max_history
@@ -161,8 +176,8 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
                                                      max_history)
 
     version = version or next_version(export_dir)
-    paths = {name: export_dir / name / str(version) for name in modules}
-    staged: dict[str, Path] = {}
+    paths = {name: fileio.join(export_dir, name, str(version)) for name in modules}
+    staged: dict[str, str] = {}
     try:
         for name, module in modules.items():
             staged[name] = stage(module, paths[name], scann=name == RETRIEVE_SCANN)
@@ -179,10 +194,10 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
             log.info("  %-22s -> %s", name, paths[name])
     finally:
         for saved in staged.values():
-            shutil.rmtree(saved.parent, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(saved), ignore_errors=True)
 
-    base_path = model_base_path or str(export_dir.resolve())
-    fileio.write_text(export_dir / MODELS_CONFIG_FILE, models_config(base_path, list(modules)))
+    base_path = model_base_path or (export_dir if fileio.is_url(export_dir) else os.path.abspath(export_dir))
+    fileio.write_text(fileio.join(export_dir, MODELS_CONFIG_FILE), models_config(base_path, list(modules)))
     write_items(export_dir, catalogue.ids, catalogue.texts)
     models = {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
               for name, p in paths.items()}
@@ -190,14 +205,14 @@ def export_models(config: Config, model_dir: str | Path, index_dir: str | Path |
                             {name: model["signature"] for name, model in models.items()})
     card |= {"embedding_dim": int(vectors.shape[1]), "items": len(catalogue), "categorical_fields": fields,
              "category_field": category_field}
-    fileio.write_json(export_dir / MODEL_CARD_FILE, card)
-    fileio.write_text(export_dir / MODEL_CARD_MD_FILE, render_model_card_md(card))
+    fileio.write_json(fileio.join(export_dir, MODEL_CARD_FILE), card)
+    fileio.write_text(fileio.join(export_dir, MODEL_CARD_MD_FILE), render_model_card_md(card))
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
-             time.time() - started, export_dir / MODELS_CONFIG_FILE)
+             time.time() - started, fileio.join(export_dir, MODELS_CONFIG_FILE))
     return paths
 
 
-def describe_signature(version_dir: Path) -> dict:
+def describe_signature(version_dir: str) -> dict:
     """The ``serving_default`` signature for people: each input's dtype, shape, default and meaning,
     each output's dtype, shape and meaning (score scales included), read from the SignatureDef."""
     signature = read_signature_defs(version_dir)[DEFAULT_SIGNATURE]

@@ -24,12 +24,13 @@ next export serves them.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,18 +76,18 @@ class IndexCatalogue:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def save(self, folder: Path) -> None:
-        np.savez(folder / INDEX_CATALOGUE_FILE, ids=self.ids.astype(str), vectors=self.vectors,
+    def save(self, folder: str) -> None:
+        """Writes the arrays and ``items.tsv`` into local folder ``folder``."""
+        np.savez(os.path.join(folder, INDEX_CATALOGUE_FILE), ids=self.ids.astype(str), vectors=self.vectors,
                  **{f"cat_{k}": v.astype(str) for k, v in self.categorical.items()})
         write_items(folder, self.ids, self.texts)
 
     @classmethod
-    def load(cls, folder: str | Path) -> IndexCatalogue:
-        folder = Path(folder)
-        path = folder / INDEX_CATALOGUE_FILE
-        if not path.exists():
+    def load(cls, folder: str | os.PathLike) -> IndexCatalogue:
+        path = fileio.join(folder, INDEX_CATALOGUE_FILE)
+        if not fileio.exists(path):
             raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index`?")
-        arrays = np.load(path)
+        arrays = np.load(io.BytesIO(fileio.read_bytes(path)))
         texts = read_items(folder)
         ids = arrays["ids"].astype(object)
         categorical = {k[len("cat_"):]: arrays[k].astype(object) for k in arrays.files if k.startswith("cat_")}
@@ -102,7 +103,7 @@ class IndexCatalogue:
         )
 
 
-def save_searcher(searcher, folder: Path, params: dict[str, Any] | None = None) -> None:
+def save_searcher(searcher, folder: str, params: dict[str, Any] | None = None) -> None:
     """Writes the searcher's state as a SavedModel (loading it needs ``import scann``).
 
     With ``params``, the state's own default search becomes theirs, so a searcher loaded
@@ -119,26 +120,26 @@ def save_searcher(searcher, folder: Path, params: dict[str, Any] | None = None) 
         if config.HasField("exact_reordering"):
             config.exact_reordering.approx_num_neighbors = params["reorder"]
         state.scann_config.assign(np.array([config.SerializeToString()], dtype=object).reshape(stored.shape))
-    tf.saved_model.save(state, str(folder), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    tf.saved_model.save(state, os.fspath(folder), options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
 
 
-def load_searcher_state(index_dir: str | Path) -> tf.Module:
+def load_searcher_state(index_dir: str | os.PathLike) -> tf.Module:
     """The saved searcher state, as a fresh module that can be saved again inside an export."""
     scann_ops = _scann_ops()
-    loaded = tf.saved_model.load(str(Path(index_dir) / SCANN_DIR))
+    loaded = tf.saved_model.load(fileio.join(index_dir, SCANN_DIR))
     names = ("scann_config", "serialized_partitioner", "datapoint_to_token", "ah_codebook", "hashed_dataset",
              "int8_dataset", "int8_multipliers", "dp_norms", "dataset")
     return scann_ops.ScannState([getattr(loaded, name).read_value() for name in names])
 
 
-def load_search_params(index_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(index_dir) / SEARCH_FILE).read_text())
+def load_search_params(index_dir: str | os.PathLike) -> dict[str, Any]:
+    return json.loads(fileio.read_text(fileio.join(index_dir, SEARCH_FILE)))
 
 
 # ------------------------------------------------------------------ new items
 
 
-def read_new_items(config: Config, path: Path) -> tuple[list[str], list[str], dict[str, list[str]], list[dict]]:
+def read_new_items(config: Config, path: str) -> tuple[list[str], list[str], dict[str, list[str]], list[dict]]:
     """Reads new products (the catalogue's columns) with the pipeline's row rules.
 
     Returns ids, texts, categorical values and the rejected rows with their reasons.
@@ -173,14 +174,14 @@ def read_new_items(config: Config, path: Path) -> tuple[list[str], list[str], di
     return ids, texts, categorical, rejected
 
 
-def embed_new_items(config: Config, model_dir: Path, texts: list[str], categorical: dict[str, list[str]]) -> np.ndarray:
+def embed_new_items(config: Config, model_dir: str, texts: list[str], categorical: dict[str, list[str]]) -> np.ndarray:
     """Item vectors of new products from their text alone (no id vector: they were never trained)."""
     model = load_model(model_dir)
     pipeline = serving_text_pipeline(config, model_dir, model)
     text_vectors = pipeline.encode(texts, verbose=False)
     codes = None
     if categorical:
-        vocabularies = json.loads((model_dir / CATEGORICAL_VOCAB_FILE).read_text())
+        vocabularies = json.loads(fileio.read_text(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE)))
         items = Catalogue(ids=np.array(texts, dtype=object), texts=np.array(texts, dtype=object),
                           counts=np.zeros(len(texts), np.int64),
                           categorical={f: np.array(v, dtype=object) for f, v in categorical.items()})
@@ -192,9 +193,10 @@ def embed_new_items(config: Config, model_dir: Path, texts: list[str], categoric
 # ------------------------------------------------------------------ the stage
 
 
-def _queries(model_dir: Path, limit: int, dimensions: int) -> np.ndarray:
+def _queries(model_dir: str, limit: int, dimensions: int) -> np.ndarray:
     """Held-out queries: the test users' query vectors (padded with random unit vectors if few)."""
-    queries = np.load(model_dir / VECTORS_FILE)["query_vectors"][:limit]
+    vectors = np.load(io.BytesIO(fileio.read_bytes(fileio.join(model_dir, VECTORS_FILE))))
+    queries = vectors["query_vectors"][:limit]
     if len(queries) < min(limit, 100):
         rng = np.random.default_rng(0)
         extra = rng.normal(size=(min(limit, 100) - len(queries), dimensions)).astype(np.float32)
@@ -202,45 +204,55 @@ def _queries(model_dir: Path, limit: int, dimensions: int) -> np.ndarray:
     return queries.astype(np.float32)
 
 
-def _write_folder(output: Path, catalogue: IndexCatalogue, searcher, params: dict, report: dict) -> None:
-    """Writes every file of the index folder into a staging folder, then swaps it in."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(fileio.temporary_sibling(output))
-    staging.mkdir()
+def _write_folder(output: str, catalogue: IndexCatalogue, searcher, params: dict, report: dict) -> None:
+    """Writes every file of the index folder into a staging folder, then swaps it in.
+
+    The staging folder is a local sibling of a local ``output`` (so each swap is a rename),
+    else a local temporary folder whose files are then copied over (ScaNN writes local files).
+    """
+    remote = fileio.is_url(output)
+    parent = os.path.dirname(output.rstrip(os.sep)) or "."
+    if not remote:
+        os.makedirs(parent, exist_ok=True)
+    name = os.path.basename(output.rstrip("/" + os.sep))
+    staging = tempfile.mkdtemp(prefix=f".{name}-") if remote else fileio.temporary_sibling(output)
+    os.makedirs(staging, exist_ok=True)
     try:
-        save_searcher(searcher, staging / SCANN_DIR, params)
+        save_searcher(searcher, os.path.join(staging, SCANN_DIR), params)
         catalogue.save(staging)
-        fileio.write_json(staging / SEARCH_FILE, {**params, "k": report["k"]})
-        fileio.write_json(staging / INDEX_REPORT_FILE, report)
-        keep = {p.name for p in staging.iterdir()}
-        output.mkdir(exist_ok=True)
-        for name in keep:
-            target = output / name
-            if target.is_dir():
-                old = output / f".{name}.old"
+        fileio.write_json(os.path.join(staging, SEARCH_FILE), {**params, "k": report["k"]})
+        fileio.write_json(os.path.join(staging, INDEX_REPORT_FILE), report)
+        fileio.makedirs(output)
+        for name in sorted(os.listdir(staging)):
+            source, target = os.path.join(staging, name), fileio.join(output, name)
+            if remote:
+                (fileio.replace_tree if os.path.isdir(source) else fileio.copy)(source, target)
+            elif os.path.isdir(target):
+                old = os.path.join(output, f".{name}.old")
                 shutil.rmtree(old, ignore_errors=True)
                 os.rename(target, old)
-                os.rename(staging / name, target)
+                os.rename(source, target)
                 shutil.rmtree(old, ignore_errors=True)
             else:
-                os.replace(staging / name, target)
+                os.replace(source, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def build_index(config: Config, model_dir: str | Path, output: str | Path, add_items: str | Path | None = None) -> dict:
+def build_index(config: Config, model_dir: str | os.PathLike, output: str | os.PathLike,
+                add_items: str | os.PathLike | None = None) -> dict:
     """Builds (or, with ``add_items``, extends and rebuilds) the index; returns its report."""
-    model_dir, output = Path(model_dir), Path(output)
+    model_dir, output = os.fspath(model_dir), os.fspath(output)
     started = time.time()
-    fileio.remove_stale_temporaries(output.parent)
+    fileio.remove_stale_temporaries(os.path.dirname(output.rstrip("/")) or ".")
     if add_items is None:
         log.info(f"== index: {model_dir} -> {output}")
         model = load_model(model_dir)
-        items = load_catalogue(model_dir / CATALOGUE_DIR, config.data.items.categorical_fields)
+        items = load_catalogue(fileio.join(model_dir, CATALOGUE_DIR), config.data.items.categorical_fields)
         catalogue = IndexCatalogue(items.ids, items.texts, model.item_vectors().numpy(), items.categorical)
         added = {}
     else:
-        add_items = Path(add_items)
+        add_items = os.fspath(add_items)
         log.info(f"== index: adding the products of {add_items} to {output}")
         catalogue = IndexCatalogue.load(output)
         ids, texts, categorical, rejected = read_new_items(config, add_items)

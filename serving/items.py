@@ -8,29 +8,29 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from collections.abc import Iterable
-from pathlib import Path
 
 from tfrec import fileio
 from tfrec.errors import TfrecError
 from tfrec.layout import ITEM_TEXTS_FILE
 
 
-def write_items(folder: Path, ids: Iterable[str], texts: Iterable[str]) -> None:
+def write_items(folder: str | os.PathLike, ids: Iterable[str], texts: Iterable[str]) -> None:
     """Writes ``folder/items.tsv`` atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, delimiter="\t", lineterminator="\n")
     writer.writerow(["item_id", "text"])
     writer.writerows(zip(ids, texts))
-    fileio.write_text(Path(folder) / ITEM_TEXTS_FILE, buffer.getvalue())
+    fileio.write_text(fileio.join(folder, ITEM_TEXTS_FILE), buffer.getvalue())
 
 
-def read_items(folder: Path) -> dict[str, str]:
+def read_items(folder: str | os.PathLike) -> dict[str, str]:
     """Item id -> product text, in file order."""
-    path = Path(folder) / ITEM_TEXTS_FILE
-    if not path.exists():
+    path = fileio.join(folder, ITEM_TEXTS_FILE)
+    if not fileio.exists(path):
         raise TfrecError(f"{path} not found: is {folder} the output folder of `tfrec index` or `tfrec export`?")
-    with open(path, encoding="utf-8", newline="") as f:
+    with io.StringIO(fileio.read_text(path), newline="") as f:
         reader = csv.reader(f, delimiter="\t")
         next(reader)
         return dict(reader)

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
+from tfrec import fileio
 from tfrec.layout import CATALOGUE_DIR, INDEX_REPORT_FILE, METRICS_FILE, STATS_FILE, TRAIN_SUMMARY_FILE
 
 KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
@@ -48,8 +49,8 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def _read(path: Path | None) -> Any:
-    return json.loads(path.read_text()) if path is not None and path.exists() else None
+def _read(path: str | None) -> Any:
+    return fileio.read_json(path) if path is not None else None
 
 
 # ----------------------------------------------------------------------- card
@@ -132,18 +133,19 @@ def _limitations(metrics: dict | None, stats: dict, index: dict | None, config) 
     return [{"description": n} for n in notes]
 
 
-def build_model_card(config, model_dir: str | Path, index_dir: str | Path | None, export_dir: str | Path,
+def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
+                     export_dir: str | os.PathLike,
                      version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
     """The model card of one export. ``models``: name -> ``{"path", "needs", "signature"}``;
     ``signatures``: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
     "outputs": {...}}`` (``serving.export.describe_signature``; default: each model's ``signature``)."""
 
-    model_dir, export_dir = Path(model_dir), Path(export_dir)
-    index_dir = Path(index_dir) if index_dir else None
-    stats = _read(model_dir / CATALOGUE_DIR / STATS_FILE) or {}
-    metrics = _read(model_dir / METRICS_FILE)
-    training = _read(model_dir / TRAIN_SUMMARY_FILE)
-    index = _read(index_dir / INDEX_REPORT_FILE) if index_dir else None
+    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
+    index_dir = os.fspath(index_dir) if index_dir else None
+    stats = _read(fileio.join(model_dir, CATALOGUE_DIR, STATS_FILE)) or {}
+    metrics = _read(fileio.join(model_dir, METRICS_FILE))
+    training = _read(fileio.join(model_dir, TRAIN_SUMMARY_FILE))
+    index = _read(fileio.join(index_dir, INDEX_REPORT_FILE)) if index_dir else None
     if signatures is None:
         signatures = {name: model["signature"] for name, model in models.items() if "signature" in model}
     data = config.data

@@ -8,12 +8,13 @@ request leaves out (as TF Serving fills them).
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from tfrec import fileio
 from tfrec.errors import TfrecError
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -33,15 +34,14 @@ def register_custom_ops() -> list[str]:
     return missing
 
 
-def read_saved_model(version_dir: str | Path) -> saved_model_pb2.SavedModel:
+def read_saved_model(version_dir: str | os.PathLike) -> saved_model_pb2.SavedModel:
     """The ``SavedModel`` protocol buffer of one version folder."""
-    version_dir = Path(version_dir)
     saved_model = saved_model_pb2.SavedModel()
-    binary = version_dir / "saved_model.pb"
-    if binary.exists():
-        saved_model.ParseFromString(binary.read_bytes())
+    binary = fileio.join(version_dir, "saved_model.pb")
+    if fileio.exists(binary):
+        saved_model.ParseFromString(fileio.read_bytes(binary))
     else:
-        text_format.Parse((version_dir / "saved_model.pbtxt").read_text(), saved_model)
+        text_format.Parse(fileio.read_text(fileio.join(version_dir, "saved_model.pbtxt")), saved_model)
     return saved_model
 
 
@@ -55,61 +55,62 @@ def serving_meta_graph(saved_model: saved_model_pb2.SavedModel) -> meta_graph_pb
     return saved_model.meta_graphs[0]
 
 
-def is_version_dir(path: str | Path) -> bool:
+def is_version_dir(path: str | os.PathLike) -> bool:
     """Whether ``path`` holds a SavedModel (one version of one model)."""
-    path = Path(path)
-    return any((path / name).is_file() for name in ("saved_model.pb", "saved_model.pbtxt"))
+    return any(fileio.exists(fileio.join(path, name)) for name in ("saved_model.pb", "saved_model.pbtxt"))
 
 
-def check_export_root(export_dir: str | Path) -> Path:
+def check_export_root(export_dir: str | os.PathLike) -> str:
     """``export_dir`` if it is an export root (``<model>/<version>/`` inside), else a clear error.
 
     Passing one model's folder, or one version's, is an easy slip: a server would find
     no models there, or take each version for a model.
     """
-    export_dir = Path(export_dir)
-    if not export_dir.is_dir():
+    export_dir = os.fspath(export_dir).rstrip("/")
+    parent = os.path.dirname if not fileio.is_url(export_dir) else lambda p: p.rsplit("/", 1)[0]
+    if not fileio.isdir(export_dir):
         raise TfrecError(f"{export_dir} is not a folder: pass the output folder of `tfrec export`")
     if is_version_dir(export_dir):
         raise TfrecError(f"{export_dir} is one version of one model (it holds saved_model.pb), not an export "
-                         f"folder: pass the export root, {export_dir.parent.parent}, which holds "
+                         f"folder: pass the export root, {parent(parent(export_dir))}, which holds "
                          f"<model>/<version>/")
-    versions = sorted(p.name for p in export_dir.iterdir() if p.name.isdigit() and is_version_dir(p))
+    versions = [name for name in fileio.listdir(export_dir)
+                if name.isdigit() and is_version_dir(fileio.join(export_dir, name))]
     if versions:
         raise TfrecError(f"{export_dir} is one model's folder (it holds version(s) {', '.join(versions)}), not an "
-                         f"export folder: pass the export root, {export_dir.parent}, which holds "
+                         f"export folder: pass the export root, {parent(export_dir)}, which holds "
                          f"<model>/<version>/")
     return export_dir
 
 
-def load_saved_model(version_dir: str | Path):
+def load_saved_model(version_dir: str | os.PathLike):
     """One version loaded eagerly, and its SignatureDefs: ``(loaded, {name: SignatureDef})``."""
-    return tf.saved_model.load(str(version_dir)), read_signature_defs(version_dir)
+    return tf.saved_model.load(os.fspath(version_dir)), read_signature_defs(version_dir)
 
 
-def read_signature_defs(version_dir: str | Path) -> dict[str, meta_graph_pb2.SignatureDef]:
+def read_signature_defs(version_dir: str | os.PathLike) -> dict[str, meta_graph_pb2.SignatureDef]:
     """The SignatureDefs a SavedModel declares (what TF Serving reports as its metadata)."""
     return dict(serving_meta_graph(read_saved_model(version_dir)).signature_def)
 
 
-def newest_version(model_dir: str | Path) -> Path:
+def newest_version(model_dir: str | os.PathLike) -> str:
     """The highest-numbered version folder of one exported model."""
-    model_dir = Path(model_dir)
-    versions = [p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()] if model_dir.is_dir() else []
+    versions = [name for name in fileio.listdir(model_dir)
+                if name.isdigit() and fileio.isdir(fileio.join(model_dir, name))]
     if not versions:
         raise TfrecError(f"{model_dir}: no exported versions (run `tfrec export`)")
-    return max(versions, key=lambda p: int(p.name))
+    return fileio.join(model_dir, max(versions, key=int))
 
 
-def load_serving_signature(export_dir: str | Path, name: str):
+def load_serving_signature(export_dir: str | os.PathLike, name: str):
     """The ``serving_default`` function of the newest version of model ``name``, loaded eagerly.
 
     Registers the custom ops the models need first (TF-Text's, ScaNN's). Inputs left out
     of a call take the defaults recorded in the SignatureDef, as TF Serving fills them.
     """
     register_custom_ops()
-    version = newest_version(Path(export_dir) / name)
-    loaded = tf.saved_model.load(str(version))
+    version = newest_version(fileio.join(export_dir, name))
+    loaded = tf.saved_model.load(version)
     function = loaded.signatures[DEFAULT_SIGNATURE]
     defaults = read_signature_defs(version)[DEFAULT_SIGNATURE].defaults
 

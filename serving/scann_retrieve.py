@@ -16,7 +16,7 @@ word would look like a short catalogue. A model server needs ScaNN's ops to load
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import tensorflow as tf
 
@@ -44,7 +44,7 @@ def first_occurrences(items: tf.Tensor) -> tf.Tensor:
 class RetrieveScannModel(RetrieveModel):
     """``history`` -> top-``k`` ``item_ids`` and ``scores`` through the ScaNN index (``k <= index.k``)."""
 
-    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, index_dir: str | Path, default_k: int,
+    def __init__(self, model: TwoTowerModel, catalogue: ServingCatalogue, index_dir: str | os.PathLike, default_k: int,
                  exclude_history: bool, max_history: int):
         params = load_search_params(index_dir)
         self.scann_state = load_searcher_state(index_dir)

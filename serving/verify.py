@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from serving.saved_model import DEFAULT_SIGNATURE, newest_version, read_saved_model, serving_meta_graph
+from tfrec import fileio
 from tfrec.errors import TfrecError
 from tfrec.layout import MODEL_CARD_FILE
 
@@ -139,7 +141,8 @@ def check_version(name: str, version_dir: str | Path, item_ids: list[str], texts
     check = ModelCheck(name, str(version_dir))
     signature_def = serving_meta_graph(read_saved_model(version_dir)).signature_def[DEFAULT_SIGNATURE]
     requests = sample_requests(signature_def, item_ids, texts, num_categorical, category)
-    answer = run_child(version_dir, requests)
+    with fileio.local_copy(version_dir) as local:  # the fresh process may not see this one's filesystems
+        answer = run_child(local, requests)
     check.custom_ops = answer["ops"]
     check.tf_serving = tf_serving_requirement(version_dir, check.custom_ops)
     if answer["modules"]:
@@ -167,24 +170,23 @@ def verify_export(export_dir: str | Path, version: int | None = None) -> list[Mo
     """Checks every model of an export folder (its newest version, or ``version``)."""
     from serving.items import read_items
 
-    export_dir = Path(export_dir)
-    models = sorted(p for p in export_dir.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-        if export_dir.is_dir() else []
-    models = [p for p in models if any(v.name.isdigit() for v in p.iterdir())]
+    export_dir = os.fspath(export_dir)
+    models = [name for name in fileio.listdir(export_dir)
+              if not name.startswith(".") and any(v.isdigit() for v in fileio.listdir(fileio.join(export_dir, name)))]
     if not models:
         raise TfrecError(f"{export_dir}: no exported models (expected {export_dir}/<name>/<version>/)")
     items = read_items(export_dir)
     item_ids, texts = list(items)[:6], list(items.values())[:2]
-    card = json.loads((export_dir / MODEL_CARD_FILE).read_text()) if (export_dir / MODEL_CARD_FILE).exists() \
-        else {}
+    card = fileio.read_json(fileio.join(export_dir, MODEL_CARD_FILE), default={})
     num_categorical = len(card.get("categorical_fields") or [])
     checks = []
     for model in models:
-        path = model / str(version) if version is not None else newest_version(model)
-        if not path.is_dir():
-            raise TfrecError(f"{model.name} has no version {version}")
+        folder = fileio.join(export_dir, model)
+        path = fileio.join(folder, str(version)) if version is not None else newest_version(folder)
+        if not fileio.isdir(path):
+            raise TfrecError(f"{model} has no version {version}")
         log.info("checking %s", path)
-        checks.append(check_version(model.name, path, item_ids, texts, num_categorical))
+        checks.append(check_version(model, path, item_ids, texts, num_categorical))
     return checks
 
 

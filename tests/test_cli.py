@@ -34,6 +34,36 @@ def test_only_beam_stages_pass_unknown_flags_on():
     assert exit_.value.code == 2
 
 
+@pytest.mark.parametrize("command", ["preprocess", "run"])
+def test_a_flag_neither_tfrec_nor_beam_knows_fails_naming_it(command, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--config", "configs/online_retail.yaml", "--output", str(tmp_path / "o"),
+              "--runner=DirectRunner", "--sett", "train.epochs=1"])
+    assert exit_.value.code == 2
+    assert "--sett" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_runner_flags_of_every_runner_are_known_and_listed_in_help(capsys):
+    from pipelines.options import pipeline_options, unknown_beam_args
+
+    known = ["--runner=FlinkRunner", "--flink_master=h:8081", "--environment_type=LOOPBACK",
+             "--spark_master_url=spark://h:7077", "--project", "p", "--region=europe-west1",
+             "--temp_location=gs://b/tmp", "--setup_file=./setup.py", "--max_num_workers=4",
+             "--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    assert unknown_beam_args(known) == []
+    assert unknown_beam_args(known + ["--num_worker=3"]) == ["--num_worker=3"]
+    from tfrec.errors import TfrecError
+
+    with pytest.raises(TfrecError, match="--max_num_worker"):
+        pipeline_options(["--max_num_worker=3"])
+    with pytest.raises(SystemExit):
+        main(["preprocess", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--runner", "--setup_file", "--flink_master", "--spark_master_url", "--direct_num_workers"):
+        assert flag in text
+
+
 def test_errors_name_the_file_and_exit_2_without_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(tmp_path / "missing.yaml"),
                              "--data", str(tmp_path), "--output", str(tmp_path / "model")],

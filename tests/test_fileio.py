@@ -1,6 +1,7 @@
 """Atomic writes: whole files or none, temporaries cleaned on the next run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import tensorflow as tf
@@ -44,18 +45,35 @@ def test_works_on_a_non_local_filesystem():
     assert fileio.read_json("ram://fileio-test/none.json") is None
 
 
-def test_staged_path_appears_only_when_the_block_succeeds(tmp_path):
-    target = tmp_path / "model.keras"
-    with pytest.raises(RuntimeError):
-        with fileio.staged(target) as staged:
-            assert staged.endswith("model.keras")
-            open(staged, "w").write("half")
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
-    with fileio.staged(target) as staged:
-        open(staged, "w").write("whole")
-    assert target.read_text() == "whole" and [p.name for p in tmp_path.iterdir()] == ["model.keras"]
-    fileio.write_npz(tmp_path / "v.npz", a=[1, 2])
+def test_write_npz_is_atomic_and_readable(tmp_path):
     import numpy as np
 
+    fileio.write_npz(tmp_path / "v.npz", a=[1, 2])
     assert np.load(tmp_path / "v.npz")["a"].tolist() == [1, 2]
+    assert [p.name for p in tmp_path.iterdir()] == ["v.npz"]
+
+
+def test_helpers_work_the_same_on_a_url_filesystem(tmp_path):
+    """``ram://`` (TensorFlow's in-process filesystem) stands for a bucket: URLs are joined
+    with ``/``, folders are copied file by file, and a staged local write lands whole."""
+    root = "ram://fileio-helpers"
+    assert fileio.join(root, "a", "b.txt") == "ram://fileio-helpers/a/b.txt"
+    fileio.write_text(fileio.join(root, "a", "b.txt"), "bee")
+    fileio.write_text(fileio.join(root, "a", "sub", "c.txt"), "sea")
+    assert fileio.listdir(fileio.join(root, "a")) == ["b.txt", "sub"]
+    assert fileio.glob(fileio.join(root, "a", "*.txt")) == [fileio.join(root, "a", "b.txt")]
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        fileio.read_text(fileio.join(root, "missing.txt"))
+
+    fileio.copy_tree(fileio.join(root, "a"), str(tmp_path / "local"))
+    assert (tmp_path / "local" / "sub" / "c.txt").read_text() == "sea"
+    with fileio.local_copy(fileio.join(root, "a")) as local:
+        assert sorted(p.name for p in Path(local).rglob("*.txt")) == ["b.txt", "c.txt"]
+
+    target = fileio.join(root, "staged")
+    for content in ("first, the longer one", "second"):  # the second replaces the first whole
+        with fileio.local_staging(target) as staged:
+            with open(staged, "w") as f:
+                f.write(content)
+        assert fileio.read_text(target) == content
+    assert fileio.listdir(root) == ["a", "staged"], "a temporary file was left behind"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import typing
 from pathlib import Path
@@ -498,9 +499,15 @@ def config_from_dict(raw: Any, source: str = "<config>") -> Config:
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Reads, overrides and validates a YAML config; errors name the file and key."""
-    path = Path(path)
+    path = os.fspath(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if "://" in path:  # a bucket URL: read through TensorFlow's filesystems
+            from tfrec import fileio
+
+            text = fileio.read_text(path)
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
@@ -512,7 +519,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(config.to_yaml(), encoding="utf-8")
+    from tfrec import fileio
+
+    fileio.write_text(path, config.to_yaml())
 
 
 # --------------------------------------------------------------------- reference

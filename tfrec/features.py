@@ -28,11 +28,12 @@ computes the query once for the whole group.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import tensorflow as tf
 
+from tfrec import fileio
 from tfrec.layout import SHARD_SUFFIX, SPLITS
 
 # Item records.
@@ -56,11 +57,11 @@ def categorical_key(field: str) -> str:
     return CATEGORICAL_PREFIX + field
 
 
-def split_pattern(data_dir: str | Path, split: str) -> str:
+def split_pattern(data_dir: str | os.PathLike, split: str) -> str:
     """The glob of a split's TFRecord shards."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
-    return str(Path(data_dir) / split / f"*{SHARD_SUFFIX}")
+    return fileio.join(data_dir, split, f"*{SHARD_SUFFIX}")
 
 
 # ------------------------------------------------------------------ writing side

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import threading
 from collections.abc import Callable
 from concurrent import futures
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,6 +27,7 @@ from serving.server.grpc_service import add_services
 from serving.server.registry import ModelRegistry, Servable
 from serving.server.rest import RestServer
 from serving.server.status import UNIMPLEMENTED, ServingError, invalid
+from tfrec import fileio
 from tfrec.errors import TfrecError
 
 if TYPE_CHECKING:
@@ -39,10 +40,10 @@ _GRPC_WORKERS = 16
 class ModelServer:
     """Serves an export folder over REST and gRPC until ``stop()``; usable as a context manager."""
 
-    def __init__(self, export_dir: str | Path, host: str = "127.0.0.1", port: int = 8501,
+    def __init__(self, export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501,
                  grpc_port: int | None = 8500, poll_seconds: float = 2.0, max_batch: int | None = None,
                  log: Callable[[str], None] = print, limits: Limits | None = None):
-        self.export_dir = Path(export_dir)
+        self.export_dir = os.fspath(export_dir)
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.poll_seconds = poll_seconds
         limits = limits or Limits()
@@ -155,7 +156,8 @@ class ModelServer:
         return self._http.open_connections if self._http is not None else 0
 
     def describe(self) -> str:
-        lines = [f"tfrec serve: {self.export_dir.resolve()}"]
+        where = self.export_dir if fileio.is_url(self.export_dir) else os.path.abspath(self.export_dir)
+        lines = [f"tfrec serve: {where}"]
         serving = self.registry.serving()
         for name in self.registry.names():
             if name in serving:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from pathlib import Path
 
 from serving.server.app import ModelServer
 from serving.server.checks import Limits
 
 
-def serve(export_dir: str | Path, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
+def serve(export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
           poll_seconds: float = 2.0, **limits) -> None:
     """Serves ``export_dir`` until Ctrl-C or SIGTERM (``grpc_port=0``: no gRPC).
 

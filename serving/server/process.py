@@ -7,6 +7,7 @@ from ``/proc``, so Linux only).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -32,9 +33,9 @@ class ServerProcess:
     Usable as a context manager; ``stop()`` sends Ctrl-C's signal and waits.
     """
 
-    def __init__(self, export: str | Path, settings: dict | None = None, grpc: bool = True,
+    def __init__(self, export: str | os.PathLike, settings: dict | None = None, grpc: bool = True,
                  poll_seconds: float = 2.0):
-        self.export = Path(export)
+        self.export = os.fspath(export)
         self.rest_port, self.grpc_port = free_port(), (free_port() if grpc else 0)
         overrides = [arg for key, value in (settings or {}).items() for arg in ("--set", f"serve.{key}={value}")]
         # A file, not a pipe: a pipe nobody reads would fill up and stall the server. Closed by stop().

@@ -11,10 +11,10 @@ a model folder that disappears is no longer served.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from serving.saved_model import DEFAULT_SIGNATURE, is_version_dir, load_saved_model
 from serving.server.checks import Signature
 from serving.server.status import NOT_FOUND, ServingError, first_line, invalid
+from tfrec import fileio
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Servable:
 
     name: str
     version: int
-    path: Path
+    path: str
     signatures: dict[str, Signature]
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     loaded: Any = field(repr=False, default=None)  # keeps the variables the signatures read alive
@@ -59,12 +60,12 @@ def _catalogue_facts(loaded: Any) -> tuple[np.ndarray | None, int | None]:
     return known, (len(tables) if tables is not None else None)
 
 
-def load_servable(name: str, version_dir: Path) -> Servable:
+def load_servable(name: str, version_dir: str) -> Servable:
     loaded, defs = load_saved_model(version_dir)
     known_ids, categorical_fields = _catalogue_facts(loaded)
     signatures = {key: Signature.from_def(name, key, defs[key], function, known_ids, categorical_fields)
                   for key, function in loaded.signatures.items() if key in defs}
-    return Servable(name, int(version_dir.name), version_dir, signatures, defs, loaded)
+    return Servable(name, int(os.path.basename(version_dir.rstrip("/"))), version_dir, signatures, defs, loaded)
 
 
 @dataclass
@@ -75,18 +76,19 @@ class VersionStatus:
     fingerprint: tuple = ()  # of the files, for a version that failed: retried when they change
 
 
-def _versions_on_disk(model_dir: Path) -> list[int]:
+def _versions_on_disk(model_dir: str) -> list[int]:
     """The model's complete versions (a SavedModel inside), newest first."""
     try:
-        return sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit() and is_version_dir(p)),
-                      reverse=True)
-    except OSError:
+        return sorted((int(name) for name in fileio.listdir(model_dir)
+                       if name.isdigit() and is_version_dir(fileio.join(model_dir, name))), reverse=True)
+    except (OSError, tf.errors.OpError):
         return []
 
 
-def _fingerprint(version_dir: Path) -> tuple:
-    return tuple(sorted((str(p.relative_to(version_dir)), p.stat().st_size)
-                        for p in version_dir.rglob("*") if p.is_file()))
+def _fingerprint(version_dir: str) -> tuple:
+    """The names and sizes of a version's files (on any filesystem)."""
+    paths = [fileio.join(folder, name) for folder, _, files in tf.io.gfile.walk(version_dir) for name in files]
+    return tuple(sorted((path[len(version_dir):], tf.io.gfile.stat(path).length) for path in paths))
 
 
 def _error_code(error: Exception) -> str:
@@ -98,8 +100,8 @@ def _error_code(error: Exception) -> str:
 class ModelRegistry:
     """The models of an export folder: the servable in service for each, and every version's status."""
 
-    def __init__(self, export_dir: str | Path, log: Callable[[str], None] | None = None):
-        self.export_dir = Path(export_dir)
+    def __init__(self, export_dir: str | os.PathLike, log: Callable[[str], None] | None = None):
+        self.export_dir = os.fspath(export_dir)
         self.log = log or logging.getLogger(__name__).info
         self._lock = threading.Lock()
         self._serving: dict[str, Servable] = {}
@@ -115,15 +117,15 @@ class ModelRegistry:
 
     def refresh(self) -> list[Servable]:
         """Brings every model to its newest loadable version; returns the versions loaded."""
-        model_dirs = sorted(p for p in self.export_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        loaded = [s for s in map(self._refresh_model, model_dirs) if s is not None]
-        present = {p.name for p in model_dirs}
-        for name in set(self.serving()) - present:
-            self._retire(name, f"its folder {self.export_dir / name} is gone")
+        names = [name for name in fileio.listdir(self.export_dir)
+                 if not name.startswith(".") and fileio.isdir(fileio.join(self.export_dir, name))]
+        loaded = [s for s in (self._refresh_model(name) for name in names) if s is not None]
+        for name in set(self.serving()) - set(names):
+            self._retire(name, f"its folder {fileio.join(self.export_dir, name)} is gone")
         return loaded
 
-    def _refresh_model(self, model_dir: Path) -> Servable | None:
-        name = model_dir.name
+    def _refresh_model(self, name: str) -> Servable | None:
+        model_dir = fileio.join(self.export_dir, name)
         versions = _versions_on_disk(model_dir)
         with self._lock:
             current = self._serving.get(name)
@@ -135,7 +137,7 @@ class ModelRegistry:
         for version in versions:
             if current is not None and not gone and version <= current.version:
                 return None
-            path = model_dir / str(version)
+            path = fileio.join(model_dir, str(version))
             fingerprint = _fingerprint(path)
             status = statuses.get(version)
             if status is not None and status.error_code != "OK" and status.fingerprint == fingerprint:
@@ -155,7 +157,7 @@ class ModelRegistry:
         if servable is not None:
             self.log(f"  {name}: no longer served ({why})")
 
-    def _load(self, name: str, version: int, path: Path, fingerprint: tuple) -> Servable | None:
+    def _load(self, name: str, version: int, path: str, fingerprint: tuple) -> Servable | None:
         with self._lock:
             self._status[name][version] = VersionStatus("LOADING")
         try:

@@ -147,5 +147,5 @@ def test_versions_are_added_atomically_and_never_overwritten(tiny, trained_model
     with pytest.raises(TfrecError, match="already exists"):
         stage(tf.Module(), export / QUERY / "1")
     paths = export_models(tiny, trained_model_dir, index_dir, export)
-    assert all(p.name == "2" for p in paths.values())
+    assert all(Path(p).name == "2" for p in paths.values())
     assert (export / QUERY / "1" / "saved_model.pb").exists()

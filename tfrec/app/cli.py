@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -31,8 +30,22 @@ example:
 """
 
 
+RUNNER_FLAGS = """\
+runner flags, passed on to Apache Beam (any other Beam pipeline option works too):
+  --runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner|PortableRunner
+  DirectRunner: --direct_running_mode=in_memory|multi_threading|multi_processing --direct_num_workers=N
+  Dataflow:     --project=P --region=R --temp_location=gs://B/tmp --staging_location=gs://B/staging
+                --setup_file=./setup.py (or --requirements_file=F) --num_workers=N --max_num_workers=N
+                --machine_type=TYPE --service_account_email=SA --job_name=NAME
+  Flink:        --flink_master=HOST:8081 --environment_type=LOOPBACK|DOCKER|PROCESS --parallelism=N
+  Spark:        --spark_master_url=spark://HOST:7077 --environment_type=LOOPBACK|DOCKER|PROCESS
+  portable:     --job_endpoint=HOST:8099 --environment_type=... --environment_config=...
+An argument that neither tfrec nor Beam knows is an error (exit code 2).
+"""
+
+
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--config", required=required, type=Path, metavar="FILE",
+    parser.add_argument("--config", required=required, metavar="FILE",
                         help="YAML configuration (see configs/online_retail.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set train.epochs=3 (repeatable)")
@@ -137,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=description,
+                           epilog=RUNNER_FLAGS if name in _PASS_THROUGH else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(handler=handler)
         talk = p.add_mutually_exclusive_group()
@@ -145,11 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
-            "Runs the Apache Beam preprocessing job. Arguments tfrec does not know are passed "
-            "to Beam as pipeline options, e.g.\n"
-            "  --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp "
-            "--setup_file=./setup.py\n"
-            "  --runner=DirectRunner --direct_running_mode=multi_processing --direct_num_workers=2")
+            "Runs the Apache Beam preprocessing job. Beam's pipeline options (the runner flags "
+            "below) are passed on to Beam.")
     _config_args(p)
     p.add_argument("--output", required=True, help="data directory to write (local or gs://)")
 
@@ -157,33 +168,33 @@ def build_parser() -> argparse.ArgumentParser:
             "Trains with in-batch softmax, checkpointing every epoch; re-running the same "
             "command after an interruption resumes from the last checkpoint.")
     _config_args(p)
-    p.add_argument("--data", required=True, type=Path, help="output folder of `tfrec preprocess`")
-    p.add_argument("--output", required=True, type=Path, help="model folder to write")
+    p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
+    p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--fresh", action="store_true", help="discard checkpoints left by an earlier run")
 
     p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
             "Ranks the full catalogue for every validation and test user under the `all` and "
             "`explore` protocols and writes MODEL/metrics.json.")
     _config_args(p)
-    p.add_argument("--data", required=True, type=Path, help="output folder of `tfrec preprocess`")
-    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
+    p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
+    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
 
     p = add("index", _index, "build and check the ScaNN index",
             "Computes item vectors for the catalogue, builds a ScaNN index and measures it "
             "against exact top-K (index_report.json).")
     _config_args(p)
-    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
-    p.add_argument("--output", required=True, type=Path, help="index folder to write")
-    p.add_argument("--add", type=Path, metavar="ITEMS_FILE",
+    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
+    p.add_argument("--output", required=True, help="index folder to write")
+    p.add_argument("--add", metavar="ITEMS_FILE",
                    help="add new products (same columns as the catalogue) to an existing index")
 
     p = add("export", _export, "write SavedModels in TF Serving's layout",
             "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
             "retrieve_scann models, plus models.config and model_card.json.")
     _config_args(p)
-    p.add_argument("--model", required=True, type=Path, help="output folder of `tfrec train`")
-    p.add_argument("--index", required=True, type=Path, help="output folder of `tfrec index`")
-    p.add_argument("--output", required=True, type=Path, help="export folder (TF Serving base)")
+    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
+    p.add_argument("--index", required=True, help="output folder of `tfrec index`")
+    p.add_argument("--output", required=True, help="export folder (TF Serving base)")
     p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
     p.add_argument("--model-base-path", metavar="PATH",
                    help="the export folder as the model server will see it, written into models.config "
@@ -197,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
             "model: loads in graph mode, answers with defaults, same results as eager, the ops beyond "
             "core TensorFlow the graph needs, and the oldest stock TF Serving that serves it. Exit code "
             "1 when any model fails. `tfrec export` runs the same check before a version goes live.")
-    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
     p.add_argument("--version", type=int, default=None, help="version to check (default: each model's newest)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
@@ -206,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Serves the newest version of each model and picks up new versions while running. "
             "Settings come from the flags, else from the config's `serve` section (or --set serve.KEY=VALUE, "
             "with or without --config), else the defaults; see the README for the request limits.")
-    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
     _config_args(p, required=False)
     p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="REST port (default: serve.port, 8501)")
@@ -216,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("recommend", _recommend, "recommendations, similar items or text search from the CLI",
             "Loads an export and prints a table of item ids, product texts and scores.")
-    p.add_argument("--export", required=True, type=Path, help="output folder of `tfrec export`")
+    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
     p.add_argument("--history", help="comma-separated item ids, oldest first (recommendations for them)")
     p.add_argument("--similar-to", metavar="ITEM_ID", help="items most similar to this one")
     p.add_argument("--query", help="free text, e.g. 'red enamel mug' (blended with --history if given)")
@@ -230,9 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("run", _run, "preprocess, train, evaluate, index and export in one go",
             "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
-            "A stage whose outputs exist for the same config and inputs is skipped.")
+            "A stage whose outputs exist for the same config and inputs is skipped. Beam's pipeline "
+            "options (the runner flags below) are passed on to the preprocessing job.")
     _config_args(p)
-    p.add_argument("--output", required=True, type=Path, help="run folder, e.g. runs/online_retail")
+    p.add_argument("--output", required=True, help="run folder, e.g. runs/online_retail")
     p.add_argument("--force", action="store_true", help="redo every stage")
     return parser
 
@@ -274,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in _PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        from pipelines.options import unknown_beam_args
+
+        unknown = unknown_beam_args(extra)
+        if unknown:
+            parser.error(f"unrecognized arguments (neither tfrec nor Apache Beam knows them): {' '.join(unknown)}")
     from tfrec.errors import TfrecError
     from tfrec.fileio import no_empty_folders_on_failure
 

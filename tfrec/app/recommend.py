@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR
 from serving.items import read_items
@@ -32,7 +32,7 @@ def recommend(args: argparse.Namespace) -> dict:
     """Runs the request the arguments describe; returns ``{"request": ..., "results": [...]}``."""
     import tensorflow as tf
 
-    export_dir = Path(args.export)
+    export_dir = os.fspath(args.export)
     items = read_items(export_dir)
     history, exclude = _ids(args.history), _ids(args.exclude)
     unknown = [i for i in history + exclude + _ids(args.similar_to) if i not in items]

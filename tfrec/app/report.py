@@ -8,7 +8,8 @@ exported model serves, never numbers typed by hand.
 from __future__ import annotations
 
 import datetime
-import json
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -21,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from tfrec.app.report_summary import key_table, segments_section, summary_section  # noqa: E402
 from tfrec.config import Config  # noqa: E402
 from tfrec.data import load_eval_split  # noqa: E402
-from tfrec.fileio import write_text  # noqa: E402
+from tfrec.fileio import copy, join, read_json, read_text, write_text  # noqa: E402
 from tfrec.layout import (
     CURVES_FILE,
     DATA_DIR,
@@ -35,6 +36,7 @@ from tfrec.layout import (
     REPORT_FILE,
     STATS_FILE,
     TRAIN_SUMMARY_FILE,
+    VOCAB_FILE,
 )
 
 METRIC_COLUMNS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
@@ -45,8 +47,8 @@ EXAMPLE_ITEMS = 3
 EXAMPLE_NEW = 5
 
 
-def _load(path: Path) -> dict | list | None:
-    return json.loads(path.read_text()) if path.exists() else None
+def _load(path: str) -> dict | list | None:
+    return read_json(path)
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -62,7 +64,7 @@ def _number(value) -> str:
 # ---------------------------------------------------------------------- sections
 
 
-def data_section(stats: dict, data_dir: Path, out: Path) -> str:
+def data_section(stats: dict, data_dir: str, out: Path) -> str:
     rows = [["rows read", _number(stats["rows_read"])], ["rows kept", _number(stats["rows_kept"])],
             ["rows rejected", _number(stats["rows_rejected"])]]
     rows += [[f"&nbsp;&nbsp;{reason}", _number(n)] for reason, n in stats.get("rejected_by_reason", {}).items()]
@@ -233,7 +235,7 @@ def _recommendations(retrieve, history: list[str], bought: set[str], texts: dict
     return _table(["#", "bought", "item", "product", "score", "because you bought"], rows)
 
 
-def examples_section(data_dir: Path, export_dir: Path, ids: list[str], texts: dict[str, str], k: int = 10) -> str:
+def examples_section(data_dir: str, export_dir: str, ids: list[str], texts: dict[str, str], k: int = 10) -> str:
     """Recommendations from the exported model for a few real test users, and similar items."""
     import tensorflow as tf
 
@@ -280,16 +282,29 @@ def environment_section(card: dict | None, config: Config) -> str:
     return "\n\n".join(parts)
 
 
-def write_report(config: Config, run_dir: str | Path) -> Path:
-    """Writes ``run_dir/report.md`` and its images from the outputs of ``tfrec run``."""
-    run_dir = Path(run_dir)
-    data_dir, model_dir, index_dir, export_dir = (run_dir / d for d in (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR))
-    print(f"== report: {run_dir / REPORT_FILE}")
+def write_report(config: Config, run_dir: str | os.PathLike) -> str:
+    """Writes ``run_dir/report.md`` and its images from the outputs of ``tfrec run``.
+
+    The images are drawn into a local temporary folder (matplotlib writes local files)
+    and copied beside the report, so ``run_dir`` may be on any filesystem.
+    """
+    run_dir = os.fspath(run_dir)
+    with tempfile.TemporaryDirectory(prefix="tfrec-report-") as images:
+        path = _write_report(config, run_dir, Path(images))
+        for name in sorted(os.listdir(images)):
+            copy(os.path.join(images, name), join(run_dir, name))
+    return path
+
+
+def _write_report(config: Config, run_dir: str, out: Path) -> str:
+    folders = (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR)
+    data_dir, model_dir, index_dir, export_dir = (join(run_dir, d) for d in folders)
+    print(f"== report: {join(run_dir, REPORT_FILE)}")
     from serving.items import read_items
 
     texts = read_items(export_dir)
-    ids = (data_dir / "vocab" / "items.txt").read_text(encoding="utf-8").splitlines()
-    metrics = _load(model_dir / METRICS_FILE)
+    ids = read_text(join(data_dir, VOCAB_FILE)).splitlines()
+    metrics = _load(join(model_dir, METRICS_FILE))
     min_users = config.eval.min_segment_users
     sections = [
         f"# tfrec run report: {config.name}",
@@ -297,14 +312,14 @@ def write_report(config: Config, run_dir: str | Path) -> Path:
         "from the run's outputs. Deploying? Read `export/model_card.md`.",
         summary_section(metrics, config) if metrics else "",
         key_table(metrics, config) if metrics else "",
-        segments_section(metrics, config, run_dir) if metrics else "",
-        data_section(_load(data_dir / STATS_FILE), data_dir, run_dir),
-        training_section(_load(model_dir / HISTORY_FILE), _load(model_dir / TRAIN_SUMMARY_FILE), run_dir),
-        quality_section(metrics, _load(model_dir / CURVES_FILE), run_dir, min_users),
-        index_section(_load(index_dir / INDEX_REPORT_FILE)),
+        segments_section(metrics, config, out) if metrics else "",
+        data_section(_load(join(data_dir, STATS_FILE)), data_dir, out),
+        training_section(_load(join(model_dir, HISTORY_FILE)), _load(join(model_dir, TRAIN_SUMMARY_FILE)), out),
+        quality_section(metrics, _load(join(model_dir, CURVES_FILE)), out, min_users),
+        index_section(_load(join(index_dir, INDEX_REPORT_FILE))),
         examples_section(data_dir, export_dir, ids, texts),
-        environment_section(_load(export_dir / MODEL_CARD_FILE), config),
+        environment_section(_load(join(export_dir, MODEL_CARD_FILE)), config),
     ]
-    path = run_dir / REPORT_FILE
+    path = join(run_dir, REPORT_FILE)
     write_text(path, "\n\n".join(s for s in sections if s) + "\n")
     return path

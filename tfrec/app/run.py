@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
+import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from apache_beam.io.filesystems import FileSystems
 
+from tfrec import fileio
 from tfrec.config import Config
 from tfrec.fileio import no_empty_folders_on_failure
 from tfrec.layout import (
@@ -55,9 +55,8 @@ def input_fingerprint(patterns: list[str]) -> str:
     for pattern in patterns:
         for match in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
             digest.update(match.path.encode())
-            path = Path(match.path)
-            if path.exists():
-                with open(path, "rb") as f:
+            if not fileio.is_url(match.path) and os.path.isfile(match.path):
+                with open(match.path, "rb") as f:
                     for block in iter(lambda: f.read(1 << 20), b""):
                         digest.update(block)
             else:
@@ -68,30 +67,30 @@ def input_fingerprint(patterns: list[str]) -> str:
 @dataclasses.dataclass
 class Stage:
     name: str
-    folder: Path
+    folder: str
     outputs: list[str]
     """Files that must exist (relative to ``folder``) for the stage to count as done."""
     fingerprint: str
     action: Callable[[], object]
 
     def done(self) -> bool:
-        stamp = self.folder / STAGE_STAMP
-        if not stamp.exists() or not all((self.folder / o).exists() for o in self.outputs):
+        stamp = fileio.join(self.folder, STAGE_STAMP)
+        if not fileio.exists(stamp) or not all(fileio.exists(fileio.join(self.folder, o)) for o in self.outputs):
             return False
-        return json.loads(stamp.read_text()).get(self.name) == self.fingerprint
+        return fileio.read_json(stamp).get(self.name) == self.fingerprint
 
     def record(self) -> None:
-        stamp = self.folder / STAGE_STAMP
-        recorded = json.loads(stamp.read_text()) if stamp.exists() else {}
+        stamp = fileio.join(self.folder, STAGE_STAMP)
+        recorded = fileio.read_json(stamp, default={})
         recorded[self.name] = self.fingerprint
-        stamp.write_text(json.dumps(recorded, indent=1))
+        fileio.write_json(stamp, recorded)
 
 
 def _chain(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def plan(config: Config, output: Path, beam_args: list[str] | None = None, force: bool = False) -> list[Stage]:
+def plan(config: Config, output: str, beam_args: list[str] | None = None, force: bool = False) -> list[Stage]:
     """The stages of a run, with their fingerprints."""
     from pipelines.preprocess import run_preprocess
     from serving.export import export_models
@@ -100,7 +99,7 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     from tfrec.evaluation.comparison import evaluate
     from tfrec.training.trainer import train
 
-    data, model, index, export = (output / d for d in (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR))
+    data, model, index, export = (fileio.join(output, d) for d in (DATA_DIR, MODEL_DIR, INDEX_DIR, EXPORT_DIR))
     patterns = list(config.data.interactions.paths)
     if config.data.catalogue:
         patterns += config.data.catalogue.paths
@@ -112,7 +111,7 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     f_report = _chain(f_eval, f_export)
     return [
         Stage("preprocess", data, [STATS_FILE, ITEMS_FILE, VOCAB_FILE], f_data,
-              lambda: run_preprocess(config, str(data), beam_args or [])),
+              lambda: run_preprocess(config, data, beam_args or [])),
         Stage("train", model, [MODEL_FILE, VECTORS_FILE], f_model,
               lambda: train(config, data, model, resume=not force)),
         Stage("evaluate", model, [METRICS_FILE], f_eval, lambda: evaluate(config, data, model)),
@@ -123,9 +122,9 @@ def plan(config: Config, output: Path, beam_args: list[str] | None = None, force
     ]
 
 
-def run_all(config: Config, output: str | Path, force: bool = False, beam_args: list[str] | None = None) -> None:
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+def run_all(config: Config, output: str | os.PathLike, force: bool = False, beam_args: list[str] | None = None) -> None:
+    output = os.fspath(output)
+    fileio.makedirs(output)
     started = time.time()
     stages = plan(config, output, beam_args, force)
     for number, stage in enumerate(stages, 1):
@@ -136,10 +135,10 @@ def run_all(config: Config, output: str | Path, force: bool = False, beam_args: 
         print(f"\n{'=' * 72}\n{header} -> {stage.folder}\n{'=' * 72}", flush=True)
         stage_start = time.time()
         with no_empty_folders_on_failure(stage.folder):
-            stage.folder.mkdir(parents=True, exist_ok=True)
+            fileio.makedirs(stage.folder)
             stage.action()
         stage.record()
         print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
     print(f"\nRun complete in {time.time() - started:.0f}s: {output}")
-    print(f"  report:  {output / REPORT_FILE}")
-    print(f"  serve:   tfrec serve --export {output / EXPORT_DIR}")
+    print(f"  report:  {fileio.join(output, REPORT_FILE)}")
+    print(f"  serve:   tfrec serve --export {fileio.join(output, EXPORT_DIR)}")

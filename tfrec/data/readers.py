@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from tfrec import features as F
-from tfrec import layout
+from tfrec import fileio, layout
 from tfrec.errors import TfrecError
 
 PAD = -1
@@ -38,10 +38,10 @@ def _records(pattern: str, spec: dict[str, Any]) -> tf.data.Dataset:
     )
 
 
-def load_stats(data_dir: str | Path) -> dict[str, Any]:
-    path = Path(data_dir) / layout.STATS_FILE
+def load_stats(data_dir: str | os.PathLike) -> dict[str, Any]:
+    path = fileio.join(data_dir, layout.STATS_FILE)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(fileio.read_text(path))
     except FileNotFoundError:
         raise TfrecError(f"{path} not found: is {data_dir} the output folder of `tfrec preprocess`?") from None
 
@@ -71,9 +71,9 @@ class Catalogue:
         return {item: i for i, item in enumerate(self.ids)}
 
 
-def load_catalogue(data_dir: str | Path, categorical_fields: tuple[str, ...] | list[str] = ()) -> Catalogue:
+def load_catalogue(data_dir: str | os.PathLike, categorical_fields: tuple[str, ...] | list[str] = ()) -> Catalogue:
     """Reads ``items.tfrecord.gz`` into index order and checks it is complete."""
-    path = str(Path(data_dir) / layout.ITEMS_FILE)
+    path = fileio.join(data_dir, layout.ITEMS_FILE)
     rows = list(_records(path, F.item_spec(categorical_fields)).as_numpy_iterator())
     if not rows:
         raise TfrecError(f"{path} holds no items")
@@ -117,7 +117,7 @@ class EvalSplit:
         )
 
 
-def load_eval_split(data_dir: str | Path, split: str) -> EvalSplit:
+def load_eval_split(data_dir: str | os.PathLike, split: str) -> EvalSplit:
     """Reads the ``valid`` or ``test`` records, sorted by user id (deterministic)."""
     rows = list(_records(F.split_pattern(data_dir, split), F.eval_spec()).as_numpy_iterator())
     rows.sort(key=lambda r: r[F.USER_ID])
@@ -148,7 +148,7 @@ def _left_pad(history: tf.Tensor, length: int) -> tf.Tensor:
     return tf.concat([tf.fill([length - tf.shape(recent)[0]], tf.constant(PAD, tf.int64)), recent], 0)
 
 
-def train_examples(data_dir: str | Path, max_history: int, max_targets: int, skip_repeats: bool = False,
+def train_examples(data_dir: str | os.PathLike, max_history: int, max_targets: int, skip_repeats: bool = False,
                    cache: bool = True) -> tf.data.Dataset:
     """``(history [max_history], targets [max_targets])`` per training window, in file order.
 

@@ -15,8 +15,8 @@ on the test split only) and prints the tables.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from tfrec.errors import TfrecError
 from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
 from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
 from tfrec.evaluation.segments import analyse_split, target_segments
-from tfrec.fileio import write_json
+from tfrec.fileio import join, write_json
 from tfrec.layout import CURVES_FILE, METRICS_FILE, TEXT_CACHE_DIR
 from tfrec.models.text import cached_text_vectors, pretrained_pipeline
 from tfrec.models.two_tower import load_model
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 
 
-def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: Path) -> np.ndarray:
+def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: str) -> np.ndarray:
     """The untrained pretrained encoder's vectors of every item text (cached)."""
     encoder = config.model.text_encoder.model_copy(update={"kind": "pretrained", "fine_tune": "frozen"})
     return cached_text_vectors(pretrained_pipeline(encoder), list(catalogue.texts), cache_dir)
@@ -63,9 +63,9 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
     return baselines
 
 
-def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dict:
+def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
     """Evaluates the trained model and the baselines; returns and writes the metrics."""
-    data_dir, model_dir = Path(data_dir), Path(model_dir)
+    data_dir, model_dir = os.fspath(data_dir), os.fspath(model_dir)
     log.info(f"== evaluate: {model_dir} on {data_dir}")
     model = load_model(model_dir)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
@@ -77,7 +77,7 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
     valid = load_eval_split(data_dir, "valid")
     test = load_eval_split(data_dir, "test")
     # One set of text vectors serves the zero-shot baseline and every list's intra-list similarity.
-    text_vectors = zero_shot_text_vectors(config, catalogue, model_dir / TEXT_CACHE_DIR)
+    text_vectors = zero_shot_text_vectors(config, catalogue, join(model_dir, TEXT_CACHE_DIR))
     baselines = make_baselines(config, catalogue, valid, text_vectors)
     scorers = {"model": model_scorer(model, model.item_vectors())}
     scorers.update({b.name: b.scores for b in baselines})
@@ -99,8 +99,8 @@ def evaluate(config: Config, data_dir: str | Path, model_dir: str | Path) -> dic
         log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,
                  config.eval.bootstrap_resamples, seconds, ranked - started, 100 * seconds / (ranked - started))
         log.info(f"\n{format_table(metrics[name], name)}\n({time.time() - started:.1f}s)")
-    write_json(model_dir / CURVES_FILE, curves)
-    write_json(model_dir / METRICS_FILE, metrics)
-    log.info(f"\nMetrics written to {model_dir / METRICS_FILE}")
+    write_json(join(model_dir, CURVES_FILE), curves)
+    write_json(join(model_dir, METRICS_FILE), metrics)
+    log.info(f"\nMetrics written to {join(model_dir, METRICS_FILE)}")
     return metrics
 

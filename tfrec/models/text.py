@@ -20,6 +20,7 @@ import hashlib
 import importlib.resources
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -272,12 +273,12 @@ def scratch_pipeline(config: TextEncoderConfig, vocabulary: list[str],
     return TextPipeline(tokenize, encoder, fingerprint, tokenizer)
 
 
-def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | Path) -> np.ndarray:
+def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | os.PathLike) -> np.ndarray:
     """Encodes texts once; later calls with the same encoder and texts read the cache."""
     key = hashlib.sha256(("\x00".join(texts) + pipeline.fingerprint).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"text_vectors-{key}.npy"
-    if path.exists():
-        return np.load(path)
+    path = fileio.join(cache_dir, f"text_vectors-{key}.npy")
+    if fileio.exists(path):
+        return np.load(io.BytesIO(fileio.read_bytes(path)))
     log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
     vectors = pipeline.encode(texts)
     buffer = io.BytesIO()

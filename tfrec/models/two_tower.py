@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import Catalogue
 from tfrec.layout import CATEGORICAL_VOCAB_FILE, MODEL_FILE, TEXT_CACHE_DIR, TEXT_VOCAB_FILE
@@ -132,7 +132,7 @@ def categorical_codes(catalogue: Catalogue, vocabularies: dict[str, list[str]]) 
     return np.array(columns, np.int32).T.reshape(len(catalogue), len(vocabularies))
 
 
-def text_pipeline(config: Config, model_dir: str | Path, catalogue: Catalogue | None = None) -> TextPipeline:
+def text_pipeline(config: Config, model_dir: str | os.PathLike, catalogue: Catalogue | None = None) -> TextPipeline:
     """The model's tokenizer and text encoder, as configured.
 
     A scratch encoder's WordPiece vocabulary is computed from the catalogue once and
@@ -142,19 +142,18 @@ def text_pipeline(config: Config, model_dir: str | Path, catalogue: Catalogue | 
     if encoder.kind == "pretrained":
         layers = {"frozen": None, "last_n": encoder.fine_tune_layers, "all": -1}[encoder.fine_tune]
         return pretrained_pipeline(encoder, trainable_layers=layers)
-    vocab_path = Path(model_dir) / TEXT_VOCAB_FILE
-    if vocab_path.exists():
-        vocabulary = vocab_path.read_text(encoding="utf-8").split("\n")
+    vocab_path = fileio.join(model_dir, TEXT_VOCAB_FILE)
+    if fileio.exists(vocab_path):
+        vocabulary = fileio.read_text(vocab_path).split("\n")
     else:
         if catalogue is None:
             raise FileNotFoundError(f"{vocab_path}: the scratch text encoder's vocabulary is missing")
         vocabulary = word_piece_vocabulary(catalogue.texts, encoder.scratch.vocabulary_size)
-        vocab_path.parent.mkdir(parents=True, exist_ok=True)
-        vocab_path.write_text("\n".join(vocabulary), encoding="utf-8")
+        fileio.write_text(vocab_path, "\n".join(vocabulary))
     return scratch_pipeline(encoder, vocabulary)
 
 
-def serving_text_pipeline(config: Config, model_dir: str | Path, model: TwoTowerModel) -> TextPipeline:
+def serving_text_pipeline(config: Config, model_dir: str | os.PathLike, model: TwoTowerModel) -> TextPipeline:
     """The tokenizer and text encoder that embed *new* text the way the model embeds its items.
 
     A frozen model's item texts were encoded by the pretrained encoder, so new text goes
@@ -163,7 +162,7 @@ def serving_text_pipeline(config: Config, model_dir: str | Path, model: TwoTower
     encoder = model.item_tower.text_encoder
     settings = config.model.text_encoder
     if settings.kind == "scratch":
-        vocabulary = (Path(model_dir) / TEXT_VOCAB_FILE).read_text(encoding="utf-8").split("\n")
+        vocabulary = fileio.read_text(fileio.join(model_dir, TEXT_VOCAB_FILE)).split("\n")
         return scratch_pipeline(settings, vocabulary, encoder=encoder)
     pipeline = pretrained_pipeline(settings)
     if encoder is not None:
@@ -171,16 +170,15 @@ def serving_text_pipeline(config: Config, model_dir: str | Path, model: TwoTower
     return pipeline
 
 
-def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
+def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLike,
                 pipeline: TextPipeline | None = None) -> TwoTowerModel:
     """A fresh model for ``catalogue``, with its text content stored in the item tower."""
-    model_dir = Path(model_dir)
+    model_dir = os.fspath(model_dir)
     pipeline = pipeline or text_pipeline(config, model_dir, catalogue)
     m = config.model
     frozen = m.text_encoder.kind == "pretrained" and m.text_encoder.fine_tune == "frozen"
     vocabularies = categorical_vocabularies(catalogue)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / CATEGORICAL_VOCAB_FILE).write_text(json.dumps(vocabularies, indent=1), encoding="utf-8")
+    fileio.write_json(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE), vocabularies)
 
     item_tower = ItemTower(
         num_items=len(catalogue),
@@ -216,7 +214,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
     model.build()
     codes = categorical_codes(catalogue, vocabularies) if vocabularies else None
     if frozen:
-        vectors = cached_text_vectors(pipeline, list(catalogue.texts), model_dir / TEXT_CACHE_DIR)
+        vectors = cached_text_vectors(pipeline, list(catalogue.texts), fileio.join(model_dir, TEXT_CACHE_DIR))
         item_tower.set_catalogue(text_vectors=vectors, categorical=codes)
     else:
         tokens = pipeline.tokenize(tf.constant(list(catalogue.texts))).numpy()
@@ -224,8 +222,8 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | Path,
     return model
 
 
-def load_model(model_dir: str | Path) -> TwoTowerModel:
-    path = Path(model_dir) / MODEL_FILE
-    if not path.exists():
+def load_model(model_dir: str | os.PathLike) -> TwoTowerModel:
+    path = fileio.join(model_dir, MODEL_FILE)
+    if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: is {model_dir} the output folder of `tfrec train`?")
     return keras.saving.load_model(path, compile=False)

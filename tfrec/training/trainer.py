@@ -25,7 +25,6 @@ import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -112,13 +111,12 @@ def reseed(model: keras.Model, seed: int) -> None:
         state.assign(np.array([seed * 1_000_003 + i, 0], dtype=state.dtype))
 
 
-def copy_catalogue(data_dir: Path, model_dir: Path) -> Path:
+def copy_catalogue(data_dir: str, model_dir: str) -> str:
     """Copies the items, vocabulary and stats next to the model (later stages read them there)."""
-    target = model_dir / CATALOGUE_DIR
-    (target / "vocab").mkdir(parents=True, exist_ok=True)
+    target = fileio.join(model_dir, CATALOGUE_DIR)
     for name in (layout.ITEMS_FILE, layout.VOCAB_FILE, layout.STATS_FILE, layout.CONFIG_FILE):
-        if (data_dir / name).exists():
-            shutil.copyfile(data_dir / name, target / name)
+        if fileio.exists(fileio.join(data_dir, name)):
+            fileio.copy(fileio.join(data_dir, name), fileio.join(target, name))
     return target
 
 
@@ -140,12 +138,12 @@ def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 25
     return model.repeat_term.fit(similarity, histories, split.targets)
 
 
-def _atomic_write_model(model: keras.Model, path: Path) -> None:
-    with fileio.staged(path) as staged:
+def _atomic_write_model(model: keras.Model, path: str) -> None:
+    with fileio.local_staging(path) as staged:
         model.save(staged)
 
 
-def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: Path) -> None:
+def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: str) -> None:
     histories = pad_histories(test.histories, model.max_history)
     queries = np.concatenate([
         model.query_vectors(histories[i:i + 512]).numpy() for i in range(0, len(histories), 512)
@@ -181,28 +179,28 @@ def resume_fingerprint(config: Config, stats: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: bool = True) -> dict:
+def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: bool = True) -> dict:
     """Trains the model on ``data_dir`` into ``output_dir``; returns the training summary.
 
     With ``resume`` (the default) a checkpoint left in ``output_dir`` by an interrupted
     run of the same data and settings is continued; any other checkpoint is discarded.
     """
-    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    data_dir, output_dir = os.fspath(data_dir), os.fspath(output_dir)
     cfg = config.train
     keras.utils.set_random_seed(cfg.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(cfg.strategy)
     chief = is_chief(strategy)
     # Non-chief workers write their (required) checkpoint copies to a scratch folder.
-    work_dir = output_dir if chief else Path(tempfile.mkdtemp(prefix="tfrec-worker-"))
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
+    fileio.makedirs(work_dir)
     print(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
 
     stats = load_stats(data_dir)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     if chief:
         copy_catalogue(data_dir, output_dir)
-        save_config(config, output_dir / CONFIG_FILE)
+        save_config(config, fileio.join(output_dir, CONFIG_FILE))
     valid = load_eval_split(data_dir, "valid")
     epoch_valid = valid
     if cfg.validation_users and len(valid) > cfg.validation_users:
@@ -265,17 +263,18 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     saved_history = tf.Variable("[]", dtype=tf.string, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler,
                                      epoch=epoch, best=best, bad_epochs=bad_epochs, history=saved_history)
-    checkpoint_dir = work_dir / CHECKPOINT_DIR
+    checkpoint_dir = fileio.join(work_dir, CHECKPOINT_DIR)
     fingerprint = resume_fingerprint(config, stats)
-    recorded = checkpoint_dir / "fingerprint"
-    if checkpoint_dir.exists() and (not resume or not recorded.exists() or recorded.read_text() != fingerprint):
+    recorded = fileio.join(checkpoint_dir, "fingerprint")
+    if fileio.exists(checkpoint_dir) and (
+            not resume or not fileio.exists(recorded) or fileio.read_text(recorded) != fingerprint):
         print(f"Starting afresh: {checkpoint_dir} holds checkpoints of other data or settings" if resume
               else f"Starting afresh: discarding {checkpoint_dir}")
-        shutil.rmtree(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        fileio.remove(checkpoint_dir)
+    fileio.makedirs(checkpoint_dir)
     fileio.write_text(recorded, fingerprint)
-    manager = tf.train.CheckpointManager(checkpoint, str(checkpoint_dir), max_to_keep=2)
-    history_path = output_dir / HISTORY_FILE
+    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
+    history_path = fileio.join(output_dir, HISTORY_FILE)
     history: list[dict] = []
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -321,7 +320,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
-    writer = tf.summary.create_file_writer(str(work_dir / LOGS_DIR))
+    writer = tf.summary.create_file_writer(fileio.join(work_dir, LOGS_DIR))
     metric = cfg.early_stopping_metric
     ks = config.eval.ks
     started = time.time()
@@ -363,7 +362,8 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
         if improved:
             best.assign(current)
             bad_epochs.assign(0)
-            model.save_weights(work_dir / BEST_WEIGHTS)
+            with fileio.local_staging(fileio.join(work_dir, BEST_WEIGHTS)) as staged:  # whole or not at all
+                model.save_weights(staged)
         else:
             bad_epochs.assign_add(1)
         print(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
@@ -378,7 +378,7 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
             print(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
             break
 
-    model.load_weights(work_dir / BEST_WEIGHTS)
+    model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
     if model.repeat_term is not None:
         nll = fit_repeat_term(model, valid)
         weights = model.repeat_term.feature_weights.numpy().round(3).tolist()
@@ -394,10 +394,10 @@ def train(config: Config, data_dir: str | Path, output_dir: str | Path, resume: 
     }
     print(f"Weights digest: {weights_digest(model)} (equal on every worker of a distributed run)")
     if chief:
-        _atomic_write_model(model, output_dir / MODEL_FILE)
-        _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), output_dir / VECTORS_FILE)
-        fileio.write_json(output_dir / TRAIN_SUMMARY_FILE, summary)
-        print(f"Model written to {output_dir / MODEL_FILE}")
+        _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
+        _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
+        fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
+        print(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
