@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -58,6 +59,8 @@ from tfrec.layout import (
 )
 from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
+
+log = logging.getLogger(__name__)
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -194,7 +197,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     # Non-chief workers write their (required) checkpoint copies to a scratch folder.
     work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
     fileio.makedirs(work_dir)
-    print(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
+    log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
 
     stats = load_stats(data_dir)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
@@ -231,7 +234,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         cfg.negatives == "auto" and len(catalogue) <= cfg.full_softmax_max_items)
     negatives_text = ("full softmax over the catalogue" if full_softmax else
                       f"in-batch + {cfg.num_random_negatives} {cfg.negative_sampling} sampled negatives")
-    print(f"{len(catalogue):,} items, {num_examples:,} training {unit} ({num_targets:,} target items), "
+    log.info(f"{len(catalogue):,} items, {num_examples:,} training {unit} ({num_targets:,} target items), "
           f"{len(valid):,} validation users ({len(epoch_valid):,} measured each epoch), "
           f"{steps_per_epoch} steps of {global_batch} {unit} "
           f"(about {targets_per_batch:,.0f} targets) per epoch; {negatives_text}")
@@ -268,7 +271,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     recorded = fileio.join(checkpoint_dir, "fingerprint")
     if fileio.exists(checkpoint_dir) and (
             not resume or not fileio.exists(recorded) or fileio.read_text(recorded) != fingerprint):
-        print(f"Starting afresh: {checkpoint_dir} holds checkpoints of other data or settings" if resume
+        log.info(f"Starting afresh: {checkpoint_dir} holds checkpoints of other data or settings" if resume
               else f"Starting afresh: discarding {checkpoint_dir}")
         fileio.remove(checkpoint_dir)
     fileio.makedirs(checkpoint_dir)
@@ -279,7 +282,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         history = json.loads(saved_history.numpy().decode("utf-8"))[: int(epoch.numpy())]
-        print(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())} done)")
+        log.info(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())} done)")
 
     replicas = strategy.num_replicas_in_sync
 
@@ -331,7 +334,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         batches = (sequence_batches(*sequences, global_batch, cfg.seed + e) if causal else
                    shuffled_batches(examples, global_batch, cfg.shuffle_buffer, cfg.seed + e)).repeat()
         batches = strategy.experimental_distribute_dataset(batches.take(steps_per_epoch).with_options(_SHARD_BY_DATA))
-        print(f"Epoch {e + 1}/{cfg.epochs}")
+        log.info(f"Epoch {e + 1}/{cfg.epochs}")
         progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if chief else 0)
         total, epoch_start = 0.0, time.time()
         for step, batch in enumerate(batches):
@@ -366,7 +369,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
                 model.save_weights(staged)
         else:
             bad_epochs.assign_add(1)
-        print(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
+        log.info(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
               f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
               f"[{record['examples_per_second']:,.0f} examples/s]")
         epoch.assign_add(1)
@@ -375,14 +378,14 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         if chief:
             fileio.write_json(history_path, history)
         if cfg.early_stopping_patience and int(bad_epochs.numpy()) >= cfg.early_stopping_patience:
-            print(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
+            log.info(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
             break
 
     model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
     if model.repeat_term is not None:
         nll = fit_repeat_term(model, valid)
         weights = model.repeat_term.feature_weights.numpy().round(3).tolist()
-        print(f"Repeat-aware term fitted on validation: scale {float(model.repeat_term.scale.numpy()):.2f}, "
+        log.info(f"Repeat-aware term fitted on validation: scale {float(model.repeat_term.scale.numpy()):.2f}, "
               f"weights {weights}, nll {nll:.3f}")
     summary = {
         "epochs_run": len(history),
@@ -392,12 +395,12 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         "seconds_this_run": time.time() - started,
         "examples_this_run": trained_examples,
     }
-    print(f"Weights digest: {weights_digest(model)} (equal on every worker of a distributed run)")
+    log.info(f"Weights digest: {weights_digest(model)} (equal on every worker of a distributed run)")
     if chief:
         _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
         _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
         fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
-        print(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
+        log.info(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
