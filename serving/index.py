@@ -152,7 +152,7 @@ def read_new_items(config: Config, path: str) -> tuple[list[str], list[str], dic
     item_column = data.catalogue.item_id if data.catalogue else data.interactions.columns.item_id
     delimiter = data.catalogue.delimiter if data.catalogue else data.interactions.delimiter
     section = CatalogueConfig(paths=[str(path)], item_id=item_column, delimiter=delimiter)
-    parser = CatalogueParser(section, data.items)
+    parser = CatalogueParser(section, data.items, data.normalize_ids)
     fmt = sources.detect_format(str(path), "auto")
     sources.check_columns(str(path), fmt, delimiter, parser.columns, "the new items file")
     ids, texts, rejected = [], [], []

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.index import IndexCatalogue, build_index, load_search_params, load_searcher_state, save_searcher
+from serving.index import (IndexCatalogue, build_index, load_search_params, load_searcher_state, read_new_items,
+                           save_searcher)
 from serving.index_tuning import Tuner, leaf_counts, leaves_to_search, reorders, tune_searcher
 from serving.searcher import build_searcher, exact_top_k, index_params, recall_against, search
 from tests.conftest import tiny_config
@@ -169,3 +170,12 @@ def test_new_products_are_added_from_their_text(sample_config, trained_model_dir
     again.write_text(f"StockCode,Description\n{existing},SOMETHING\n", encoding="utf-8")
     with pytest.raises(TfrecError, match="already in the index"):
         build_index(config, trained_model_dir, grown, add_items=again)
+
+
+@pytest.mark.parametrize("normalize, expected", [(True, ["90001", "90002B"]), (False, ["90001.0", "90002B"])])
+def test_new_products_ids_follow_the_data_sections_id_rule(sample_config, tmp_path, normalize, expected):
+    config = tiny_config(sample_config, f"data.normalize_ids={str(normalize).lower()}")
+    new_items = tmp_path / "new_items.csv"
+    new_items.write_text("StockCode,Description\n90001.0,BLUE MUG\n90002B,GREEN MUG\n", encoding="utf-8")
+    ids, texts, _, rejected = read_new_items(config, str(new_items))
+    assert ids == expected and texts == ["BLUE MUG", "GREEN MUG"] and rejected == []
