@@ -14,8 +14,10 @@ The steps, as they appear on any runner's graph::
 The layout and record formats are those of ``tfrec.features``. Rows are parsed and
 validated in the reading step itself (one pass, low per-row overhead); the grouping by
 user and by item that follows spreads the work over the workers, so no extra Reshuffle
-is needed. The job runs on the DirectRunner unless Beam options say otherwise
-(``--runner=DataflowRunner ...``).
+is needed. Without ``--runner`` the job runs in this process on Beam's ``FnApiRunner`` (the
+engine of Beam's DirectRunner for batch jobs; ``--direct_num_workers`` and
+``--direct_running_mode`` apply), never on a runner fetched from the network; Beam options
+choose another (``--runner=DataflowRunner ...``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines import sources
 from pipelines.catalogue import BuildCatalogue, WriteCatalogue
@@ -224,16 +227,29 @@ def job_counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return dict(sorted(totals.items()))
 
 
+def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None:
+    """The runner when ``options`` name none: Beam's in-process ``FnApiRunner``.
+
+    Beam's default DirectRunner would first try to download and start its Prism runner
+    binary from the network and fall back to the ``FnApiRunner`` when it cannot, so the
+    same command would run on different engines on and off line. None when a runner is named.
+    """
+    if options.view_as(StandardOptions).runner:
+        return None
+    return FnApiRunner()
+
+
 def run_preprocess(config: Config, output: str | os.PathLike, beam_args: Sequence[str] = ()) -> dict[str, Any]:
     """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
     output = str(output)
     options = pipeline_options(beam_args)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    log.info(f"== preprocess {config.name}: -> {output} (runner: {runner})")
+    runner = local_runner(options)
+    log.info(f"== preprocess {config.name}: -> {output} "
+             f"(runner: {options.view_as(StandardOptions).runner or 'local FnApiRunner'})")
     _list_inputs(config)
     clear_outputs(output)
     start = time.perf_counter()
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, config, output)
     log.info("Beam job started; every file being read reports its rows every %.0f s", sources.PROGRESS_SECONDS)
     result = pipeline.run()

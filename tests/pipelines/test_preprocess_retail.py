@@ -112,8 +112,8 @@ def test_no_split_sees_its_future(expected, sample_config, sample_data_dir):
 
 def test_runs_and_runners_give_the_same_records(sample_config, sample_data_dir, tmp_path):
     reference = records(sample_data_dir)
-    for name, beam_args in (("again", []), ("multi", ["--direct_running_mode=multi_processing",
-                                                      "--direct_num_workers=2"])):
+    for name, beam_args in (("again", []), ("direct", ["--runner=DirectRunner"]),
+                            ("multi", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"])):
         output = tmp_path / name
         run_preprocess(sample_config, output, beam_args)
         again = records(output)
@@ -121,3 +121,13 @@ def test_runs_and_runners_give_the_same_records(sample_config, sample_data_dir, 
             assert outputs.multiset(again[split]) == outputs.multiset(reference[split]), (name, split)
         assert outputs.vocab(output) == outputs.vocab(sample_data_dir)
         assert outputs.stats(output) == outputs.stats(sample_data_dir)
+
+
+def test_without_a_runner_flag_the_job_runs_in_process_on_the_fn_api_runner():
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    from pipelines.options import pipeline_options
+    from pipelines.preprocess import local_runner
+
+    assert isinstance(local_runner(pipeline_options(["--direct_num_workers=2"])), FnApiRunner)
+    assert local_runner(pipeline_options(["--runner=DirectRunner"])) is None

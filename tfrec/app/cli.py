@@ -33,7 +33,8 @@ example:
 RUNNER_FLAGS = """\
 runner flags, passed on to Apache Beam (any other Beam pipeline option works too):
   --runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner|PortableRunner
-  DirectRunner: --direct_running_mode=in_memory|multi_threading|multi_processing --direct_num_workers=N
+                (none: in this process on Beam's FnApiRunner, the DirectRunner's batch engine)
+  local:        --direct_running_mode=in_memory|multi_threading|multi_processing --direct_num_workers=N
   Dataflow:     --project=P --region=R --temp_location=gs://B/tmp --staging_location=gs://B/staging
                 --setup_file=./setup.py (or --requirements_file=F) --num_workers=N --max_num_workers=N
                 --machine_type=TYPE --service_account_email=SA --job_name=NAME
