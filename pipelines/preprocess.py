@@ -12,12 +12,13 @@ The steps, as they appear on any runner's graph::
     WriteStats        -> DIR/stats.json
 
 The layout and record formats are those of ``tfrec.features``. Rows are parsed and
-validated in the reading step itself (one pass, low per-row overhead); the grouping by
-user and by item that follows spreads the work over the workers, so no extra Reshuffle
-is needed. Without ``--runner`` the job runs in this process on Beam's ``FnApiRunner`` (the
-engine of Beam's DirectRunner for batch jobs; ``--direct_num_workers`` and
-``--direct_running_mode`` apply), never on a runner fetched from the network; Beam options
-choose another (``--runner=DataflowRunner ...``).
+validated in the reading step itself (one pass, low per-row overhead), which reads every
+file in parts spread over the workers (``pipelines.reading``: Parquet by row group, CSV
+and JSON lines by byte range when ``splittable``); the grouping by user and by item that
+follows spreads the rest of the work. Without ``--runner`` the job runs in this process on
+Beam's ``FnApiRunner`` (the engine of Beam's DirectRunner for batch jobs;
+``--direct_num_workers`` and ``--direct_running_mode`` apply), never on a runner fetched
+from the network; Beam options choose another (``--runner=DataflowRunner ...``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipelines import sources
+from pipelines import reading, sources
 from pipelines.catalogue import BuildCatalogue, WriteCatalogue
 from pipelines.options import pipeline_options
 from pipelines.rows import CatalogueParser, InteractionParser
@@ -109,23 +110,24 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None
     catalogue_files = None
     known_items = None
     if data.catalogue is not None:
-        read_catalogue = pipeline | "ReadCatalogue" >> sources.ReadRows(
+        read_catalogue = pipeline | "ReadCatalogue" >> reading.ReadRows(
             data.catalogue.paths, data.catalogue.format, data.catalogue.delimiter, catalogue_parser,
+            splittable=data.catalogue.splittable,
         )
-        catalogue = read_catalogue[sources.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
-        rejected.append(read_catalogue[sources.REJECTED])
-        catalogue_files = read_catalogue[sources.COUNTS]
+        catalogue = read_catalogue[reading.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
+        rejected.append(read_catalogue[reading.REJECTED])
+        catalogue_files = read_catalogue[reading.COUNTS]
         known_items = beam.pvalue.AsSingleton(catalogue["index"])
 
-    interactions = pipeline | "ReadInteractions" >> sources.ReadRows(
+    interactions = pipeline | "ReadInteractions" >> reading.ReadRows(
         data.interactions.paths, data.interactions.format, data.interactions.delimiter,
-        interaction_parser, known_items=known_items,
+        interaction_parser, known_items=known_items, splittable=data.interactions.splittable,
     )
-    rejected.append(interactions[sources.REJECTED])
+    rejected.append(interactions[reading.REJECTED])
     if data.catalogue is None:
-        catalogue = interactions[sources.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
+        catalogue = interactions[reading.ITEMS] | "BuildCatalogue" >> BuildCatalogue()
 
-    splits = interactions.rows | "SplitSequences" >> SplitSequences(
+    splits = interactions[reading.ROWS] | "SplitSequences" >> SplitSequences(
         data.sequences, beam.pvalue.AsSingleton(catalogue["index"])
     )
     {split: splits[split] for split in layout.SPLITS} | "WriteExamples" >> WriteExamples(
@@ -135,7 +137,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: Config, output: str) -> None
     } | "WriteCatalogue" >> WriteCatalogue(output, data.items.categorical_fields)
     tuple(rejected) | "FlattenRejected" >> beam.Flatten() | "WriteRejected" >> WriteRejected(output)
     stats_inputs = {
-        "interaction_files": interactions[sources.COUNTS],
+        "interaction_files": interactions[reading.COUNTS],
         "summaries": splits[SUMMARY],
         "index": catalogue["index"],
         "train_counts": splits[TRAIN_COUNTS],
@@ -251,7 +253,7 @@ def run_preprocess(config: Config, output: str | os.PathLike, beam_args: Sequenc
     start = time.perf_counter()
     pipeline = beam.Pipeline(runner=runner, options=options)
     build_pipeline(pipeline, config, output)
-    log.info("Beam job started; every file being read reports its rows every %.0f s", sources.PROGRESS_SECONDS)
+    log.info("Beam job started; every file being read reports its rows every %.0f s", reading.PROGRESS_SECONDS)
     result = pipeline.run()
     result.wait_until_finish()
     counters = job_counters(result)

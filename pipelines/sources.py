@@ -1,4 +1,4 @@
-"""Reading input files into numbered records, and the Beam transform that validates them.
+"""Reading input files into numbered records, and validating them.
 
 Readers work on a binary stream from ``FileSystems`` (so any filesystem Beam knows, and
 any compression it detects from the extension) and yield, per input row, either a
@@ -14,9 +14,10 @@ naming the file and what is wrong with it, never a silent partial read: gzip, bz
 xz files are read with Python's own readers, which check the end-of-stream marker and
 the checksum, and every read error is reported as ``DamagedFileError``.
 
-``ReadRows`` is the composite that matches the configured patterns, reads every file
-with ``ParseFileFn`` (parse and validate in one pass, which keeps per-row overhead low)
-and returns the kept rows, the rejections and per-file row counts.
+A reader reads a whole file, or one ``FilePart`` of it: the lines that start in a byte
+range (uncompressed CSV and JSON lines whose records hold no line break), or a run of
+Parquet row groups; a row's line number is the same either way. ``validated_rows`` is
+the one loop that reads and validates rows; ``pipelines.reading`` runs it on the workers.
 """
 
 from __future__ import annotations
@@ -29,14 +30,11 @@ import gzip
 import json
 import logging
 import lzma
-import time
 import zlib
 from collections.abc import Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
-import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
@@ -50,21 +48,13 @@ MAX_RECORD_BYTES = 1 << 20
 """Bytes one multi-line CSV record may hold before its quoting is called bad."""
 CSV_FIELD_LIMIT = 2**31 - 1
 PARQUET_BATCH_ROWS = 8192
-PROGRESS_SECONDS = 10.0
-"""How often a file being read reports its progress (a log line and the ``rows_read`` counter)."""
-PROGRESS_CHECK_ROWS = 1024
-"""Rows between two looks at the clock."""
+COUNT_CHUNK_BYTES = 1 << 20
+"""Bytes read at a time while counting the lines of a byte range."""
 
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
-
-# Tagged outputs of ParseFileFn.
-ITEMS = "items"
-REJECTED = "rejected"
-COUNTS = "counts"
-
 
 def detect_format(path: str, declared: str) -> str:
     """The reader for ``path``: ``declared`` unless it is ``auto``, else by extension (.gz etc. ignored)."""
@@ -167,8 +157,81 @@ def open_input(path: str, fmt: str, opener=None) -> Iterator[BinaryIO]:
 # ------------------------------------------------------------------ readers
 
 
+WHOLE, BYTES, ROW_GROUPS = "whole", "bytes", "row_groups"
+"""The units ``FilePart`` reads: a whole file, a byte range, Parquet row groups."""
+
+
+class ByteRange(NamedTuple):
+    """The bytes ``[start, stop)`` of an uncompressed file: its lines are those that start there."""
+
+    start: int
+    stop: int
+
+
+class FilePart(NamedTuple):
+    """One unit of reading work: a whole file (``WHOLE``), the lines starting in a byte range
+    ``[start, stop)`` of one (``BYTES``), or its Parquet row groups ``start .. stop - 1``
+    (``ROW_GROUPS``). ``first_line`` numbers the first line of a byte range in its file."""
+
+    path: str
+    unit: str = WHOLE
+    start: int = 0
+    stop: int = 0
+    first_line: int = 1
+
+    @property
+    def byte_range(self) -> ByteRange | None:
+        return ByteRange(self.start, self.stop) if self.unit == BYTES else None
+
+    @property
+    def row_groups(self) -> range | None:
+        return range(self.start, self.stop) if self.unit == ROW_GROUPS else None
+
+    def __str__(self) -> str:
+        if self.unit == BYTES:
+            return f"{self.path} (bytes {self.start:,} to {self.stop:,})"
+        if self.unit == ROW_GROUPS:
+            return f"{self.path} (row groups {self.start:,} to {self.stop - 1:,})"
+        return self.path
+
+
 def _lines(stream: BinaryIO, first_number: int = 1) -> Iterator[tuple[int, bytes]]:
     return enumerate(iter(stream.readline, b""), start=first_number)
+
+
+def _range_lines(stream: BinaryIO, span: ByteRange, first_number: int) -> Iterator[tuple[int, bytes]]:
+    """The numbered lines that start in ``[span.start, span.stop)`` of a seekable, uncompressed stream.
+
+    A range that starts mid-line skips to the next line start (the line belongs to the range it
+    starts in); at offset 0 the stream is read from where it stands (after a CSV header).
+    """
+    if span.start > 0:
+        stream.seek(span.start - 1)
+        stream.readline()  # the end of the line before (just its newline if one ends at start - 1)
+    position = stream.tell()
+    number = first_number
+    while position < span.stop:
+        line = stream.readline()
+        if not line:
+            return
+        yield number, line
+        number += 1
+        position += len(line)
+
+
+def count_line_starts(stream: BinaryIO, start: int, stop: int) -> int:
+    """How many lines start at a byte offset in ``[start, stop)`` (``stop`` at most the file size)."""
+    count = 1 if start == 0 < stop else 0  # offset 0 starts a line; any other after a newline
+    first = max(start, 1) - 1  # newlines at first .. stop - 2 start the lines at first + 1 .. stop - 1
+    left = stop - 1 - first
+    stream.seek(first)
+    while left > 0:
+        chunk = stream.read(min(left, COUNT_CHUNK_BYTES))
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        left -= len(chunk)
+    return count
 
 
 def _decode(data: bytes) -> str:
@@ -191,12 +254,22 @@ def csv_header(stream: BinaryIO, source: str, delimiter: str) -> list[str]:
         raise TfrecError(f"{source}: line 1: cannot read the CSV header: {e}") from None
 
 
-def read_csv(stream: BinaryIO, source: str, delimiter: str = ",") -> Iterator[Record | Rejection]:
-    """Records of a CSV file with a header line; ``line`` is the physical line a record starts on."""
+def read_csv(stream: BinaryIO, source: str, delimiter: str = ",", span: ByteRange | None = None,
+             first_line: int = 1) -> Iterator[Record | Rejection]:
+    """Records of a CSV file with a header line; ``line`` is the physical line a record starts on.
+
+    With ``span``, only the records on lines starting in that byte range, the first of them
+    numbered ``first_line`` (the header is still read from the file's start), and every line
+    is one record: a quoted value may not span lines.
+    """
     # A long value is for validation to reject (too_long), not for the csv module's 128 KiB limit.
     csv.field_size_limit(CSV_FIELD_LIMIT)
     header = csv_header(stream, source, delimiter)
-    numbered = _lines(stream, first_number=2)  # the header is line 1
+    if span is None:
+        numbered, most_lines = _lines(stream, first_number=2), MAX_RECORD_LINES  # the header is line 1
+    else:  # at offset 0 the header was line first_line
+        numbered = _range_lines(stream, span, first_line + 1 if span.start == 0 else first_line)
+        most_lines = 1
     pending: collections.deque[tuple[int, bytes]] = collections.deque()
 
     def next_line() -> tuple[int, bytes] | None:
@@ -207,7 +280,7 @@ def read_csv(stream: BinaryIO, source: str, delimiter: str = ",") -> Iterator[Re
         if not line.strip():
             continue
         parts, quotes, size = [first], line.count(b'"'), len(line)
-        while quotes % 2 and len(parts) < MAX_RECORD_LINES and size < MAX_RECORD_BYTES:
+        while quotes % 2 and len(parts) < most_lines and size < MAX_RECORD_BYTES:
             more = next_line()
             if more is None:
                 break
@@ -238,9 +311,12 @@ def read_csv(stream: BinaryIO, source: str, delimiter: str = ",") -> Iterator[Re
             yield Record(source, number, text, dict(zip(header, fields)))
 
 
-def read_jsonl(stream: BinaryIO, source: str) -> Iterator[Record | Rejection]:
-    """Records of a JSON-lines file, one JSON object per line."""
-    for number, line in _lines(stream):
+def read_jsonl(stream: BinaryIO, source: str, span: ByteRange | None = None,
+               first_line: int = 1) -> Iterator[Record | Rejection]:
+    """Records of a JSON-lines file, one JSON object per line; with ``span``, only the lines that
+    start in that byte range, the first of them numbered ``first_line``."""
+    numbered = _lines(stream) if span is None else _range_lines(stream, span, first_line)
+    for number, line in numbered:
         if not line.strip():
             continue
         try:
@@ -261,25 +337,34 @@ def read_jsonl(stream: BinaryIO, source: str) -> Iterator[Record | Rejection]:
         yield Record(source, number, text, values)
 
 
-def read_parquet(stream: BinaryIO, source: str, columns: Sequence[str]) -> Iterator[Record]:
-    """Records of a Parquet file (``line`` is the 1-based row number); reads only ``columns``."""
+def read_parquet(stream: BinaryIO, source: str, columns: Sequence[str],
+                 row_groups: range | None = None) -> Iterator[Record]:
+    """Records of a Parquet file (``line`` is the 1-based row number in the file); reads only
+    ``columns``, and with ``row_groups`` only those row groups."""
     parquet = pq.ParquetFile(stream)
     present = [c for c in columns if c in parquet.schema_arrow.names]
-    number = 0
-    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=present):
+    if row_groups is None:
+        row_groups = range(parquet.metadata.num_row_groups)
+    if not row_groups:
+        return
+    number = sum(parquet.metadata.row_group(i).num_rows for i in range(row_groups.start))
+    for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, row_groups=row_groups, columns=present):
         for values in batch.to_pylist():
             number += 1
             yield Record(source, number, json.dumps(values, ensure_ascii=False, default=str), values)
 
 
 def read_records(
-    stream: BinaryIO, source: str, fmt: str, delimiter: str, columns: Sequence[str]
+    stream: BinaryIO, source: str, fmt: str, delimiter: str, columns: Sequence[str], part: FilePart | None = None
 ) -> Iterator[Record | Rejection]:
+    """The records of one file, or of the ``part`` of it named (None: the whole file)."""
+    span = part.byte_range if part is not None else None
+    first_line = part.first_line if part is not None else 1
     if fmt == "csv":
-        return read_csv(stream, source, delimiter)
+        return read_csv(stream, source, delimiter, span, first_line)
     if fmt == "jsonl":
-        return read_jsonl(stream, source)
-    return read_parquet(stream, source, columns)
+        return read_jsonl(stream, source, span, first_line)
+    return read_parquet(stream, source, columns, part.row_groups if part is not None else None)
 
 
 def file_columns(path: str, fmt: str, delimiter: str) -> list[str] | None:
@@ -306,21 +391,22 @@ def check_columns(path: str, fmt: str, delimiter: str, needed: Sequence[str], ke
         )
 
 
-# --------------------------------------------------------------- Beam side
+# ------------------------------------------------------------ validation
 
 
-def validated_rows(path: str, fmt: str, delimiter: str, parser: RowParser, opener=None,
-                   known_items: Any = None) -> Iterator[tuple[Record | None, ParsedRow | Rejection]]:
-    """Every row of one file, parsed and validated: ``(record, ParsedRow)`` for a kept row, ``(record or
-    None, Rejection)`` with its reason for a rejected one (the record: source, line and raw text).
+def validated_rows(path: str, fmt: str, delimiter: str, parser: RowParser, opener=None, known_items: Any = None,
+                   part: FilePart | None = None) -> Iterator[tuple[Record | None, ParsedRow | Rejection]]:
+    """Every row of one file (or of its ``part``), parsed and validated: ``(record, ParsedRow)``
+    for a kept row, ``(record or None, Rejection)`` with its reason for a rejected one (the
+    record: source, line and raw text).
 
-    The one read-and-validate loop: the Beam job runs it per file (``ParseFileFn``) and
+    The one read-and-validate loop: the Beam job runs it per file part (``ParseFileFn``) and
     ``tfrec index --add`` on a file of new products. With ``known_items``, a row naming an
     item outside it is rejected as ``unknown_item``. ``opener(compression_type)`` opens the
     file (default: Beam's ``FileSystems``, any filesystem Beam knows).
     """
     with open_input(path, fmt, opener) as stream:
-        for record in read_records(stream, path, fmt, delimiter, parser.columns):
+        for record in read_records(stream, path, fmt, delimiter, parser.columns, part):
             if not isinstance(record, Record):
                 yield None, record
                 continue
@@ -332,98 +418,3 @@ def validated_rows(path: str, fmt: str, delimiter: str, parser: RowParser, opene
                 yield record, Rejection(record.source, record.line, e.reason, e.detail, record.raw)
                 continue
             yield record, row
-
-
-class ParseFileFn(beam.DoFn):
-    """Reads one file and validates every row.
-
-    Main output: the ``Event`` of every kept interaction row. Tagged outputs: ``ITEMS``
-    (``(item_id, ItemText)`` of kept rows that describe their item), ``REJECTED``
-    (``Rejection``s) and ``COUNTS`` (one ``(source, {"read", "kept", "rejected"})`` per file,
-    ``rejected`` counting each reason). With a ``known_items`` side input, rows naming an
-    item outside it are rejected as ``unknown_item``.
-
-    Progress: every ``progress_seconds`` (default ``PROGRESS_SECONDS``) while a file is read, the rows read so far go to
-    the ``rows_read`` counter (live in a runner's monitoring, e.g. Dataflow's job page)
-    and to a log line.
-    """
-
-    def __init__(self, parser: RowParser, fmt: str, delimiter: str, namespace: str,
-                 progress_seconds: float | None = None):
-        self.parser = parser
-        self.fmt = fmt
-        self.delimiter = delimiter
-        self.namespace = namespace
-        self.progress_seconds = progress_seconds
-
-    def process(self, readable: fileio.ReadableFile, known_items: Any = None):
-        source = readable.metadata.path
-        fmt = detect_format(source, self.fmt)
-        read, kept, rejected = 0, 0, collections.Counter()
-        counted, started = 0, time.monotonic()
-        last_report = started
-        every = PROGRESS_SECONDS if self.progress_seconds is None else self.progress_seconds
-
-        def opener(compression_type):
-            return readable.open(mime_type="application/octet-stream", compression_type=compression_type)
-
-        for _, outcome in validated_rows(source, fmt, self.delimiter, self.parser, opener, known_items):
-            read += 1
-            if not read % PROGRESS_CHECK_ROWS and time.monotonic() - last_report >= every:
-                last_report = time.monotonic()
-                self._count("rows_read", read - counted)
-                counted = read
-                log.info("%s: %s rows read from %s so far (%s kept, %s rejected; %s rows/s)", self.namespace,
-                         f"{read:,}", source, f"{kept:,}", f"{sum(rejected.values()):,}",
-                         f"{read / max(last_report - started, 1e-9):,.0f}")
-            if isinstance(outcome, Rejection):
-                rejected[outcome.reason] += 1
-                yield beam.pvalue.TaggedOutput(REJECTED, outcome)
-                continue
-            kept += 1
-            if outcome.item is not None:
-                yield beam.pvalue.TaggedOutput(ITEMS, (outcome.item_id, outcome.item))
-            if outcome.event is not None:
-                yield outcome.event
-        self._count("rows_read", read - counted)
-        self._count("rows_kept", kept)
-        for reason, n in rejected.items():
-            self._count("rows_rejected", n)
-            self._count(f"rejected:{reason}", n)
-        yield beam.pvalue.TaggedOutput(
-            COUNTS, (source, {"read": read, "kept": kept, "rejected": dict(rejected)})
-        )
-
-    def _count(self, name: str, n: int) -> None:
-        beam.metrics.Metrics.counter(self.namespace, name).inc(n)
-
-
-class ReadRows(beam.PTransform):
-    """Matches ``patterns`` and reads every file through ``parser``.
-
-    Returns the ``DoOutputsTuple`` of ``ParseFileFn``: the main output (events) and the
-    ``ITEMS``, ``REJECTED`` and ``COUNTS`` outputs.
-    """
-
-    def __init__(self, patterns: Sequence[str], fmt: str, delimiter: str, parser: RowParser,
-                 known_items: beam.pvalue.AsSideInput | None = None, progress_seconds: float | None = None):
-        super().__init__()
-        self.patterns = list(patterns)
-        self.fmt = fmt
-        self.delimiter = delimiter
-        self.parser = parser
-        self.known_items = known_items
-        self.progress_seconds = progress_seconds
-
-    def expand(self, pbegin):
-        side = {"known_items": self.known_items} if self.known_items is not None else {}
-        return (
-            pbegin
-            | "Patterns" >> beam.Create(self.patterns)
-            | "MatchFiles" >> fileio.MatchAll()
-            | "OpenFiles" >> fileio.ReadMatches()
-            | "ValidateRows" >> beam.ParDo(
-                ParseFileFn(self.parser, self.fmt, self.delimiter, namespace=self.label,
-                            progress_seconds=self.progress_seconds), **side
-            ).with_outputs(ITEMS, REJECTED, COUNTS, main="rows")
-        )

@@ -110,6 +110,12 @@ class InteractionsConfig(_Section):
     """``auto`` picks the reader by file extension (.csv, .csv.gz, .jsonl, .json, .parquet)."""
     delimiter: str = Field(",", min_length=1, max_length=1)
     """CSV field separator."""
+    splittable: bool = False
+    """True when no record holds a line break: uncompressed CSV and JSON-lines files are then
+    read in byte ranges by many workers at once, and a CSV line with an unbalanced quote is
+    rejected on its own. Compressed files (.gz, .bz2, .xz) are read whole all the same (a
+    compressed stream cannot be entered midway). False: each file is read whole by one worker,
+    and a quoted CSV value may span lines. Parquet is always split by row group."""
     columns: ColumnsConfig
     """Which columns are the user, item, time, group and quantity."""
     timestamp_format: str = "iso8601"
@@ -127,6 +133,9 @@ class CatalogueConfig(_Section):
     """``auto`` picks the reader by file extension."""
     delimiter: str = Field(",", min_length=1, max_length=1)
     """CSV field separator."""
+    splittable: bool = False
+    """As ``data.interactions.splittable``: True reads uncompressed CSV and JSON-lines catalogue
+    files in byte ranges (no record may hold a line break)."""
     item_id: str
     """The catalogue's item id column (its values must match the interactions' item ids)."""
     filters: list[FilterConfig] = []

@@ -7,7 +7,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import sources
+from pipelines import reading
 from pipelines.catalogue import BuildCatalogue
 from pipelines.rows import Event, InteractionParser, ItemText
 from pipelines.sequences import SUMMARY, TRAIN_COUNTS, SplitSequences
@@ -19,16 +19,16 @@ def test_read_rows_keeps_rejects_and_counts_every_row(tmp_path):
     path, config = write_bad_rows(tmp_path)
     data = config.data
     p = BeamTestPipeline()
-    read = p | "ReadInteractions" >> sources.ReadRows(
+    read = p | "ReadInteractions" >> reading.ReadRows(
         data.interactions.paths, "auto", ",", InteractionParser(data.interactions, data.items))
-    assert_that(read.rows | beam.Map(lambda e: e.line), equal_to(KEPT_LINES), label="Kept")
-    assert_that(read[sources.REJECTED] | beam.Map(lambda r: (r.line, r.reason)),
+    assert_that(read[reading.ROWS] | beam.Map(lambda e: e.line), equal_to(KEPT_LINES), label="Kept")
+    assert_that(read[reading.REJECTED] | beam.Map(lambda r: (r.line, r.reason)),
                 equal_to(list(REJECTED.items())), label="Rejected")
-    assert_that(read[sources.ITEMS] | beam.Keys(), equal_to(["101", "102", "101", "103", "101", "101"]),
+    assert_that(read[reading.ITEMS] | beam.Keys(), equal_to(["101", "102", "101", "103", "101", "101"]),
                 label="Items")
     reasons = collections.Counter(REJECTED.values())
     expected_counts = (str(path), {"read": len(LINES), "kept": len(KEPT_LINES), "rejected": dict(reasons)})
-    assert_that(read[sources.COUNTS], equal_to([expected_counts]), label="Counts")
+    assert_that(read[reading.COUNTS], equal_to([expected_counts]), label="Counts")
     result = p.run()
     result.wait_until_finish()
 

@@ -2,14 +2,18 @@
 for leakage between splits, and for the same records across runs and runners."""
 
 import collections
+import gzip
 import itertools
+import json
 
 import pandas as pd
 import pytest
 
+from pipelines import reading
 from pipelines.preprocess import run_preprocess
 from tests.pipelines import outputs
 from tfrec import layout
+from tfrec.config import apply_overrides, config_from_dict
 
 SPLITS = (*layout.SPLITS, "items")
 
@@ -131,3 +135,27 @@ def test_without_a_runner_flag_the_job_runs_in_process_on_the_fn_api_runner():
 
     assert isinstance(local_runner(pipeline_options(["--direct_num_workers=2"])), FnApiRunner)
     assert local_runner(pipeline_options(["--runner=DirectRunner"])) is None
+
+
+def test_byte_ranges_of_an_uncompressed_copy_give_the_same_outputs(retail_sample, sample_config, sample_data_dir,
+                                                                   tmp_path, monkeypatch):
+    copy = tmp_path / "online_retail_sample.csv"
+    copy.write_bytes(gzip.decompress(retail_sample.read_bytes()))
+    monkeypatch.setattr(reading, "RANGE_BYTES", 256 << 10)
+    assert len(reading.split_file(str(copy), copy.stat().st_size, "csv", True, reading.RANGE_BYTES)) > 10
+    config = config_from_dict(apply_overrides(sample_config.to_dict(), [
+        f"data.interactions.paths={json.dumps([str(copy)])}", "data.interactions.splittable=true"]))
+    output = tmp_path / "split"
+    stats = run_preprocess(config, output)
+    reference = records(sample_data_dir)
+    again = records(output)
+    for split in SPLITS:
+        assert outputs.multiset(again[split]) == outputs.multiset(reference[split]), split
+    assert outputs.vocab(output) == outputs.vocab(sample_data_dir)
+    expected = outputs.stats(sample_data_dir)
+    assert stats["sources"] == {str(copy): expected["sources"][str(retail_sample)]}
+    for key in ("sources", "config_fingerprint"):
+        del stats[key], expected[key]
+    assert stats == expected
+    rejected = sorted((r["line"], r["reason"], r["raw"]) for r in outputs.rejected(output))
+    assert rejected == sorted((r["line"], r["reason"], r["raw"]) for r in outputs.rejected(sample_data_dir))

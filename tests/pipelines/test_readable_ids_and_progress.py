@@ -8,7 +8,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import sources
+from pipelines import reading
 from pipelines.preprocess import run_preprocess
 from pipelines.rows import InteractionParser, normalize_id
 from tfrec.config import config_from_dict
@@ -56,18 +56,18 @@ def test_the_reader_normalizes_user_item_and_group_ids(tmp_path, normalize, user
     config = _config(_write(tmp_path, days=1), normalize)
     data = config.data
     with BeamTestPipeline() as p:
-        read = p | sources.ReadRows(data.interactions.paths, "auto", ",",
+        read = p | reading.ReadRows(data.interactions.paths, "auto", ",",
                                     InteractionParser(data.interactions, data.items, data.normalize_ids))
-        assert_that(read.rows | beam.Map(lambda e: e.user), equal_to(users), label="Users")
-        assert_that(read.rows | beam.Map(lambda e: e.item), equal_to(items), label="Items")
-        assert_that(read.rows | beam.Map(lambda e: e.group),
+        assert_that(read[reading.ROWS] | beam.Map(lambda e: e.user), equal_to(users), label="Users")
+        assert_that(read[reading.ROWS] | beam.Map(lambda e: e.item), equal_to(items), label="Items")
+        assert_that(read[reading.ROWS] | beam.Map(lambda e: e.group),
                     equal_to(["13636" + "5", "136366", "136367" if normalize else "136367.0", "136368"]),
                     label="Groups")
 
 
 def test_the_job_records_the_choice_reports_progress_and_counters(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(sources, "PROGRESS_CHECK_ROWS", 1)
-    monkeypatch.setattr(sources, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(reading, "PROGRESS_CHECK_ROWS", 1)
+    monkeypatch.setattr(reading, "PROGRESS_SECONDS", 0.0)
     config = _config(_write(tmp_path, days=4))
     with caplog.at_level(logging.INFO):
         stats = run_preprocess(config, tmp_path / "data")
