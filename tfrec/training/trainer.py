@@ -294,7 +294,10 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
             # Batches are cut to their longest sequence: positions index that width.
             owners = present[:, 0] * tf.shape(items, out_type=tf.int64)[1] + tf.gather_nd(pair_query, present)
             queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.embedding_dim])
-            return tf.gather(queries, owners), tf.gather_nd(pair_item, present), owners
+            # With ``sequence_negatives`` off, a sequence's positions form one group in the loss:
+            # no position takes another one's target (the user's own items) as a negative.
+            groups = owners if cfg.sequence_negatives else present[:, 0]
+            return tf.gather(queries, owners), tf.gather_nd(pair_item, present), groups
         # One query per window, shared by its targets (the items of its group).
         histories, targets = batch
         present = tf.where(targets >= 0)
