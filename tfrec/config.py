@@ -296,6 +296,11 @@ class TrainConfig(_Section):
     """``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero at the last epoch."""
     warmup_steps: int = Field(100, ge=0)
     """Steps of linear learning-rate warm-up (``cosine`` schedule)."""
+    sequence_negatives: bool = False
+    """Causal training: whether a position's softmax takes the targets of the other positions of
+    the same sequence (the user's own earlier and later items) as negatives. Off (the default),
+    they are masked, as the items of one basket are for each other: a user's later items are
+    false negatives, and the earlier ones leave the ranking under ``explore`` anyway."""
     skip_repeat_targets: bool = False
     """Train the towers only on targets absent from the example's history: discovery is
     the towers' job, re-purchases are the repeat-aware term's."""

@@ -12,6 +12,15 @@ def test_top_k_breaks_ties_by_lower_index():
     np.testing.assert_array_equal(top_k_indices(scores, 4), [[1, 3, 0, 2]])
 
 
+
+def test_top_k_equals_a_full_sort_on_many_ties():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(-2, 3, size=(64, 40)).astype(np.float64)
+    scores[rng.random(scores.shape) < 0.3] = -np.inf  # removed history items
+    for k in (1, 5, 17, 40, 60):
+        expected = [np.lexsort((np.arange(40), -row))[:k] for row in scores]
+        np.testing.assert_array_equal(top_k_indices(scores, k), expected)
+
 def test_first_relevant_rank_over_whole_ranking():
     scores = np.array([[0.1, 0.9, 0.5, 0.5, 0.7], [1.0, 1.0, 1.0, 1.0, 1.0]])
     # Row 0: ranking 1, 4, 2, 3, 0 -> item 3 is at rank 3. Row 1: all tied -> item 2 at rank 2.

@@ -149,3 +149,26 @@ def test_a_piece_ends_with_a_query_as_a_served_history_does():
     for groups in (np.arange(6), np.array([0, 0, 1, 1, 1, 2, 2])):
         for piece_items, pair_query, _ in pieces(np.arange(len(groups)), groups, 4):
             assert pair_query.max() == len(piece_items) - 1
+
+
+@pytest.mark.parametrize("sequence_negatives", [False, True])
+def test_a_sequence_s_own_targets_are_negatives_only_when_asked(sequence_negatives):
+    import tensorflow as tf
+
+    from tfrec.data.sequences import batch_pairs
+    from tfrec.tasks import RetrievalTask
+
+    # Two sequences cut to width 4: row 0 trains positions 1, 2, 3; row 1 trains position 3.
+    items = tf.constant([[4, 5, 6, 7], [-1, -1, 8, 9]], tf.int64)
+    pair_query = tf.constant([[1, 2, 3], [3, -1, -1]], tf.int64)
+    pair_item = tf.constant([[6, 7, 10], [11, -1, -1]], tf.int64)
+    owners, targets, groups = batch_pairs(items, pair_query, pair_item, sequence_negatives)
+    np.testing.assert_array_equal(owners, [1, 2, 3, 7])  # row * width + position
+    np.testing.assert_array_equal(targets, [6, 7, 10, 11])
+    np.testing.assert_array_equal(groups, [1, 2, 3, 7] if sequence_negatives else [0, 0, 0, 1])
+
+    queries = tf.math.l2_normalize(tf.random.stateless_normal([4, 8], seed=[1, 2]), -1)
+    logits = RetrievalTask(temperature=0.1).logits(queries, queries, targets, query_ids=groups).numpy()
+    same_sequence = np.array([[0, 0, 0, 1]]).T == np.array([[0, 0, 0, 1]])
+    masked = logits <= -1e8
+    np.testing.assert_array_equal(masked, same_sequence & ~np.eye(4, dtype=bool) & (not sequence_negatives))

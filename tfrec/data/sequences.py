@@ -166,3 +166,20 @@ def sequence_batches(items: np.ndarray, pair_query: np.ndarray, pair_item: np.nd
 def target_counts(pair_item: np.ndarray, num_items: int) -> np.ndarray:
     """How often each item is a target in the sequences."""
     return np.bincount(pair_item[pair_item >= 0], minlength=num_items).astype(np.int64)
+
+
+def batch_pairs(items: tf.Tensor, pair_query: tf.Tensor, pair_item: tf.Tensor,
+                sequence_negatives: bool = False) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The (query, target) pairs of a batch from ``sequence_batches``, flattened.
+
+    Returns, per pair: the index of its query in the batch's ``[B * L]`` positions, its target
+    item, and its loss group. Pairs of one group are one query to the loss: none takes another's
+    target as a negative. The group is the query's position with ``sequence_negatives``, so the
+    user's own earlier and later items are negatives; otherwise it is the sequence, so they are
+    masked (a user's later items are false negatives).
+    """
+    present = tf.where(pair_query >= 0)
+    # Batches are cut to their longest sequence: positions index that width.
+    owners = present[:, 0] * tf.shape(items, out_type=tf.int64)[1] + tf.gather_nd(pair_query, present)
+    groups = owners if sequence_negatives else present[:, 0]
+    return owners, tf.gather_nd(pair_item, present), groups

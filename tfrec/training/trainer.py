@@ -42,7 +42,7 @@ from tfrec.data import (
     shuffled_batches,
     train_examples,
 )
-from tfrec.data.sequences import causal_sequences, sequence_batches
+from tfrec.data.sequences import batch_pairs, causal_sequences, sequence_batches
 from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
 from tfrec.evaluation.ranking import evaluate_split, model_scorer
@@ -287,14 +287,12 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     replicas = strategy.num_replicas_in_sync
 
     def queries_and_targets(batch):
-        """Each (query, target item) pair of a batch: query vectors, target ids, query ids."""
+        """Each (query, target item) pair of a batch: query vectors, target ids, loss groups."""
         if causal:
             items, pair_query, pair_item = batch
-            present = tf.where(pair_query >= 0)
-            # Batches are cut to their longest sequence: positions index that width.
-            owners = present[:, 0] * tf.shape(items, out_type=tf.int64)[1] + tf.gather_nd(pair_query, present)
+            owners, targets, groups = batch_pairs(items, pair_query, pair_item, cfg.sequence_negatives)
             queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.embedding_dim])
-            return tf.gather(queries, owners), tf.gather_nd(pair_item, present), owners
+            return tf.gather(queries, owners), targets, groups
         # One query per window, shared by its targets (the items of its group).
         histories, targets = batch
         present = tf.where(targets >= 0)
