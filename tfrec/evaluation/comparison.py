@@ -10,6 +10,11 @@ Writes ``MODEL/metrics.json`` shaped::
 (the last five from ``tfrec.evaluation.segments``: 95% paired-bootstrap intervals over
 users, model against each baseline, protocol against protocol, and segments, the latter
 on the test split only) and prints the tables.
+
+A split with more than ``eval.max_users`` users is measured on a random sample of that
+many (fixed by ``train.seed``): ``users`` is then the sample's size, ``users_total`` the
+split's, and every interval is the sample's. Baselines are still fitted on every user's
+training history.
 """
 
 from __future__ import annotations
@@ -63,6 +68,15 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
     return baselines
 
 
+def sample_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
+    """At most ``max_users`` users of ``split``, drawn at random without replacement (fixed by
+    ``seed``), in the split's order; the split itself when it is no larger."""
+    if max_users is None or len(split) <= max_users:
+        return split
+    rows = np.random.default_rng(seed).choice(len(split), max_users, replace=False)
+    return split.subset(np.sort(rows))
+
+
 def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
     """Evaluates the trained model and the baselines; returns and writes the metrics."""
     data_dir, model_dir = os.fspath(data_dir), os.fspath(model_dir)
@@ -83,14 +97,19 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     scorers.update({b.name: b.scores for b in baselines})
 
     metrics, curves = {}, {}
-    for name, split in (("valid", valid), ("test", test)):
+    for name, whole in (("valid", valid), ("test", test)):
         started = time.time()
         curves[name], per_user = {}, {}
+        split = sample_users(whole, config.eval.max_users, config.train.seed)
+        if len(split) < len(whole):
+            log.info(f"{name}: measuring a random sample of {len(split):,} of {len(whole):,} users (eval.max_users)")
         segments = name == "test"  # what the report and the model card show; validation picks epochs
         metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
                                        config.eval.ks, config.eval.batch_size, curves=curves[name],
                                        item_vectors=text_vectors, per_user=per_user,
-                                       target_segments=target_segments(catalogue.counts) if segments else None)
+                                       target_segments=target_segments(catalogue.counts) if segments else None,
+                                       score_budget=config.eval.score_budget)
+        metrics[name]["users_total"] = len(whole)
         ranked = time.time()
         metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
                                        config.eval.min_segment_users, segments=segments)
