@@ -57,3 +57,13 @@ def test_max_users_measures_a_sample_and_says_of_how_many(tiny, sample_data_dir,
         low, high = metrics[split]["ci"]["all"]["model"]["recall@20"]
         assert low <= metrics[split]["all"]["model"]["recall@20"] <= high
     assert json.loads((trained_model_dir / "metrics.json").read_text())["test"]["users_total"] == total
+
+
+def test_without_the_zero_shot_baseline_a_scratch_model_leaves_out_ils(tiny, sample_data_dir, trained_model_dir):
+    from tfrec.config import apply_overrides, config_from_dict
+
+    assert tiny.model.text_encoder.kind == "scratch"
+    lean = config_from_dict(apply_overrides(tiny.to_dict(), ['eval.baselines=["most_popular", "repeat"]']))
+    metrics = evaluate(lean, sample_data_dir, trained_model_dir)
+    assert set(metrics["test"]["all"]) == {"model", "most_popular", "repeat"}
+    assert "ils@10" not in metrics["test"]["all"]["model"] and "recall@20" in metrics["test"]["all"]["model"]

@@ -46,6 +46,17 @@ def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: str)
     return cached_text_vectors(pretrained_pipeline(encoder), list(catalogue.texts), cache_dir)
 
 
+def needs_text_vectors(config: Config) -> bool:
+    """Whether evaluation encodes the catalogue with the pretrained encoder: for the
+    ``text_zero_shot`` baseline, or, read from the model's cache at no cost, when the model
+    itself uses that encoder frozen. Those vectors also measure every list's ``ils@10``;
+    without them (a scratch encoder, no ``text_zero_shot``) that metric is left out, which
+    spares a catalogue of millions of items an encoding that takes hours on a CPU."""
+    encoder = config.model.text_encoder
+    frozen = encoder.kind == "pretrained" and encoder.fine_tune == "frozen"
+    return "text_zero_shot" in config.eval.baselines or frozen
+
+
 def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_vectors: np.ndarray) -> list[Baseline]:
     """The configured baselines, fitted on the training part of every user's history.
 
@@ -91,7 +102,12 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     valid = load_eval_split(data_dir, "valid")
     test = load_eval_split(data_dir, "test")
     # One set of text vectors serves the zero-shot baseline and every list's intra-list similarity.
-    text_vectors = zero_shot_text_vectors(config, catalogue, join(model_dir, TEXT_CACHE_DIR))
+    text_vectors = None
+    if needs_text_vectors(config):
+        text_vectors = zero_shot_text_vectors(config, catalogue, join(model_dir, TEXT_CACHE_DIR))
+    else:
+        log.info("ils@10 is not measured: text_zero_shot is not among eval.baselines and the model's text "
+                 "encoder is not the pretrained one, so the catalogue is not encoded with it")
     baselines = make_baselines(config, catalogue, valid, text_vectors)
     scorers = {"model": model_scorer(model, model.item_vectors())}
     scorers.update({b.name: b.scores for b in baselines})
