@@ -141,7 +141,7 @@ def format_table(result: dict, split: str, metric_names=("recall@10", "recall@20
                                                             "coverage@10", "ils@10")) -> str:
     """A plain-text table of one split's metrics, one row per (protocol, scorer)."""
     total = result.get("users_total", result["users"])
-    measured = f"{result['users']} users" if total == result["users"] else f"{result['users']} of {total} users (sample)"
+    measured = f"{result['users']} users" + ("" if total == result["users"] else f" of {total} (sample)")
     lines = [f"{split}: {measured}, repeat share of targets {result['repeat_share']:.3f}"]
     header = f"{'protocol':<11}{'scorer':<19}{'users':>6}" + "".join(f"{m:>12}" for m in metric_names)
     lines += [header, "-" * len(header)]
