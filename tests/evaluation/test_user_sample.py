@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from tfrec.data import EvalSplit
-from tfrec.evaluation.comparison import sample_users
+from tfrec.data import EvalSplit, sample_users
 from tfrec.evaluation.ranking import evaluate_split, rows_per_batch
 
 NUM_ITEMS = 40

@@ -117,6 +117,15 @@ class EvalSplit:
         )
 
 
+def sample_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
+    """At most ``max_users`` users of ``split``, drawn at random without replacement (fixed by
+    ``seed``), in the split's order; the split itself when it is no larger."""
+    if max_users is None or len(split) <= max_users:
+        return split
+    rows = np.random.default_rng(seed).choice(len(split), max_users, replace=False)
+    return split.subset(np.sort(rows))
+
+
 def load_eval_split(data_dir: str | os.PathLike, split: str) -> EvalSplit:
     """Reads the ``valid`` or ``test`` records, sorted by user id (deterministic)."""
     rows = list(_records(F.split_pattern(data_dir, split), F.eval_spec()).as_numpy_iterator())

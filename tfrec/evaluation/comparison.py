@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from tfrec.config import Config
-from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split
+from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split, sample_users
 from tfrec.errors import TfrecError
 from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
 from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
@@ -77,15 +77,6 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
         baselines.append(factories[name]().fit(train, len(catalogue)))
         log.info(f"  fitted {name} in {time.time() - started:.1f}s")
     return baselines
-
-
-def sample_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
-    """At most ``max_users`` users of ``split``, drawn at random without replacement (fixed by
-    ``seed``), in the split's order; the split itself when it is no larger."""
-    if max_users is None or len(split) <= max_users:
-        return split
-    rows = np.random.default_rng(seed).choice(len(split), max_users, replace=False)
-    return split.subset(np.sort(rows))
 
 
 def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
