@@ -165,7 +165,8 @@ def text_encoder_probe(titles: list[str]) -> dict:
             "minutes_for_1e6_titles": {f"sequence_length_{k}": round(1e6 / v / 60, 1) for k, v in rates.items()}}
 
 
-def run_size(size: int, folder: Path, beam_args: list[str], extra: dict) -> dict:
+def run_size(size: int, folder: Path, beam_args: list[str], extra: dict, after_stage=None) -> dict:
+    """Every stage on a shop of ``size`` interactions; ``after_stage(result)`` is called after each."""
     items = int(size * ITEMS_PER_INTERACTION)
     data, prepared, model, index, export = (folder / n for n in ("shop", "data", "model", "index", "export"))
     config_path = folder / "config.yaml"
@@ -191,6 +192,8 @@ def run_size(size: int, folder: Path, beam_args: list[str], extra: dict) -> dict
         print(f"{figures['seconds']:8.1f} s  {figures['peak_rss_mb']:8.0f} MB  "
               f"(tree {figures['peak_tree_rss_mb']:.0f} MB)"
               f"{'' if figures['returncode'] == 0 else '  FAILED, see ' + figures['log']}", flush=True)
+        if after_stage:
+            after_stage(result)
         if figures["returncode"] != 0:
             break
     result |= _facts(data, prepared, model)
@@ -266,6 +269,20 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def save(out: Path, report: dict, results: list[dict], result: dict, meta: dict, size_load, load_before=None,
+         done: bool = False) -> None:
+    """Writes the report with ``result`` among the sizes done before (after every stage, so a long run
+    leaves its figures as it goes)."""
+    result |= {**meta, "machine": machine(size_load), "complete": done,
+               "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    merged = sorted([*results, result], key=lambda r: r["interactions_asked"])
+    growth(merged)
+    report["sizes"] = merged
+    if load_before is not None:
+        report["machine"] = machine(load_before)
+    write_json(out, report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7], help="interactions per shop")
@@ -277,6 +294,8 @@ def main() -> None:
     parser.add_argument("--index-leaves", type=int, default=None,
                         help="pin index.num_leaves at sizes of 10^7 interactions and more")
     parser.add_argument("--no-probe", action="store_true", help="skip measuring the pretrained encoder")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the sizes already in --out that this run does not measure (sizes run apart)")
     args = parser.parse_args()
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="tfrec-scale-"))
@@ -291,7 +310,13 @@ def main() -> None:
         "preprocess": " ".join(args.beam) or "in-memory DirectRunner",
     }}
     results = []
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text(encoding="utf-8"))
+        results = [r for r in earlier.get("sizes", []) if r["interactions_asked"] not in {int(s) for s in args.sizes}]
+        if "text_encoder_probe" in earlier:
+            report["text_encoder_probe"] = earlier["text_encoder_probe"]
     for size in sorted(int(s) for s in args.sizes):
+        size_load = os.getloadavg()
         print(f"\n== {size:.0e} interactions, {size * ITEMS_PER_INTERACTION:.0e} items ({root / str(size)})",
               flush=True)
         extra = {"train.steps_per_epoch": None}
@@ -300,16 +325,17 @@ def main() -> None:
             if args.index_leaves:
                 extra["index.num_leaves"] = args.index_leaves
         extra = {k: v for k, v in extra.items() if v is not None}
-        result = run_size(size, root / str(size), args.beam, extra)
+        meta = {"bounds": extra, "beam_args": args.beam}
+        result = run_size(size, root / str(size), args.beam, extra,
+                          after_stage=lambda r, m=meta, done=list(results), load=size_load: save(
+                              args.out, report, done, r, m, load))
+        save(args.out, report, results, result, meta, size_load, load_before, done=True)
         if size == min(int(s) for s in args.sizes) and not args.no_probe:
             titles = (root / str(size) / "shop" / "catalogue.csv").read_text(encoding="utf-8").splitlines()[1:1001]
             report["text_encoder_probe"] = text_encoder_probe([t.split(",")[1] for t in titles])
             print(f"  pretrained encoder: {report['text_encoder_probe']}", flush=True)
-        results.append(result)
-        growth(results)
-        report["sizes"] = results
-        report["machine"] = machine(load_before)
-        write_json(args.out, report)  # after every size, so a long run leaves its figures as it goes
+            write_json(args.out, report)
+        results = report["sizes"]
     print("\n" + table(results))
     print("\nbounded: " + json.dumps(report["bounded"], indent=1))
     if not args.keep:
