@@ -293,6 +293,8 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=MAX_STEPS, help="most training steps per epoch")
     parser.add_argument("--index-leaves", type=int, default=None,
                         help="pin index.num_leaves at sizes of 10^7 interactions and more")
+    parser.add_argument("--large-eval-users", type=int, default=None,
+                        help="eval.max_users at sizes of 10^7 interactions and more (default: as every size)")
     parser.add_argument("--no-probe", action="store_true", help="skip measuring the pretrained encoder")
     parser.add_argument("--merge", action="store_true",
                         help="keep the sizes already in --out that this run does not measure (sizes run apart)")
@@ -303,8 +305,10 @@ def main() -> None:
     report = {"benchmark": "scale", "sizes": [], "bounded": {
         "text_encoder": f"scratch at every size (sequence length {TITLE_TOKENS}); no text_zero_shot baseline "
                         "and no ils@10 (they need the pretrained encoder's vectors of every item)",
-        "train": f"{EPOCHS} epochs of at most {args.max_steps} steps, {VALIDATION_USERS} validation users per epoch",
-        "evaluate": f"eval.max_users={EVAL_USERS} per split",
+        "train": f"{EPOCHS} epochs, of at most {args.max_steps} steps at 1e7 and more; {VALIDATION_USERS} "
+                 "validation users per epoch",
+        "evaluate": f"eval.max_users={EVAL_USERS} per split" + (
+            f", {args.large_eval_users} at 1e7 and more" if args.large_eval_users else ""),
         "index": (f"index.num_leaves={args.index_leaves} at 1e7 and more" if args.index_leaves
                   else "tuned as configured"),
         "preprocess": " ".join(args.beam) or "in-memory DirectRunner",
@@ -324,6 +328,8 @@ def main() -> None:
             extra["train.steps_per_epoch"] = args.max_steps
             if args.index_leaves:
                 extra["index.num_leaves"] = args.index_leaves
+            if args.large_eval_users:
+                extra["eval.max_users"] = args.large_eval_users
         extra = {k: v for k, v in extra.items() if v is not None}
         meta = {"bounds": extra, "beam_args": args.beam}
         result = run_size(size, root / str(size), args.beam, extra,
