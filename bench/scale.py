@@ -283,6 +283,29 @@ def save(out: Path, report: dict, results: list[dict], result: dict, meta: dict,
     write_json(out, report)
 
 
+def markdown(results: list[dict]) -> str:
+    """The README's table: per stage, time and peak RSS at each size, and their growth per 10x."""
+    sizes = [f"{r['interactions_asked']:.0e}".replace("e+0", "e") for r in results]
+    head = ("| stage | " + " | ".join(f"{s}: time, peak RSS (tree)" for s in sizes)
+            + " | time x per 10x | RSS x per 10x |")
+    lines = [head, "|---" * (len(sizes) + 3) + "|"]
+    for stage in STAGES:
+        cells, time_growth, rss_growth = [], [], []
+        for r in results:
+            f = r["stages"].get(stage)
+            if not f:
+                cells.append("")
+                continue
+            failed = "" if f["returncode"] == 0 else " FAILED"
+            cells.append(f"{f['seconds']:,.0f} s, {f['peak_rss_mb'] / 1024:.1f} GB "
+                         f"({f['peak_tree_rss_mb'] / 1024:.1f}){failed}")
+            if "seconds_growth_per_10x" in f:
+                time_growth.append(f"{f['seconds_growth_per_10x']:.1f}")
+                rss_growth.append(f"{f['peak_rss_mb_growth_per_10x']:.1f}")
+        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {', '.join(time_growth)} | {', '.join(rss_growth)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", type=float, default=[1e5, 1e6, 1e7], help="interactions per shop")
@@ -295,11 +318,15 @@ def main() -> None:
                         help="pin index.num_leaves at sizes of 10^7 interactions and more")
     parser.add_argument("--large-eval-users", type=int, default=None,
                         help="eval.max_users at sizes of 10^7 interactions and more (default: as every size)")
+    parser.add_argument("--markdown", action="store_true", help="print the table of --out as Markdown and stop")
     parser.add_argument("--no-probe", action="store_true", help="skip measuring the pretrained encoder")
     parser.add_argument("--merge", action="store_true",
                         help="keep the sizes already in --out that this run does not measure (sizes run apart)")
     args = parser.parse_args()
 
+    if args.markdown:
+        print(markdown(json.loads(args.out.read_text(encoding="utf-8"))["sizes"]))
+        return
     root = args.keep or Path(tempfile.mkdtemp(prefix="tfrec-scale-"))
     load_before = os.getloadavg()
     report = {"benchmark": "scale", "sizes": [], "bounded": {
