@@ -27,13 +27,20 @@ What the bench bounds, and why (printed with the table and written in the JSON):
   the towers and encodes the catalogue in minutes; using it at every size keeps the
   growth factors comparable. Without MiniLM, the ``text_zero_shot`` baseline (which
   would encode the catalogue with it) is left out, and with it ``ils@10``.
-- **Training: ``EPOCHS`` epochs**, at every size, with at most ``MAX_STEPS`` steps per
-  epoch (reached at 10^7 only) and ``train.validation_users`` users measured per epoch;
-  examples/s is reported at every size.
-- **Evaluation: ``eval.max_users``** users per split at every size (a fixed random
-  sample, with bootstrap intervals), so evaluation grows with the catalogue only.
-- **Index**: the ScaNN tuner as configured, with ``index.num_leaves`` pinned at the
-  largest size when ``--index-leaves`` is given.
+- **Training: ``EPOCHS`` epochs** at every size, full passes up to 10^6 interactions;
+  at 10^7 each epoch stops after ``--max-steps`` steps (200 in the recorded run), and
+  ``train.validation_users`` users are measured per epoch. examples/s is reported at every
+  size.
+- **Evaluation: ``eval.max_users``** users per split (a fixed random sample, with
+  bootstrap intervals): ``EVAL_USERS`` up to 10^6, ``--large-eval-users`` at 10^7 (500 in
+  the recorded run), so evaluation grows with the catalogue only; compare its time per
+  user measured.
+- **Index**: the ScaNN tuner as configured, with ``index.num_leaves`` pinned at 10^7 when
+  ``--index-leaves`` is given (1000, about sqrt(10^6), in the recorded run: one tree is
+  built instead of three).
+
+Sizes can be run apart and gathered in one report (``--merge``); ``--markdown`` prints
+the report as the README's table.
 
     python bench/scale.py [--sizes 1e5 1e6 1e7] [--out bench/results/scale.json] [--keep DIR]
 """
