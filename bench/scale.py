@@ -172,8 +172,11 @@ def text_encoder_probe(titles: list[str]) -> dict:
             "minutes_for_1e6_titles": {f"sequence_length_{k}": round(1e6 / v / 60, 1) for k, v in rates.items()}}
 
 
-def run_size(size: int, folder: Path, beam_args: list[str], extra: dict, after_stage=None) -> dict:
-    """Every stage on a shop of ``size`` interactions; ``after_stage(result)`` is called after each."""
+def run_size(size: int, folder: Path, beam_args: list[str], extra: dict, after_stage=None,
+             stages: tuple[str, ...] = STAGES, earlier: dict | None = None) -> dict:
+    """The ``stages`` on a shop of ``size`` interactions (the later ones read what the earlier
+    ones left in ``folder``); ``after_stage(result)`` is called after each. With ``earlier``
+    (this size's result from a run before) the other stages' figures are kept from it."""
     items = int(size * ITEMS_PER_INTERACTION)
     data, prepared, model, index, export = (folder / n for n in ("shop", "data", "model", "index", "export"))
     config_path = folder / "config.yaml"
@@ -182,7 +185,8 @@ def run_size(size: int, folder: Path, beam_args: list[str], extra: dict, after_s
         "generate": [sys.executable, str(ROOT / "bench" / "synthetic_shop.py"), str(data),
                      "--interactions", str(size), "--items", str(items)],
         "preprocess": [*cli, "preprocess", "--config", str(config_path), "--output", str(prepared), *beam_args],
-        "train": [*cli, "train", "--config", str(config_path), "--data", str(prepared), "--output", str(model)],
+        "train": [*cli, "train", "--config", str(config_path), "--data", str(prepared), "--output", str(model),
+                  "--fresh"],
         "evaluate": [*cli, "evaluate", "--config", str(config_path), "--data", str(prepared), "--model", str(model)],
         "index": [*cli, "index", "--config", str(config_path), "--model", str(model), "--output", str(index)],
         "export": [*cli, "export", "--config", str(config_path), "--model", str(model), "--index", str(index),
@@ -191,8 +195,9 @@ def run_size(size: int, folder: Path, beam_args: list[str], extra: dict, after_s
     folder.mkdir(parents=True, exist_ok=True)
     config = shop_config(data, f"synthetic_{size:.0e}".replace("+", ""), extra)
     config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    result = {"interactions_asked": size, "items": items, "config": config, "stages": {}}
-    for stage in STAGES:
+    result = {"interactions_asked": size, "items": items, "config": config,
+              "stages": dict((earlier or {}).get("stages", {}))}
+    for stage in stages:
         print(f"  {stage:<11}", end="", flush=True)
         figures = run_stage(commands[stage], folder / f"{stage}.log")
         result["stages"][stage] = figures
@@ -326,6 +331,9 @@ def main() -> None:
     parser.add_argument("--large-eval-users", type=int, default=None,
                         help="eval.max_users at sizes of 10^7 interactions and more (default: as every size)")
     parser.add_argument("--markdown", action="store_true", help="print the table of --out as Markdown and stop")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="run only these stages, on the folders --keep holds from a run before (with --merge "
+                             "the other stages' figures are kept)")
     parser.add_argument("--no-probe", action="store_true", help="skip measuring the pretrained encoder")
     parser.add_argument("--merge", action="store_true",
                         help="keep the sizes already in --out that this run does not measure (sizes run apart)")
@@ -347,9 +355,10 @@ def main() -> None:
                   else "tuned as configured"),
         "preprocess": " ".join(args.beam) or "in-memory DirectRunner",
     }}
-    results = []
+    results, replaced = [], {}
     if args.merge and args.out.exists():
         earlier = json.loads(args.out.read_text(encoding="utf-8"))
+        replaced = {r["interactions_asked"]: r for r in earlier.get("sizes", [])}
         results = [r for r in earlier.get("sizes", []) if r["interactions_asked"] not in {int(s) for s in args.sizes}]
         if "text_encoder_probe" in earlier:
             report["text_encoder_probe"] = earlier["text_encoder_probe"]
@@ -368,7 +377,8 @@ def main() -> None:
         meta = {"bounds": extra, "beam_args": args.beam}
         result = run_size(size, root / str(size), args.beam, extra,
                           after_stage=lambda r, m=meta, done=list(results), load=size_load: save(
-                              args.out, report, done, r, m, load))
+                              args.out, report, done, r, m, load),
+                          stages=tuple(s for s in STAGES if s in args.stages), earlier=replaced.get(size))
         save(args.out, report, results, result, meta, size_load, load_before, done=True)
         if size == min(int(s) for s in args.sizes) and not args.no_probe:
             titles = (root / str(size) / "shop" / "catalogue.csv").read_text(encoding="utf-8").splitlines()[1:1001]
