@@ -255,7 +255,7 @@ def growth(results: list[dict]) -> None:
             prior = before["stages"].get(stage)
             if not prior or prior["returncode"] or figures["returncode"]:
                 continue
-            for key in ("seconds", "peak_rss_mb", "peak_tree_rss_mb"):
+            for key in ("seconds", "cpu_seconds", "peak_rss_mb", "peak_tree_rss_mb"):
                 if prior[key] > 0:
                     figures[f"{key}_growth_per_10x"] = round((figures[key] / prior[key]) ** (1 / tenfolds), 2)
 
@@ -298,23 +298,25 @@ def save(out: Path, report: dict, results: list[dict], result: dict, meta: dict,
 def markdown(results: list[dict]) -> str:
     """The README's table: per stage, time and peak RSS at each size, and their growth per 10x."""
     sizes = [f"{r['interactions_asked']:.0e}".replace("e+0", "e") for r in results]
-    head = ("| stage | " + " | ".join(f"{s}: time, peak RSS (tree)" for s in sizes)
-            + " | time x per 10x | RSS x per 10x |")
-    lines = [head, "|---" * (len(sizes) + 3) + "|"]
+    head = ("| stage | " + " | ".join(f"{s}: wall (CPU) s, peak RSS (tree) GB" for s in sizes)
+            + " | wall x per 10x | CPU x per 10x | RSS x per 10x |")
+    lines = [head, "|---" * (len(sizes) + 4) + "|"]
     for stage in STAGES:
-        cells, time_growth, rss_growth = [], [], []
+        cells, time_growth, cpu_growth, rss_growth = [], [], [], []
         for r in results:
             f = r["stages"].get(stage)
             if not f:
                 cells.append("")
                 continue
             failed = "" if f["returncode"] == 0 else " FAILED"
-            cells.append(f"{f['seconds']:,.0f} s, {f['peak_rss_mb'] / 1024:.1f} GB "
+            cells.append(f"{f['seconds']:,.0f} ({f['cpu_seconds']:,.0f}), {f['peak_rss_mb'] / 1024:.1f} "
                          f"({f['peak_tree_rss_mb'] / 1024:.1f}){failed}")
             if "seconds_growth_per_10x" in f:
                 time_growth.append(f"{f['seconds_growth_per_10x']:.1f}")
+                cpu_growth.append(f"{f.get('cpu_seconds_growth_per_10x', float('nan')):.1f}")
                 rss_growth.append(f"{f['peak_rss_mb_growth_per_10x']:.1f}")
-        lines.append(f"| {stage} | " + " | ".join(cells) + f" | {', '.join(time_growth)} | {', '.join(rss_growth)} |")
+        lines.append(f"| {stage} | " + " | ".join(cells)
+                     + f" | {', '.join(time_growth)} | {', '.join(cpu_growth)} | {', '.join(rss_growth)} |")
     return "\n".join(lines)
 
 
@@ -340,7 +342,9 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.markdown:
-        print(markdown(json.loads(args.out.read_text(encoding="utf-8"))["sizes"]))
+        sizes = json.loads(args.out.read_text(encoding="utf-8"))["sizes"]
+        growth(sizes)
+        print(markdown(sizes))
         return
     root = args.keep or Path(tempfile.mkdtemp(prefix="tfrec-scale-"))
     load_before = os.getloadavg()
