@@ -335,7 +335,16 @@ class EvalConfig(_Section):
     ks: list[int] = [10, 20, 50, 100]
     """Cut-offs of Recall@K (NDCG is reported at 10 and 20)."""
     batch_size: int = Field(256, gt=0)
-    """Users scored against the whole catalogue at once."""
+    """Users scored against the whole catalogue at once (fewer with a catalogue so large that
+    ``batch_size`` x items would pass ``score_budget``)."""
+    score_budget: int = Field(1 << 24, gt=0)
+    """Most scores (users x items) held per scorer at once, which bounds evaluation's memory
+    with a large catalogue (16.8M: 128 MB of float64 scores); results do not depend on it."""
+    max_users: int | None = Field(50_000, gt=0)
+    """Most users evaluated per split: a larger split is measured on a random sample of this
+    many users, fixed by ``train.seed``, so the users x items work of an evaluation is bounded
+    whatever the shop's size. metrics.json records ``users`` (measured) and ``users_total``;
+    the confidence intervals are those of the sample. None: every user."""
     baselines: list[
         Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
     ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]

@@ -27,6 +27,7 @@ def test_metrics_json_has_every_split_protocol_and_scorer(tiny, sample_data_dir,
         # Every scorer ranks the same users.
         assert len({v["users"] for v in metrics[split]["all"].values()}) == 1
         assert metrics[split]["explore"]["model"]["users"] <= metrics[split]["users"]
+        assert metrics[split]["users_total"] == metrics[split]["users"]  # under eval.max_users: every user
         # Every mean-over-users metric has its interval, around its value.
         for protocol in ("all", "explore"):
             for scorer, values in metrics[split][protocol].items():
@@ -40,3 +41,29 @@ def test_metrics_json_has_every_split_protocol_and_scorer(tiny, sample_data_dir,
     assert np.isclose(explore["repeat"]["recall@20"], explore["most_popular"]["recall@20"])
     out = caplog.text  # the tables are logged (the CLI prints them)
     assert "explore" in out and "text_zero_shot" in out
+
+
+def test_max_users_measures_a_sample_and_says_of_how_many(tiny, sample_data_dir, trained_model_dir):
+    from tfrec.config import apply_overrides, config_from_dict
+    from tfrec.data import load_eval_split
+
+    sampled = config_from_dict(apply_overrides(tiny.to_dict(), ["eval.max_users=40"]))
+    metrics = evaluate(sampled, sample_data_dir, trained_model_dir)
+    for split in ("valid", "test"):
+        total = len(load_eval_split(sample_data_dir, split))
+        assert total > 40
+        assert metrics[split]["users"] == 40 and metrics[split]["users_total"] == total
+        assert {v["users"] for v in metrics[split]["all"].values()} == {40}
+        low, high = metrics[split]["ci"]["all"]["model"]["recall@20"]
+        assert low <= metrics[split]["all"]["model"]["recall@20"] <= high
+    assert json.loads((trained_model_dir / "metrics.json").read_text())["test"]["users_total"] == total
+
+
+def test_without_the_zero_shot_baseline_a_scratch_model_leaves_out_ils(tiny, sample_data_dir, trained_model_dir):
+    from tfrec.config import apply_overrides, config_from_dict
+
+    assert tiny.model.text_encoder.kind == "scratch"
+    lean = config_from_dict(apply_overrides(tiny.to_dict(), ['eval.baselines=["most_popular", "repeat"]']))
+    metrics = evaluate(lean, sample_data_dir, trained_model_dir)
+    assert set(metrics["test"]["all"]) == {"model", "most_popular", "repeat"}
+    assert "ils@10" not in metrics["test"]["all"]["model"] and "recall@20" in metrics["test"]["all"]["model"]

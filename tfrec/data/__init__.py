@@ -7,6 +7,7 @@ from tfrec.data.readers import (
     load_eval_split,
     load_stats,
     pad_histories,
+    sample_users,
     shuffled_batches,
     train_examples,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "load_eval_split",
     "load_stats",
     "pad_histories",
+    "sample_users",
     "shuffled_batches",
     "train_examples",
 ]

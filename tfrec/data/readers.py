@@ -38,6 +38,34 @@ def _records(pattern: str, spec: dict[str, Any]) -> tf.data.Dataset:
     )
 
 
+READ_BATCH = 4096
+"""Records parsed at once by the whole-split readers (one Python step per batch, not per record)."""
+
+
+def _columns(pattern: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Every record of the files, read a batch at a time, as ``{key: per-record values}``:
+    one array per key for fixed-length features, and a list of arrays, one per record,
+    for ragged ones. Records keep their order in the files."""
+    ragged = {k for k, v in spec.items() if isinstance(v, tf.io.RaggedFeature)}
+
+    def parse(records):
+        parsed = tf.io.parse_example(records, spec)
+        return {**{k: v for k, v in parsed.items() if k not in ragged},
+                **{f"{k}/values": parsed[k].flat_values for k in ragged},
+                **{f"{k}/splits": parsed[k].row_splits for k in ragged}}
+
+    data = (tf.data.TFRecordDataset(_files(pattern), compression_type="GZIP").batch(READ_BATCH)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    out: dict[str, list] = {k: [] for k in spec}
+    for batch in data.as_numpy_iterator():
+        for key in spec:
+            if key in ragged:
+                out[key] += np.split(batch[f"{key}/values"], batch[f"{key}/splits"][1:-1])
+            else:
+                out[key].append(batch[key])
+    return {k: (v if k in ragged else np.concatenate(v) if v else np.zeros(0, object)) for k, v in out.items()}
+
+
 def load_stats(data_dir: str | os.PathLike) -> dict[str, Any]:
     path = fileio.join(data_dir, layout.STATS_FILE)
     try:
@@ -74,21 +102,21 @@ class Catalogue:
 def load_catalogue(data_dir: str | os.PathLike, categorical_fields: tuple[str, ...] | list[str] = ()) -> Catalogue:
     """Reads ``items.tfrecord.gz`` into index order and checks it is complete."""
     path = fileio.join(data_dir, layout.ITEMS_FILE)
-    rows = list(_records(path, F.item_spec(categorical_fields)).as_numpy_iterator())
-    if not rows:
+    columns = _columns(path, F.item_spec(categorical_fields))
+    if not len(columns[F.ITEM_INDEX]):
         raise TfrecError(f"{path} holds no items")
-    rows.sort(key=lambda r: int(r[F.ITEM_INDEX]))
-    indices = np.array([int(r[F.ITEM_INDEX]) for r in rows])
-    if not np.array_equal(indices, np.arange(len(rows))):
-        raise TfrecError(f"{path}: item indices are not 0..{len(rows) - 1}")
+    order = np.argsort(columns[F.ITEM_INDEX].astype(np.int64), kind="stable")
+    indices = columns[F.ITEM_INDEX].astype(np.int64)[order]
+    if not np.array_equal(indices, np.arange(len(order))):
+        raise TfrecError(f"{path}: item indices are not 0..{len(order) - 1}")
 
     def strings(key: str) -> np.ndarray:
-        return np.array([r[key].decode("utf-8") for r in rows], dtype=object)
+        return np.array([value.decode("utf-8") for value in columns[key][order]], dtype=object)
 
     return Catalogue(
         ids=strings(F.ITEM_ID),
         texts=strings(F.ITEM_TEXT),
-        counts=np.array([int(r[F.ITEM_COUNT]) for r in rows], dtype=np.int64),
+        counts=columns[F.ITEM_COUNT].astype(np.int64)[order],
         categorical={f: strings(F.categorical_key(f)) for f in categorical_fields},
     )
 
@@ -117,15 +145,25 @@ class EvalSplit:
         )
 
 
+def sample_users(split: EvalSplit, max_users: int | None, seed: int) -> EvalSplit:
+    """At most ``max_users`` users of ``split``, drawn at random without replacement (fixed by
+    ``seed``), in the split's order; the split itself when it is no larger."""
+    if max_users is None or len(split) <= max_users:
+        return split
+    rows = np.random.default_rng(seed).choice(len(split), max_users, replace=False)
+    return split.subset(np.sort(rows))
+
+
 def load_eval_split(data_dir: str | os.PathLike, split: str) -> EvalSplit:
     """Reads the ``valid`` or ``test`` records, sorted by user id (deterministic)."""
-    rows = list(_records(F.split_pattern(data_dir, split), F.eval_spec()).as_numpy_iterator())
-    rows.sort(key=lambda r: r[F.USER_ID])
+    columns = _columns(F.split_pattern(data_dir, split), F.eval_spec())
+    users = columns[F.USER_ID]
+    order = sorted(range(len(users)), key=users.__getitem__)
     return EvalSplit(
-        user_ids=np.array([r[F.USER_ID].decode("utf-8") for r in rows], dtype=object),
-        histories=[r[F.HISTORY].astype(np.int64) for r in rows],
-        history_groups=[r[F.HISTORY_GROUP].astype(np.int64) for r in rows],
-        targets=[r[F.TARGETS].astype(np.int64) for r in rows],
+        user_ids=np.array([users[i].decode("utf-8") for i in order], dtype=object),
+        histories=[columns[F.HISTORY][i].astype(np.int64) for i in order],
+        history_groups=[columns[F.HISTORY_GROUP][i].astype(np.int64) for i in order],
+        targets=[columns[F.TARGETS][i].astype(np.int64) for i in order],
     )
 
 

@@ -39,7 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec import features as F
-from tfrec.data.readers import PAD, _records, load_eval_split, load_stats
+from tfrec.data.readers import PAD, _columns, load_eval_split, load_stats
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +100,11 @@ def pieces(items: np.ndarray, groups: np.ndarray, length: int,
 def _train_only_windows(data_dir: str | Path, evaluated: set[str]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Training windows of users without a validation record, as (items, group ordinals)."""
     out = []
-    for record in _records(F.split_pattern(data_dir, "train"), F.train_spec()).as_numpy_iterator():
-        if record[F.USER_ID].decode("utf-8") in evaluated:
+    columns = _columns(F.split_pattern(data_dir, "train"), F.train_spec())
+    for user, history, targets in zip(columns[F.USER_ID], columns[F.HISTORY], columns[F.TARGETS]):
+        if user.decode("utf-8") in evaluated:
             continue
-        history, targets = record[F.HISTORY].astype(np.int64), record[F.TARGETS].astype(np.int64)
+        history, targets = history.astype(np.int64), targets.astype(np.int64)
         out.append((np.r_[history, targets], np.r_[np.zeros(len(history), np.int64), np.ones(len(targets), np.int64)]))
     return out
 

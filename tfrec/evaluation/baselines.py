@@ -26,6 +26,19 @@ from threadpoolctl import threadpool_limits
 from tfrec.data import EvalSplit
 
 TIE_BREAK = 1e-6
+ITEM_CHUNK = 1 << 15
+"""Items whose float32 vectors are widened to float64 at once when scoring (``dot64``)."""
+
+
+def dot64(queries: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """``queries @ items.T`` in float64, with ``items`` kept in float32 (half the memory of a
+    large catalogue) and widened a chunk of items at a time."""
+    queries = np.asarray(queries, np.float64)
+    out = np.empty((len(queries), len(items)), np.float64)
+    for start in range(0, len(items), ITEM_CHUNK):
+        chunk = items[start:start + ITEM_CHUNK].astype(np.float64)
+        out[:, start:start + len(chunk)] = queries @ chunk.T
+    return out
 
 
 def interaction_counts(train: EvalSplit, num_items: int) -> np.ndarray:
@@ -80,11 +93,11 @@ class Repeat(Baseline):
             if not len(history):
                 continue
             items, counts = np.unique(history, return_counts=True)
-            # Position of each item's last occurrence, 1 = oldest.
-            last = np.zeros(self.num_items, np.float64)
-            last[history] = np.arange(1, len(history) + 1)
+            # Position of each item's last occurrence, 1 = oldest (first occurrence in the reversed history).
+            _, from_end = np.unique(history[::-1], return_index=True)
+            last = (len(history) - from_end).astype(np.float64)
             scale = len(history) + 2.0
-            out[row, items] += 1.0 + counts * scale * scale + last[items] * scale
+            out[row, items] += 1.0 + counts * scale * scale + last * scale
         return out
 
 
@@ -140,20 +153,20 @@ class Als(Baseline):
             users = self.model.recalculate_user(
                 np.arange(len(histories)), user_item_matrix(histories, self.num_items)
             )
-        return users.astype(np.float64) @ self.model.item_factors.T.astype(np.float64) + TIE_BREAK * self.prior
+        return dot64(users, self.model.item_factors) + TIE_BREAK * self.prior
 
 
 class TextZeroShot(Baseline):
     name = "text_zero_shot"
 
     def __init__(self, text_vectors: np.ndarray, max_history: int = 50):
-        self.text_vectors = np.asarray(text_vectors, np.float64)
+        self.text_vectors = np.asarray(text_vectors, np.float32)  # scored in float64 (``dot64``)
         self.max_history = max_history
 
     def scores(self, histories):
         queries = np.stack(
-            [self.text_vectors[h[-self.max_history:]].mean(0) if len(h) else np.zeros(self.text_vectors.shape[1])
-             for h in histories]
+            [self.text_vectors[h[-self.max_history:]].astype(np.float64).mean(0) if len(h)
+             else np.zeros(self.text_vectors.shape[1]) for h in histories]
         )
         queries /= np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        return queries @ self.text_vectors.T + TIE_BREAK * self.prior
+        return dot64(queries, self.text_vectors) + TIE_BREAK * self.prior

@@ -10,6 +10,11 @@ Writes ``MODEL/metrics.json`` shaped::
 (the last five from ``tfrec.evaluation.segments``: 95% paired-bootstrap intervals over
 users, model against each baseline, protocol against protocol, and segments, the latter
 on the test split only) and prints the tables.
+
+A split with more than ``eval.max_users`` users is measured on a random sample of that
+many (fixed by ``train.seed``): ``users`` is then the sample's size, ``users_total`` the
+split's, and every interval is the sample's. Baselines are still fitted on every user's
+training history.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 import numpy as np
 
 from tfrec.config import Config
-from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split
+from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split, sample_users
 from tfrec.errors import TfrecError
 from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
 from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
@@ -39,6 +44,17 @@ def zero_shot_text_vectors(config: Config, catalogue: Catalogue, cache_dir: str)
     """The untrained pretrained encoder's vectors of every item text (cached)."""
     encoder = config.model.text_encoder.model_copy(update={"kind": "pretrained", "fine_tune": "frozen"})
     return cached_text_vectors(pretrained_pipeline(encoder), list(catalogue.texts), cache_dir)
+
+
+def needs_text_vectors(config: Config) -> bool:
+    """Whether evaluation encodes the catalogue with the pretrained encoder: for the
+    ``text_zero_shot`` baseline, or, read from the model's cache at no cost, when the model
+    itself uses that encoder frozen. Those vectors also measure every list's ``ils@10``;
+    without them (a scratch encoder, no ``text_zero_shot``) that metric is left out, which
+    spares a catalogue of millions of items an encoding that takes hours on a CPU."""
+    encoder = config.model.text_encoder
+    frozen = encoder.kind == "pretrained" and encoder.fine_tune == "frozen"
+    return "text_zero_shot" in config.eval.baselines or frozen
 
 
 def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_vectors: np.ndarray) -> list[Baseline]:
@@ -77,20 +93,30 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     valid = load_eval_split(data_dir, "valid")
     test = load_eval_split(data_dir, "test")
     # One set of text vectors serves the zero-shot baseline and every list's intra-list similarity.
-    text_vectors = zero_shot_text_vectors(config, catalogue, join(model_dir, TEXT_CACHE_DIR))
+    text_vectors = None
+    if needs_text_vectors(config):
+        text_vectors = zero_shot_text_vectors(config, catalogue, join(model_dir, TEXT_CACHE_DIR))
+    else:
+        log.info("ils@10 is not measured: text_zero_shot is not among eval.baselines and the model's text "
+                 "encoder is not the pretrained one, so the catalogue is not encoded with it")
     baselines = make_baselines(config, catalogue, valid, text_vectors)
     scorers = {"model": model_scorer(model, model.item_vectors())}
     scorers.update({b.name: b.scores for b in baselines})
 
     metrics, curves = {}, {}
-    for name, split in (("valid", valid), ("test", test)):
+    for name, whole in (("valid", valid), ("test", test)):
         started = time.time()
         curves[name], per_user = {}, {}
+        split = sample_users(whole, config.eval.max_users, config.train.seed)
+        if len(split) < len(whole):
+            log.info(f"{name}: measuring a random sample of {len(split):,} of {len(whole):,} users (eval.max_users)")
         segments = name == "test"  # what the report and the model card show; validation picks epochs
         metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
                                        config.eval.ks, config.eval.batch_size, curves=curves[name],
                                        item_vectors=text_vectors, per_user=per_user,
-                                       target_segments=target_segments(catalogue.counts) if segments else None)
+                                       target_segments=target_segments(catalogue.counts) if segments else None,
+                                       score_budget=config.eval.score_budget)
+        metrics[name]["users_total"] = len(whole)
         ranked = time.time()
         metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
                                        config.eval.min_segment_users, segments=segments)

@@ -50,6 +50,12 @@ def intra_list_similarity(vectors: np.ndarray) -> np.ndarray:
     return (gram.sum((1, 2)) - np.trace(gram, axis1=1, axis2=2)) / (k * (k - 1))
 
 
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """``vectors`` scaled to unit length per row, as float32 (zero rows stay zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
 def _discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(k) + 2.0)
 
@@ -67,12 +73,13 @@ class RankingMetrics:
     """
 
     def __init__(self, num_items: int, ks=(10, 20, 50, 100), ndcg_ks=(10, 20),
-                 item_vectors: np.ndarray | None = None):
+                 item_vectors: np.ndarray | None = None, unit_item_vectors: np.ndarray | None = None):
+        """``item_vectors`` are normalised into a copy; ``unit_item_vectors`` (from ``unit_rows``)
+        are kept as given, so that many metrics share one copy of a large catalogue's vectors."""
         self.num_items = num_items
-        self.item_vectors = None
+        self.item_vectors = unit_item_vectors
         if item_vectors is not None:
-            norms = np.linalg.norm(item_vectors, axis=1, keepdims=True)
-            self.item_vectors = (item_vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+            self.item_vectors = unit_rows(item_vectors)
         self.ks = tuple(sorted(ks))
         self.ndcg_ks = tuple(k for k in ndcg_ks if k <= max(self.ks))
         self.max_k = max(self.ks)

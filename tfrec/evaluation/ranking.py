@@ -23,10 +23,18 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec.data import EvalSplit, pad_histories
-from tfrec.evaluation.metrics import RankingMetrics
+from tfrec.evaluation.metrics import RankingMetrics, unit_rows
 
 ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
 PROTOCOLS = ("all", "explore", "cold_start")
+SCORE_BUDGET = 1 << 24
+"""Default most scores (users x items) one scorer holds at once: 128 MB as float64."""
+
+
+def rows_per_batch(batch_size: int, num_items: int, score_budget: int = SCORE_BUDGET) -> int:
+    """Users per evaluation batch: ``batch_size``, or fewer so that users x items stays
+    within ``score_budget`` (at least one user)."""
+    return max(1, min(batch_size, score_budget // max(num_items, 1)))
 
 
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
@@ -51,6 +59,7 @@ def evaluate_split(
     item_vectors: np.ndarray | None = None,
     target_segments: Mapping[str, np.ndarray] | None = None,
     per_user: dict | None = None,
+    score_budget: int = SCORE_BUDGET,
 ) -> dict:
     """Metrics of every scorer under every protocol, plus the split's repeat share.
 
@@ -60,9 +69,16 @@ def evaluate_split(
     ``{segment: {scorer: metrics}}``, for those and for ``repeat`` and ``new`` targets.
     When ``per_user`` is a dict it receives ``{protocol or segment: {scorer: (users, values)}}``
     (``RankingMetrics.per_user``), for bootstrapped confidence intervals.
+
+    At most ``batch_size`` users are scored at once, and fewer when ``batch_size`` x
+    ``num_items`` would pass ``score_budget`` scores, so memory per batch stays bounded
+    with a large catalogue. Scores stay float32 when a scorer gives float32 (the ranking
+    only compares them); other dtypes are ranked as float64.
     """
     keep = per_user is not None
-    metrics = {p: {name: RankingMetrics(num_items, ks, item_vectors=item_vectors) for name in scorers}
+    batch_size = rows_per_batch(batch_size, num_items, score_budget)
+    unit = None if item_vectors is None else unit_rows(item_vectors)  # one copy shared by every scorer
+    metrics = {p: {name: RankingMetrics(num_items, ks, unit_item_vectors=unit) for name in scorers}
                for p in PROTOCOLS}
     segment_masks = dict(target_segments or {})
     segment_names = ["repeat", "new", *segment_masks] if target_segments is not None else []
@@ -85,7 +101,9 @@ def evaluate_split(
             segment_targets = {"repeat": [np.intersect1d(t, h) for t, h in zip(targets, histories)], "new": new}
             segment_targets |= {s: [t[mask[t]] for t in targets] for s, mask in segment_masks.items()}
         for name, score in scorers.items():
-            scores = np.asarray(score(histories), np.float64)
+            scores = np.asarray(score(histories))
+            if scores.dtype != np.float32:
+                scores = scores.astype(np.float64, copy=False)
             top = top_k_indices(scores, max_k)
             metrics["all"][name].update(top, targets, scores, users if keep else None)
             for segment, chosen in segment_targets.items():
@@ -117,7 +135,9 @@ def format_table(result: dict, split: str, metric_names=("recall@10", "recall@20
                                                             "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
                                                             "coverage@10", "ils@10")) -> str:
     """A plain-text table of one split's metrics, one row per (protocol, scorer)."""
-    lines = [f"{split}: {result['users']} users, repeat share of targets {result['repeat_share']:.3f}"]
+    total = result.get("users_total", result["users"])
+    measured = f"{result['users']} users" + ("" if total == result["users"] else f" of {total} (sample)")
+    lines = [f"{split}: {measured}, repeat share of targets {result['repeat_share']:.3f}"]
     header = f"{'protocol':<11}{'scorer':<19}{'users':>6}" + "".join(f"{m:>12}" for m in metric_names)
     lines += [header, "-" * len(header)]
     for protocol in PROTOCOLS:

@@ -116,14 +116,19 @@ class RepeatTerm(keras.layers.Layer):
         similarity = tf.convert_to_tensor(similarity, tf.float32)
         return self.scale * similarity + self.repeat_scores(history, tf.shape(similarity))
 
-    def fit(self, similarity: np.ndarray, histories: np.ndarray, targets: list[np.ndarray],
-            steps: int = 300, batch_size: int = 512, learning_rate: float = 0.05, seed: int = 0) -> float:
+    def fit(self, similarity, histories: np.ndarray, targets: list[np.ndarray],
+            steps: int = 300, batch_size: int = 512, learning_rate: float = 0.05, seed: int = 0,
+            score_budget: int | None = None) -> float:
         """Fits ``scale`` and the feature weights; returns the final mean negative log-likelihood.
 
         Args:
-            similarity: two-tower similarities ``[U, N]`` of the fitting users.
+            similarity: two-tower similarities ``[U, N]`` of the fitting users, or a function
+                of row indices returning those rows' ``[len(rows), N]`` (so that a large
+                catalogue never needs every user's row at once).
             histories: their histories ``[U, H]`` (left-padded with -1).
             targets: their held-out items.
+            score_budget: with it, each step draws fewer than ``batch_size`` users when
+                ``batch_size x N`` would pass it (the step's softmax is that big).
         """
         if not self.built:
             self.build()
@@ -146,10 +151,14 @@ class RepeatTerm(keras.layers.Layer):
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
+        rows_of = similarity if callable(similarity) else (lambda rows: similarity[rows])
+        if score_budget is not None:
+            num_items = int(np.shape(rows_of(np.zeros(1, np.int64)))[1])
+            batch_size = max(1, min(batch_size, score_budget // max(num_items, 1)))
         loss = np.nan
         for _ in range(steps):
             rows = rng.choice(len(targets), size=min(batch_size, len(targets)), replace=False)
-            loss = float(step(tf.constant(similarity[rows], tf.float32), tf.constant(histories[rows]),
+            loss = float(step(tf.constant(rows_of(rows), tf.float32), tf.constant(histories[rows]),
                               tf.constant(padded[rows])))
         return loss
 

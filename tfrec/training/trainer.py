@@ -39,13 +39,14 @@ from tfrec.data import (
     load_eval_split,
     load_stats,
     pad_histories,
+    sample_users,
     shuffled_batches,
     train_examples,
 )
 from tfrec.data.sequences import batch_pairs, causal_sequences, sequence_batches
 from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
-from tfrec.evaluation.ranking import evaluate_split, model_scorer
+from tfrec.evaluation.ranking import SCORE_BUDGET, evaluate_split, model_scorer
 from tfrec.layout import (
     BEST_WEIGHTS,
     CATALOGUE_DIR,
@@ -129,16 +130,24 @@ def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch
     return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size)
 
 
-def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 256) -> float:
-    """Fits the repeat-aware term's weights on the validation users."""
+def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 256,
+                    score_budget: int = SCORE_BUDGET) -> float:
+    """Fits the repeat-aware term's weights on the validation users.
+
+    The users' query vectors are computed once; each fitting step scores only its own
+    users against the catalogue (at most ``score_budget`` scores), so memory stays bounded
+    however many users and items there are.
+    """
     vectors = model.item_vectors()
     width = max(len(h) for h in split.histories)
     histories = pad_histories(split.histories, width)
-    similarity = np.concatenate([
-        tf.matmul(model.query_vectors(histories[i:i + batch_size]), vectors, transpose_b=True).numpy()
-        for i in range(0, len(histories), batch_size)
-    ])
-    return model.repeat_term.fit(similarity, histories, split.targets)
+    queries = tf.concat([model.query_vectors(histories[i:i + batch_size])
+                         for i in range(0, len(histories), batch_size)], 0)
+
+    def similarity(rows: np.ndarray) -> np.ndarray:
+        return tf.matmul(tf.gather(queries, rows), vectors, transpose_b=True).numpy()
+
+    return model.repeat_term.fit(similarity, histories, split.targets, score_budget=score_budget)
 
 
 def _atomic_write_model(model: keras.Model, path: str) -> None:
@@ -381,7 +390,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
 
     model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
     if model.repeat_term is not None:
-        nll = fit_repeat_term(model, valid)
+        nll = fit_repeat_term(model, sample_users(valid, config.eval.max_users, cfg.seed),
+                              score_budget=config.eval.score_budget)
         weights = model.repeat_term.feature_weights.numpy().round(3).tolist()
         log.info(f"Repeat-aware term fitted on validation: scale {float(model.repeat_term.scale.numpy()):.2f}, "
               f"weights {weights}, nll {nll:.3f}")
