@@ -108,3 +108,18 @@ def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_conf
         assert f"{stage}: up to date, skipped" in result.stdout, stage
     assert "export: done" in result.stdout and "report: done" in result.stdout
     assert (out / "export" / "tfrec_retrieve" / "2").exists()
+
+
+def test_a_sampled_evaluation_says_so_in_the_report(run, sample_config, tmp_path):
+    from tfrec.app.report import quality_section
+    from tfrec.app.report_summary import summary_section
+
+    out, _, _ = run
+    metrics = json.loads((out / "model" / "metrics.json").read_text())
+    measured = metrics["test"]["users"]
+    assert f"Measured on {measured:,} test customers (each one's" in summary_section(metrics, sample_config)
+    metrics["test"]["users_total"] = measured * 10
+    assert (f"Measured on {measured:,} test customers (a random sample of the {measured * 10:,})"
+            in summary_section(metrics, sample_config))
+    assert (f"### test ({measured:,} users, a random sample of {measured * 10:,} (`eval.max_users`)"
+            in quality_section(metrics, None, tmp_path))

@@ -172,7 +172,10 @@ def quality_section(metrics: dict, curves: dict | None, out: Path, min_users: in
     ]
     for split in ("test", "valid"):
         m = metrics[split]
-        parts.append(f"### {split} ({m['users']:,} users; {m['repeat_share']:.1%} of held-out items are repeats)")
+        sampled = (f", a random sample of {m['users_total']:,} (`eval.max_users`)"
+                   if m.get("users_total", m["users"]) > m["users"] else "")
+        parts.append(f"### {split} ({m['users']:,} users{sampled}; "
+                     f"{m['repeat_share']:.1%} of held-out items are repeats)")
         for protocol in ("all", "explore", "cold_start"):
             parts.append(f"**{protocol}**\n\n{_metrics_table(m, protocol, min_users)}")
         parts.append(_protocols_line(m))

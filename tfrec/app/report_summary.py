@@ -118,8 +118,10 @@ def summary_section(metrics: dict, config) -> str:
     lines.append(f"- tfrec's top-10 lists cover {pct(test['all']['model']['coverage@10'])} of the catalogue"
                  + (f" (a best-sellers list: {pct(popular['coverage@10'])})." if popular else "."))
     boot = test.get("bootstrap", {})
-    lines.append(f"- Measured on {test['users']:,} test customers (each one's last {unit}) against the whole "
-                 f"catalogue; 95% intervals from {boot.get('resamples', 0):,} bootstrap resamples of customers.")
+    total = test.get("users_total", test["users"])
+    sampled = f" (a random sample of the {total:,})" if total > test["users"] else ""
+    lines.append(f"- Measured on {test['users']:,} test customers{sampled} (each one's last {unit}) against the "
+                 f"whole catalogue; 95% intervals from {boot.get('resamples', 0):,} bootstrap resamples of customers.")
     return "## Summary\n\n" + "\n".join(lines)
 
 
