@@ -357,7 +357,7 @@ def main() -> None:
             f", {args.large_eval_users} at 1e7 and more" if args.large_eval_users else ""),
         "index": (f"index.num_leaves={args.index_leaves} at 1e7 and more" if args.index_leaves
                   else "tuned as configured"),
-        "preprocess": " ".join(args.beam) or "in-memory DirectRunner",
+        "preprocess": " ".join(args.beam) or "local FnApiRunner, in one process",
     }}
     results, replaced = [], {}
     if args.merge and args.out.exists():
