@@ -193,8 +193,10 @@ class ReadRows(beam.PTransform):
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
             | "MatchFiles" >> fileio.MatchAll()
-            | "SplitFiles" >> beam.FlatMap(lambda m: split_file(
-                m.path, m.size_in_bytes, detect_format(m.path, fmt), splittable, range_bytes))
+            | "PathsAndSizes" >> beam.Map(lambda m: (m.path, m.size_in_bytes))
+            | "OncePerFile" >> beam.Distinct()  # a file two patterns match is read once
+            | "SplitFiles" >> beam.FlatMapTuple(lambda path, size: split_file(
+                path, size, detect_format(path, fmt), splittable, range_bytes))
             | "SpreadParts" >> beam.Reshuffle()
         )
         numbers = (

@@ -154,6 +154,20 @@ def test_csv_in_100_byte_ranges_gives_the_whole_file_rows_and_rejections(tmp_pat
     assert {(r.source, r.line) for r in rejections if r.reason == "too_long:title"} == {(str(first), 9)}
 
 
+def test_a_file_two_patterns_match_is_read_once(tmp_path):
+    config = bad_rows_config(tmp_path / "*.csv")
+    path = tmp_path / "one.csv"
+    path.write_bytes(HEADER + b"\n".join(ONE_LINE_RECORDS) + b"\n")
+    parser = InteractionParser(config.data.interactions, config.data.items)
+    events, rejections, counts = whole_file_outcomes([path], "csv", parser)
+    with BeamTestPipeline() as p:
+        read = p | reading.ReadRows([str(tmp_path / "*.csv"), str(path)], "csv", ",", parser, splittable=True,
+                                    range_bytes=100)
+        assert_that(read[reading.ROWS], equal_to(events), label="Events")
+        assert_that(read[reading.REJECTED], equal_to(rejections), label="Rejected")
+        assert_that(read[reading.COUNTS], equal_to(counts), label="Counts")
+
+
 def test_jsonl_in_100_byte_ranges_gives_the_whole_file_rows_and_rejections(tmp_path):
     config = bad_rows_config(tmp_path / "*.jsonl")
     rows = [{"user": f"u{n % 3}", "item": str(100 + n % 5), "basket": f"b{n}", "ts": f"2024-01-0{1 + n % 9} 10:00:00",
