@@ -1,6 +1,7 @@
 """Evaluator metrics against values computed by hand."""
 
 import numpy as np
+import pytest
 
 from tfrec.data import EvalSplit
 from tfrec.evaluation.metrics import RankingMetrics, first_relevant_rank, intra_list_similarity
@@ -20,6 +21,13 @@ def test_top_k_equals_a_full_sort_on_many_ties():
     for k in (1, 5, 17, 40, 60):
         expected = [np.lexsort((np.arange(40), -row))[:k] for row in scores]
         np.testing.assert_array_equal(top_k_indices(scores, k), expected)
+
+
+def test_top_k_refuses_nan_scores_naming_the_row():
+    scores = np.array([[1.0, 2.0, 3.0], [1.0, np.nan, 3.0, ]])
+    with pytest.raises(ValueError, match=r"1 row\(s\) of scores hold NaN \(first: row 1\)"):
+        top_k_indices(scores, 2)
+
 
 def test_first_relevant_rank_over_whole_ranking():
     scores = np.array([[0.1, 0.9, 0.5, 0.5, 0.7], [1.0, 1.0, 1.0, 1.0, 1.0]])

@@ -43,6 +43,10 @@ def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     ``tf.math.top_k`` ranks equal scores by lower index, which is the ranking rule; it
     does every row at once, about twice as fast as a per-row partition and sort.
     """
+    if np.isnan(scores).any():
+        rows = np.flatnonzero(np.isnan(scores).any(axis=1))
+        raise ValueError(f"{len(rows)} row(s) of scores hold NaN (first: row {rows[0]}): the scorer is broken, "
+                         f"e.g. a model whose training diverged, and no ranking of them is meaningful")
     k = min(k, scores.shape[1])
     return tf.math.top_k(scores, k=k, sorted=True).indices.numpy().astype(np.int64)
 
