@@ -121,5 +121,5 @@ def test_a_sampled_evaluation_says_so_in_the_report(run, sample_config, tmp_path
     metrics["test"]["users_total"] = measured * 10
     assert (f"Measured on {measured:,} test customers (a random sample of the {measured * 10:,})"
             in summary_section(metrics, sample_config))
-    assert (f"### test ({measured:,} users, a random sample of {measured * 10:,} (`eval.max_users`)"
+    assert (f"### test ({measured:,} users, a random sample of the {measured * 10:,} (`eval.max_users`)"
             in quality_section(metrics, None, tmp_path))

@@ -172,7 +172,7 @@ def quality_section(metrics: dict, curves: dict | None, out: Path, min_users: in
     ]
     for split in ("test", "valid"):
         m = metrics[split]
-        sampled = (f", a random sample of {m['users_total']:,} (`eval.max_users`)"
+        sampled = (f", a random sample of the {m['users_total']:,} (`eval.max_users`)"
                    if m.get("users_total", m["users"]) > m["users"] else "")
         parts.append(f"### {split} ({m['users']:,} users{sampled}; "
                      f"{m['repeat_share']:.1%} of held-out items are repeats)")

@@ -124,10 +124,12 @@ def copy_catalogue(data_dir: str, model_dir: str) -> str:
     return target
 
 
-def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch_size: int) -> dict:
+def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch_size: int,
+             score_budget: int = SCORE_BUDGET) -> dict:
     """Exact validation metrics of the model alone (two-tower similarity)."""
     scorer = model_scorer(model, model.item_vectors(), repeat=False)
-    return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size)
+    return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size,
+                          score_budget=score_budget)
 
 
 def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 256,
@@ -353,7 +355,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
             progress.update(step + 1, [("loss", total / (step + 1))])
         seconds = time.time() - epoch_start
         trained_examples += steps_per_epoch * global_batch
-        result = validate(model, epoch_valid, catalogue.cold_start, ks, config.eval.batch_size)
+        result = validate(model, epoch_valid, catalogue.cold_start, ks, config.eval.batch_size,
+                          config.eval.score_budget)
         explore = result["explore"]["model"]
         record = {"epoch": e + 1, "loss": total / steps_per_epoch, "seconds": seconds,
                   "examples_per_second": steps_per_epoch * global_batch / seconds,
