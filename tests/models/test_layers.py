@@ -189,6 +189,8 @@ def test_two_tower_model_saves_and_scores(tmp_path):
     np.testing.assert_allclose(restored.scores(history, restored.item_vectors()), scores, rtol=1e-5)
     # Only the max_history most recent items reach the user tower.
     np.testing.assert_allclose(model.query_vectors(history[:, -3:]), model.query_vectors(history), rtol=1e-6)
+    # Looking history items up in the catalogue's vectors equals running the item tower on them.
+    np.testing.assert_allclose(model.query_vectors(history, vectors), model.query_vectors(history), atol=1e-6)
     # Without the repeat term, scores are the plain similarities.
     plain = model.scores(history, vectors, repeat=False).numpy()
     np.testing.assert_allclose(plain, model.query_vectors(history).numpy() @ vectors.numpy().T, rtol=1e-5,

@@ -143,7 +143,7 @@ def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 25
     vectors = model.item_vectors()
     width = max(len(h) for h in split.histories)
     histories = pad_histories(split.histories, width)
-    queries = tf.concat([model.query_vectors(histories[i:i + batch_size])
+    queries = tf.concat([model.query_vectors(histories[i:i + batch_size], vectors)
                          for i in range(0, len(histories), batch_size)], 0)
 
     def similarity(rows: np.ndarray) -> np.ndarray:
@@ -159,10 +159,11 @@ def _atomic_write_model(model: keras.Model, path: str) -> None:
 
 def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: str) -> None:
     histories = pad_histories(test.histories, model.max_history)
+    vectors = model.item_vectors()  # history items are looked up, not run through the item tower again
     queries = np.concatenate([
-        model.query_vectors(histories[i:i + 512]).numpy() for i in range(0, len(histories), 512)
+        model.query_vectors(histories[i:i + 512], vectors).numpy() for i in range(0, len(histories), 512)
     ]) if len(histories) else np.zeros((0, model.item_tower.embedding_dim), np.float32)
-    fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=model.item_vectors().numpy(),
+    fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=vectors.numpy(),
                      query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
 
 
