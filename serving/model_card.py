@@ -152,12 +152,15 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
     encoder = config.model.text_encoder
     tower = config.model.user_tower
     architecture = (
-        f"Two towers scored by dot product ({config.model.embedding_dim}-d). Item tower: the product text "
+        f"Two towers scored by dot product ({config.model.members * config.model.embedding_dim}-d"
+        f"{f': an ensemble of {config.model.members} members of {config.model.embedding_dim}-d, each trained on its own softmax' if config.model.members > 1 else ''}"
+        f"). Item tower: the product text "
         f"({', '.join(data.items.text_fields)}) through a {encoder.kind} keras-hub text encoder"
         f"{' (' + encoder.preset + ', ' + encoder.fine_tune + ')' if encoder.kind == 'pretrained' else ''}"
         f"{', plus a per-item id vector' if config.model.item_id_embedding else ''}. User tower: the "
         f"{tower.recent_items} most recent items of the history ({tower.num_layers} transformer layer(s), "
-        f"{tower.pooling} pooling{', plus the mean of the whole history' if tower.long_term else ''}); no user id. "
+        f"{tower.pooling} pooling, {tower.positions} positions"
+        f"{', plus the mean of the whole history' if tower.long_term else ''}); no user id. "
         f"Trained with in-batch softmax (temperature {config.train.temperature}"
         f"{', logQ correction' if config.train.logq_correction else ''}); served score "
         f"{'plus a repeat-aware term fitted on validation' if config.model.repeat_term else 'without repeat term'}."

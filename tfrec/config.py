@@ -238,6 +238,9 @@ class UserTowerConfig(_Section):
     long_term: bool = True
     """Add the mean of every history item's vector (up to ``max_history`` items; a causal
     tower reads its last ``recent_items`` only)."""
+    positions: Literal["absolute", "relative", "none"] = "absolute"
+    """How the transformer knows item order: ``absolute`` position embeddings counted from the
+    most recent item, or ``none`` (a causal tower still knows which item is the query's own)."""
     causal: bool = True
     """Causal attention, trained on every position at once: one pass over a user's training
     sequence (the last ``recent_items`` items) gives a query at each position, trained against
@@ -256,6 +259,11 @@ class ModelConfig(_Section):
     """Embedding size of each categorical feature."""
     item_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
+    members: int = Field(1, ge=1, le=8)
+    """Independently initialised copies of both towers, each trained on its own softmax; a
+    score is the mean of theirs (an ensemble). Vectors have ``members * embedding_dim``
+    values, so the index, the exports and any server take them as they are; training and
+    scoring cost ``members`` times as much."""
     user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
     repeat_term: bool = True

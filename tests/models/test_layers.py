@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests.layer_test_case import run_layer_test
-from tfrec.models import ItemTower, RepeatTerm, ScratchTextEncoder, TwoTowerModel, UserTower
+from tfrec.models import ItemTower, RelativeBlock, RepeatTerm, ScratchTextEncoder, TwoTowerModel, UserTower
 
 NUM_ITEMS, TEXT_DIM, DIM = 6, 5, 4
 RNG = np.random.default_rng(0)
@@ -53,14 +53,14 @@ def test_cold_item_vector_comes_from_text_alone():
     known = tower(np.array([2]))
     new = tower.embed(tf.constant(TEXT[2:3]), tf.constant([-1]))
     np.testing.assert_allclose(new, known, rtol=1e-6)
-    tower.id_embedding.embeddings.assign(np.ones((NUM_ITEMS, DIM), "float32"))
+    tower.id_embedding[0].embeddings.assign(np.ones((NUM_ITEMS, DIM), "float32"))
     assert not np.allclose(tower(np.array([2])), new)
 
 
 def test_id_dropout_only_in_training():
     tower = _frozen_item_tower(id_dropout=0.9, seed=1)
     _store_text(tower)
-    tower.id_embedding.embeddings.assign(RNG.normal(size=(NUM_ITEMS, DIM)).astype("float32"))
+    tower.id_embedding[0].embeddings.assign(RNG.normal(size=(NUM_ITEMS, DIM)).astype("float32"))
     ids = np.arange(NUM_ITEMS)
     np.testing.assert_allclose(tower(ids, training=False), tower(ids, training=False))
     assert not np.allclose(tower(ids, training=True), tower(ids, training=False))
@@ -83,6 +83,60 @@ def test_user_tower_battery(tmp_path, pooling, recent, long_term):
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
     out = run_layer_test(tower, (vectors, mask), (3, DIM), tmp_path)
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["relative", "none"])
+def test_user_tower_positions_battery(tmp_path, positions):
+    tower = UserTower(max_history=5, embedding_dim=DIM, num_layers=2, num_heads=2, intermediate_dim=8,
+                      dropout=0.0, causal=True, positions=positions, name=f"user_tower_{positions}")
+    vectors = RNG.normal(size=(3, 5, DIM)).astype("float32")
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], bool)
+    run_layer_test(tower, (vectors, mask), (3, DIM), tmp_path)
+
+
+def test_relative_block_battery(tmp_path):
+    mask = np.tril(np.ones((4, 4), bool))[None].repeat(2, 0)
+    run_layer_test(RelativeBlock(8, 2, max_distance=3, dropout=0.0, name="relative"),
+                   (RNG.normal(size=(2, 4, DIM)).astype("float32"), mask), (2, 4, DIM), tmp_path)
+
+
+def test_relative_block_bias_depends_on_distance_only():
+    """One bias per head and distance: shifting a sequence along the axis changes nothing."""
+    block = RelativeBlock(8, 2, max_distance=3, dropout=0.0)
+    x = RNG.normal(size=(1, 6, DIM)).astype("float32")
+    causal = np.tril(np.ones((6, 6), bool))[None]
+    block(x, attention_mask=causal)
+    block.distance_bias.assign(RNG.normal(size=(2, 5)).astype("float32"))
+    shifted = np.concatenate([RNG.normal(size=(1, 2, DIM)).astype("float32"), x[:, :4]], axis=1)
+    only_after_two = causal & (np.arange(6)[None, None] >= 2)
+    np.testing.assert_allclose(block(shifted, attention_mask=only_after_two)[:, 2:], block(x, attention_mask=causal)[:, :4],
+                               atol=1e-5)
+
+
+def test_ensemble_towers_battery(tmp_path):
+    items = _frozen_item_tower(members=3)
+    out = run_layer_test(items, np.array([0, 5, 2]), (3, 3 * DIM), tmp_path, _store_text)
+    # Each member's part is a unit vector scaled by 1/sqrt(3): the whole is a unit vector.
+    np.testing.assert_allclose(np.linalg.norm(out.reshape(3, 3, DIM), axis=-1), 1 / np.sqrt(3), rtol=1e-5)
+    users = UserTower(max_history=5, embedding_dim=DIM, num_layers=1, num_heads=2, intermediate_dim=8,
+                      dropout=0.0, causal=True, positions="none", members=3, name="user_tower_members")
+    history = RNG.normal(size=(2, 5, 3 * DIM)).astype("float32")
+    run_layer_test(users, (history, np.ones((2, 5), bool)), (2, 3 * DIM), tmp_path)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_ensemble_members_are_independent(causal):
+    """Member k of the user tower reads member k of the item vectors and nothing else."""
+    users = UserTower(max_history=5, embedding_dim=DIM, num_layers=1, num_heads=2, intermediate_dim=8,
+                      dropout=0.0, causal=causal, members=2)
+    history = RNG.normal(size=(2, 5, 2 * DIM)).astype("float32")
+    mask = np.array([[0, 1, 1, 1, 1], [1] * 5], bool)
+    changed = history.copy()
+    changed[..., DIM:] += 1.0
+    before, after = users(history, mask).numpy(), users(changed, mask).numpy()
+    np.testing.assert_allclose(before[:, :DIM], after[:, :DIM], atol=1e-6)
+    assert not np.allclose(before[:, DIM:], after[:, DIM:])
+    np.testing.assert_allclose(np.linalg.norm(before.reshape(2, 2, DIM), axis=-1), 1 / np.sqrt(2), rtol=1e-5)
 
 
 def test_user_tower_ignores_padded_positions():

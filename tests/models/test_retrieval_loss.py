@@ -126,3 +126,28 @@ def test_popularity_sampler_follows_the_counts():
     np.testing.assert_allclose(frequencies, counts / counts.sum(), atol=0.02)
     uniform = NegativeSampler(counts, "uniform")(tf.random.Generator.from_seed(5), 20_000).numpy()
     np.testing.assert_allclose(np.bincount(uniform, minlength=5) / len(uniform), 0.2, atol=0.02)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_an_ensemble_trains_each_member_on_its_own_softmax(full):
+    """With ``members`` > 1 the loss is the mean of each member's loss on its own unit vectors."""
+    rng = np.random.default_rng(11)
+    members, dim, num_items = 3, 4, 9
+    ids = np.array([1, 4, 7, 2, 8])
+    query_ids = np.array([0, 0, 1, 2, 3])
+    q = (np.concatenate([_unit(rng, (5, dim)) for _ in range(members)], -1) / np.sqrt(members)).astype("float32")
+    items = (np.concatenate([_unit(rng, (num_items, dim)) for _ in range(members)], -1)
+             / np.sqrt(members)).astype("float32")
+    log_q = mixed_log_q(rng.integers(1, 50, size=num_items), 5, 0)
+    ensemble = RetrievalTask(temperature=0.1, log_q=None if full else log_q, members=members)
+    single = RetrievalTask(temperature=0.1, log_q=None if full else log_q)
+    parts = [slice(k * dim, (k + 1) * dim) for k in range(members)]
+    if full:
+        got = ensemble.full_softmax(q, items, ids, query_ids=query_ids).numpy()
+        each = [single.full_softmax(q[:, p] * np.sqrt(members), items[:, p] * np.sqrt(members), ids,
+                                    query_ids=query_ids).numpy() for p in parts]
+    else:
+        got = ensemble(q, items[ids], ids, query_ids=query_ids).numpy()
+        each = [numpy_loss(q[:, p] * np.sqrt(members), items[ids][:, p] * np.sqrt(members), ids, 0.1, True,
+                           log_q, None, None, query_ids) for p in parts]
+    np.testing.assert_allclose(got, np.mean(each, axis=0), rtol=1e-4, atol=1e-4)

@@ -54,11 +54,13 @@ def test_repeated_items_can_be_left_out_of_the_targets():
     np.testing.assert_array_equal(targets, [6, 5, 7, 6])
 
 
-@pytest.mark.parametrize("pooling,num_layers,long_term", [("last", 2, False), ("mean", 1, True),
-                                                          ("attention", 1, False), ("mean", 0, False)])
-def test_no_position_reads_a_later_item(pooling, num_layers, long_term):
+@pytest.mark.parametrize("pooling,num_layers,long_term,positions", [
+    ("last", 2, False, "absolute"), ("mean", 1, True, "absolute"), ("attention", 1, False, "absolute"),
+    ("mean", 0, False, "absolute"), ("last", 2, True, "relative"), ("attention", 1, False, "relative"),
+    ("last", 1, True, "none")])
+def test_no_position_reads_a_later_item(pooling, num_layers, long_term, positions):
     tower = UserTower(max_history=8, embedding_dim=8, num_layers=num_layers, num_heads=2, intermediate_dim=16,
-                      dropout=0.0, pooling=pooling, long_term=long_term, causal=True)
+                      dropout=0.0, pooling=pooling, long_term=long_term, causal=True, positions=positions)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 8, 8)).astype("float32")
     mask = np.array([[0, 0, 1, 1, 1, 1, 1, 1], [1] * 8], bool)
@@ -92,25 +94,32 @@ def test_sequences_hold_exactly_the_training_targets(sample_data_dir):
     assert pairs == windows
 
 
-def test_causal_training_serves_the_last_position(tiny, sample_data_dir, tmp_path):
+@pytest.mark.parametrize("negatives,members,positions", [("full", 1, "absolute"), ("sampled", 2, "relative")])
+def test_causal_training_serves_the_last_position(tiny, sample_data_dir, tmp_path, negatives, members, positions):
     from tfrec.models.two_tower import load_model
     from tfrec.training.trainer import train
 
     config = tiny_config(tiny, "model.user_tower.causal=true", "model.user_tower.recent_items=40",
-                         "data.sequences.max_history=40",
-                         "train.negatives=full", "train.epochs=1", "train.steps_per_epoch=3")
+                         "data.sequences.max_history=40", f"model.members={members}",
+                         f"model.user_tower.positions={positions}",
+                         f"train.negatives={negatives}", "train.epochs=1", "train.steps_per_epoch=3")
     summary = train(config, sample_data_dir, tmp_path)
     assert summary["epochs_run"] == 1
     model = load_model(tmp_path)
     history = np.array([[-1, -1, -1, 3, 5, 8, 2, 1, 0, 4]])
     by_position = model.sequence_queries(history).numpy()[:, -1]
     np.testing.assert_allclose(model.query_vectors(history).numpy(), by_position, atol=1e-5)
+    vectors = np.load(tmp_path / "vectors.npz")
+    width = members * config.model.embedding_dim
+    assert vectors["item_vectors"].shape[1] == vectors["query_vectors"].shape[1] == width
+    np.testing.assert_allclose(np.linalg.norm(vectors["item_vectors"], axis=1), 1.0, rtol=1e-4)
 
 
-def test_a_window_cut_to_its_items_gives_the_same_queries():
+@pytest.mark.parametrize("positions", ["absolute", "relative", "none"])
+def test_a_window_cut_to_its_items_gives_the_same_queries(positions):
     """Batches drop their left padding; positions count from the right, so nothing changes."""
     tower = UserTower(max_history=8, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
-                      dropout=0.0, pooling="last", long_term=True, causal=True)
+                      dropout=0.0, pooling="last", long_term=True, causal=True, positions=positions)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 8, 8)).astype("float32")
     x[:, :3] = 0
@@ -119,6 +128,36 @@ def test_a_window_cut_to_its_items_gives_the_same_queries():
     np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy(), tower.sequence(x, mask).numpy()[:, 3:],
                                atol=1e-5)
     np.testing.assert_allclose(tower.sequence(x[:, 3:], mask[:, 3:]).numpy()[:, -1], full, atol=1e-5)
+
+
+@pytest.mark.parametrize("positions", ["relative", "none"])
+def test_every_position_is_trained_as_the_served_query_is_built(positions):
+    """Without absolute positions, the query at position ``p`` of a training sequence is the
+    served query of the history that ends there: training and serving see the same thing."""
+    tower = UserTower(max_history=8, embedding_dim=8, num_layers=2, num_heads=2, intermediate_dim=16,
+                      dropout=0.0, pooling="last", long_term=True, causal=True, positions=positions)
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(1, 8, 8)).astype("float32")
+    mask = np.array([[0, 1, 1, 1, 1, 1, 1, 1]], bool)
+    at_each_position = tower.sequence(x, mask).numpy()[0]
+    for p in range(1, 8):
+        served = np.zeros_like(x)
+        served[0, 8 - p:] = x[0, 1:p + 1]  # the history up to p, right-aligned as served
+        served_mask = np.arange(8)[None] >= 8 - p
+        np.testing.assert_allclose(tower(served, served_mask).numpy()[0], at_each_position[p], atol=1e-5)
+
+
+def test_absolute_positions_say_how_far_the_window_end_is():
+    """The contrast: with absolute positions a training query depends on where it sits."""
+    tower = UserTower(max_history=8, embedding_dim=8, num_layers=1, num_heads=2, intermediate_dim=16,
+                      dropout=0.0, pooling="last", long_term=False, causal=True, positions="absolute")
+    tower.build()
+    tower.position_embedding[0].set_weights([np.random.default_rng(4).normal(size=(8, 8)).astype("float32")])
+    x = np.random.default_rng(5).normal(size=(1, 8, 8)).astype("float32")
+    mask = np.ones((1, 8), bool)
+    served = np.zeros_like(x)
+    served[0, 4:] = x[0, :4]
+    assert not np.allclose(tower(served, np.arange(8)[None] >= 4).numpy()[0], tower.sequence(x, mask).numpy()[0, 3])
 
 
 def test_batches_cover_every_sequence_once_cut_to_their_longest():

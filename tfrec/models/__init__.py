@@ -1,5 +1,6 @@
 """The two-tower model: text item tower, sequence user tower, repeat-aware term."""
 
+from tfrec.models.attention import RelativeBlock
 from tfrec.models.repeat import RepeatTerm
 from tfrec.models.text import PretrainedTextEncoder, ScratchTextEncoder, TextPipeline
 from tfrec.models.towers import ItemTower, UserTower
@@ -14,6 +15,7 @@ from tfrec.models.two_tower import (
 __all__ = [
     "ItemTower",
     "PretrainedTextEncoder",
+    "RelativeBlock",
     "RepeatTerm",
     "ScratchTextEncoder",
     "TextPipeline",

@@ -19,6 +19,8 @@ import keras_hub
 import numpy as np
 import tensorflow as tf
 
+from tfrec.models.attention import RelativeBlock
+
 
 def _l2_normalize(x):
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
@@ -50,6 +52,10 @@ class ItemTower(keras.layers.Layer):
         use_id_embedding: add a per-item trainable vector (initialised at zero).
         id_dropout: probability of dropping an item's id vector during training.
         hidden_dim: width of the MLP over the text vector.
+        members: independently initialised copies of the trainable parts. Each member's
+            vector is L2-normalised; the tower returns their concatenation scaled by
+            ``1 / sqrt(members)``, so a dot product of two such vectors is the mean of the
+            members' cosines: an ensemble that is still a single two-tower model.
 
     Example:
 
@@ -71,6 +77,7 @@ class ItemTower(keras.layers.Layer):
         use_id_embedding: bool = True,
         id_dropout: float = 0.1,
         hidden_dim: int = 256,
+        members: int = 1,
         seed: int | None = None,
         **kwargs,
     ):
@@ -87,23 +94,30 @@ class ItemTower(keras.layers.Layer):
         self.use_id_embedding = use_id_embedding
         self.id_dropout = id_dropout
         self.hidden_dim = hidden_dim
+        self.members = members
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-        self.hidden = keras.layers.Dense(hidden_dim, activation="gelu", name="text_hidden")
-        self.projection = keras.layers.Dense(embedding_dim, name="text_projection")
-        self.id_embedding = (
-            keras.layers.Embedding(num_items, embedding_dim, embeddings_initializer="zeros", name="id_embedding")
-            if use_id_embedding else None
-        )
-        self.categorical_embeddings = [
-            keras.layers.Embedding(size, categorical_dim, name=f"categorical_{i}")
+        def each(make):
+            return [make(f"_{k}" if k else "") for k in range(members)]
+
+        self.hidden = each(lambda m: keras.layers.Dense(hidden_dim, activation="gelu", name=f"text_hidden{m}"))
+        self.projection = each(lambda m: keras.layers.Dense(embedding_dim, name=f"text_projection{m}"))
+        self.id_embedding = each(lambda m: keras.layers.Embedding(
+            num_items, embedding_dim, embeddings_initializer="zeros", name=f"id_embedding{m}")
+        ) if use_id_embedding else None
+        self.categorical_embeddings = each(lambda m: [
+            keras.layers.Embedding(size, categorical_dim, name=f"categorical_{i}{m}")
             for i, size in enumerate(self.categorical_sizes)
-        ]
-        self.categorical_projection = (
-            keras.layers.Dense(embedding_dim, use_bias=False, name="categorical_projection")
-            if self.categorical_sizes else None
-        )
+        ])
+        self.categorical_projection = each(lambda m: keras.layers.Dense(
+            embedding_dim, use_bias=False, name=f"categorical_projection{m}")
+        ) if self.categorical_sizes else None
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the tower's vectors: ``members * embedding_dim``."""
+        return self.members * self.embedding_dim
 
     def build(self, input_shape=None):
         if self.text_encoder is None:
@@ -123,14 +137,15 @@ class ItemTower(keras.layers.Layer):
             )
         if self.text_encoder is not None and not self.text_encoder.built:
             self.text_encoder.build((None, self.token_length))
-        self.hidden.build((None, self.text_dim))
-        self.projection.build((None, self.hidden_dim))
-        if self.id_embedding is not None:
-            self.id_embedding.build((None,))
-        for embedding in self.categorical_embeddings:
-            embedding.build((None,))
-        if self.categorical_projection is not None:
-            self.categorical_projection.build((None, self.categorical_dim * len(self.categorical_sizes)))
+        for k in range(self.members):
+            self.hidden[k].build((None, self.text_dim))
+            self.projection[k].build((None, self.hidden_dim))
+            if self.id_embedding is not None:
+                self.id_embedding[k].build((None,))
+            for embedding in self.categorical_embeddings[k]:
+                embedding.build((None,))
+            if self.categorical_projection is not None:
+                self.categorical_projection[k].build((None, self.categorical_dim * len(self.categorical_sizes)))
 
     def set_catalogue(self, text_vectors=None, tokens=None, categorical=None) -> None:
         """Stores the catalogue's text vectors (or token ids) and categorical codes."""
@@ -162,17 +177,22 @@ class ItemTower(keras.layers.Layer):
 
     def embed(self, text_vectors, indices, categorical_codes=None, training=None) -> tf.Tensor:
         """Combines text vectors ``[M, text_dim]`` with the id (``-1``: none) and categorical parts."""
-        x = self.projection(self.hidden(text_vectors))
+        vectors = [self._embed_member(k, text_vectors, indices, categorical_codes, training)
+                   for k in range(self.members)]
+        return vectors[0] if self.members == 1 else tf.concat(vectors, -1) / np.sqrt(self.members).astype("float32")
+
+    def _embed_member(self, k, text_vectors, indices, categorical_codes, training):
+        x = self.projection[k](self.hidden[k](text_vectors))
         if self.id_embedding is not None:
             # Items outside the trained catalogue (-1, or added after training) have no id vector.
             known = tf.cast((indices >= 0) & (indices < self.num_items), x.dtype)[:, None]
             if training and self.id_dropout > 0:
                 keep = keras.random.uniform(tf.shape(known), seed=self.seed_generator) >= self.id_dropout
                 known = known * tf.cast(keep, x.dtype)
-            x = x + known * self.id_embedding(tf.clip_by_value(indices, 0, self.num_items - 1))
+            x = x + known * self.id_embedding[k](tf.clip_by_value(indices, 0, self.num_items - 1))
         if self.categorical_sizes:
-            parts = [emb(categorical_codes[:, i]) for i, emb in enumerate(self.categorical_embeddings)]
-            x = x + self.categorical_projection(tf.concat(parts, axis=-1))
+            parts = [emb(categorical_codes[:, i]) for i, emb in enumerate(self.categorical_embeddings[k])]
+            x = x + self.categorical_projection[k](tf.concat(parts, axis=-1))
         return _l2_normalize(x)
 
     def call(self, indices, training=None):
@@ -187,7 +207,7 @@ class ItemTower(keras.layers.Layer):
             training=training,
         )
         out = tf.gather(vectors, position) * tf.cast(valid, vectors.dtype)[:, None]
-        return tf.reshape(out, tf.concat([tf.shape(indices), [self.embedding_dim]], 0))
+        return tf.reshape(out, tf.concat([tf.shape(indices), [self.output_dim]], 0))
 
     def all_vectors(self, batch_size: int = 16384) -> tf.Tensor:
         """Vectors of the whole catalogue ``[num_items, embedding_dim]`` (inference)."""
@@ -210,6 +230,7 @@ class ItemTower(keras.layers.Layer):
             use_id_embedding=self.use_id_embedding,
             id_dropout=self.id_dropout,
             hidden_dim=self.hidden_dim,
+            members=self.members,
             seed=self.seed,
         )
         return config
@@ -240,6 +261,13 @@ class UserTower(keras.layers.Layer):
     still gets a vector (its last position is unmasked), which acts like a popularity
     query.
 
+    ``positions`` says how the transformer knows order: ``absolute`` position embeddings
+    counted from the most recent item, ``relative`` (a learned attention bias per distance,
+    see ``RelativeBlock``) or ``none``. In a causal tower trained on every position at once,
+    only ``relative`` and ``none`` build each training position exactly as the served query
+    of the same history is built. ``members`` copies of the tower read the matching members
+    of the item vectors (see ``ItemTower``); their outputs are concatenated the same way.
+
     Example:
 
     >>> tower = UserTower(max_history=6, embedding_dim=8, num_layers=1, num_heads=2,
@@ -260,11 +288,15 @@ class UserTower(keras.layers.Layer):
         recent_items: int | None = None,
         long_term: bool = True,
         causal: bool = False,
+        positions: str = "absolute",
+        members: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if pooling not in ("last", "attention", "mean"):
             raise ValueError(f"pooling must be last, attention or mean, got {pooling!r}")
+        if positions not in ("absolute", "relative", "none"):
+            raise ValueError(f"positions must be absolute, relative or none, got {positions!r}")
         self.max_history = max_history
         self.embedding_dim = embedding_dim
         self.num_layers = num_layers
@@ -275,53 +307,78 @@ class UserTower(keras.layers.Layer):
         self.recent_items = min(recent_items or max_history, max_history)
         self.long_term = long_term
         self.causal = causal
+        self.positions = positions
+        self.members = members
 
-        self.position_embedding = keras_hub.layers.PositionEmbedding(self.recent_items, name="position_embedding")
-        self.input_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="input_norm")
+        def each(make):
+            return [make(f"_{k}" if k else "") for k in range(members)]
+
+        def block(name):
+            if positions == "relative":
+                return RelativeBlock(intermediate_dim, num_heads, self.recent_items, dropout=dropout, name=name)
+            return keras_hub.layers.TransformerEncoder(intermediate_dim, num_heads, dropout=dropout,
+                                                       activation="gelu", normalize_first=True, name=name)
+
+        self.position_embedding = each(
+            lambda m: keras_hub.layers.PositionEmbedding(self.recent_items, name=f"position_embedding{m}")
+        ) if positions == "absolute" else None
+        self.input_norm = each(lambda m: keras.layers.LayerNormalization(epsilon=1e-5, name=f"input_norm{m}"))
         self.input_dropout = keras.layers.Dropout(dropout)
-        self.blocks = [
-            keras_hub.layers.TransformerEncoder(
-                intermediate_dim, num_heads, dropout=dropout, activation="gelu",
-                normalize_first=True, name=f"block_{i}",
-            )
-            for i in range(num_layers)
-        ]
-        self.output_norm = keras.layers.LayerNormalization(epsilon=1e-5, name="output_norm")
-        self.attention_query = (
-            keras.layers.Dense(1, use_bias=False, name="attention_query") if pooling == "attention" else None
-        )
-        self.projection = keras.layers.Dense(embedding_dim, name="projection")
+        self.blocks = each(lambda m: [block(f"block_{i}{m}") for i in range(num_layers)])
+        self.output_norm = each(lambda m: keras.layers.LayerNormalization(epsilon=1e-5, name=f"output_norm{m}"))
+        self.attention_query = each(
+            lambda m: keras.layers.Dense(1, use_bias=False, name=f"attention_query{m}")
+        ) if pooling == "attention" else None
+        self.projection = each(lambda m: keras.layers.Dense(embedding_dim, name=f"projection{m}"))
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the tower's vectors (and of the item vectors it reads): ``members * embedding_dim``."""
+        return self.members * self.embedding_dim
 
     def build(self, item_vectors_shape=None, mask_shape=None):
         shape = (None, self.recent_items, self.embedding_dim)
-        self.position_embedding.build(shape)
-        self.input_norm.build(shape)
-        for block in self.blocks:
-            block.build(shape)
-        self.output_norm.build(shape)
-        if self.attention_query is not None:
-            self.attention_query.build(shape)
-        self.projection.build((None, self.embedding_dim * (2 if self.long_term else 1)))
+        for k in range(self.members):
+            if self.position_embedding is not None:
+                self.position_embedding[k].build(shape)
+            self.input_norm[k].build(shape)
+            for block in self.blocks[k]:
+                block.build(shape)
+            self.output_norm[k].build(shape)
+            if self.attention_query is not None:
+                self.attention_query[k].build(shape)
+            self.projection[k].build((None, self.embedding_dim * (2 if self.long_term else 1)))
 
-    def _recent(self, item_vectors, mask, training=None):
-        """Pooled transformer output over the most recent items."""
+    def _each_member(self, fn, item_vectors):
+        """Runs ``fn(k, member k's item vectors)`` for every member; concatenates the results
+        (each L2-normalised) scaled by ``1 / sqrt(members)``, as the item tower does."""
+        if self.members == 1:
+            return fn(0, item_vectors)
+        scale = np.sqrt(self.members).astype("float32")
+        chunks = tf.split(item_vectors, self.members, axis=-1)
+        return tf.concat([fn(k, chunk * scale) for k, chunk in enumerate(chunks)], -1) / scale
+
+    def _recent(self, k, item_vectors, mask, training=None):
+        """Member ``k``'s pooled transformer output over the most recent items."""
         x = item_vectors[:, -self.recent_items:]
         mask = mask[:, -self.recent_items:]
-        x = x + self.position_embedding(x)
-        x = self.input_dropout(self.input_norm(x), training=training)
-        for block in self.blocks:
-            x = block(x, padding_mask=mask, training=training)
-        x = self.output_norm(x)
+        if self.positions == "absolute":
+            x = x + self.position_embedding[k](x)
+        x = self.input_dropout(self.input_norm[k](x), training=training)
+        attend = tf.broadcast_to(mask[:, None, :], [tf.shape(mask)[0], tf.shape(mask)[1], tf.shape(mask)[1]])
+        for block in self.blocks[k]:
+            x = block(x, attention_mask=attend, training=training)
+        x = self.output_norm[k](x)
         weights = tf.cast(mask, x.dtype)
         if self.pooling == "last":
             return x[:, -1]
         if self.pooling == "mean":
             return tf.reduce_sum(x * weights[..., None], 1) / tf.reduce_sum(weights, 1, keepdims=True)
-        logits = tf.squeeze(self.attention_query(x), -1) + (1.0 - weights) * -1e9
+        logits = tf.squeeze(self.attention_query[k](x), -1) + (1.0 - weights) * -1e9
         return tf.reduce_sum(x * tf.nn.softmax(logits, axis=-1)[..., None], 1)
 
     def sequence(self, item_vectors, mask, training=None):
-        """Causal towers: the query at every position ``[B, L, embedding_dim]`` of the last
+        """Causal towers: the query at every position ``[B, L, output_dim]`` of the last
         ``recent_items`` items (``L`` may be fewer: a left-padded window with its padding cut);
         position ``p`` reads positions ``<= p`` only.
 
@@ -330,31 +387,38 @@ class UserTower(keras.layers.Layer):
         """
         if not self.causal:
             raise ValueError("sequence() needs a causal user tower (causal=True)")
-        x = item_vectors[:, -self.recent_items:]
+        if not self.built:
+            self.build()
         mask = tf.cast(mask[:, -self.recent_items:], tf.bool)
-        length = tf.shape(x)[1]
+        length = tf.shape(mask)[1]
         lower = tf.linalg.band_part(tf.ones([length, length], tf.bool), -1, 0)
         attend = (lower[None] & mask[:, None, :]) | tf.eye(length, dtype=tf.bool)[None]
-        weights = tf.cast(mask, x.dtype)
-        outputs = []
-        # Positions count from the right: a window cut shorter than ``recent_items`` (its left
-        # padding dropped) puts each item at the same position as the full window does.
-        h = x + self.position_embedding(x, start_index=self.recent_items - length)
-        h = self.input_dropout(self.input_norm(h), training=training)
-        for block in self.blocks:
-            h = block(h, attention_mask=attend, training=training)
-        h = self.output_norm(h)
-        if self.pooling == "last":
-            outputs.append(h)
-        elif self.pooling == "mean":
-            outputs.append(_causal_mean(h, weights))
-        else:
-            logits = tf.squeeze(self.attention_query(h), -1)
-            pair = tf.where(attend, logits[:, None, :], -1e9)
-            outputs.append(tf.matmul(tf.nn.softmax(pair, axis=-1), h))
-        if self.long_term:
-            outputs.append(_causal_mean(x, weights))
-        return _l2_normalize(self.projection(tf.concat(outputs, axis=-1)))
+        weights = tf.cast(mask, item_vectors.dtype)
+
+        def member(k, x):
+            x = x[:, -self.recent_items:]
+            h = x
+            if self.positions == "absolute":
+                # Positions count from the right: a window cut shorter than ``recent_items`` (its
+                # left padding dropped) puts each item at the same position as the full window does.
+                h = x + self.position_embedding[k](x, start_index=self.recent_items - length)
+            h = self.input_dropout(self.input_norm[k](h), training=training)
+            for block in self.blocks[k]:
+                h = block(h, attention_mask=attend, training=training)
+            h = self.output_norm[k](h)
+            if self.pooling == "last":
+                outputs = [h]
+            elif self.pooling == "mean":
+                outputs = [_causal_mean(h, weights)]
+            else:
+                logits = tf.squeeze(self.attention_query[k](h), -1)
+                pair = tf.where(attend, logits[:, None, :], -1e9)
+                outputs = [tf.matmul(tf.nn.softmax(pair, axis=-1), h)]
+            if self.long_term:
+                outputs.append(_causal_mean(x, weights))
+            return _l2_normalize(self.projection[k](tf.concat(outputs, axis=-1)))
+
+        return self._each_member(member, item_vectors)
 
     def call(self, item_vectors, mask, training=None):
         if self.causal:
@@ -364,11 +428,15 @@ class UserTower(keras.layers.Layer):
         # Keep the last position visible so an all-padding history still has a query.
         length = tf.shape(mask)[1]
         mask = mask | tf.equal(tf.range(length), length - 1)[None, :]
-        parts = [self._recent(item_vectors, mask, training=training)]
-        if self.long_term:
-            weights = tf.cast(mask, item_vectors.dtype)[..., None]
-            parts.append(tf.reduce_sum(item_vectors * weights, 1) / tf.reduce_sum(weights, 1))
-        return _l2_normalize(self.projection(tf.concat(parts, axis=-1)))
+
+        def member(k, x):
+            parts = [self._recent(k, x, mask, training=training)]
+            if self.long_term:
+                weights = tf.cast(mask, x.dtype)[..., None]
+                parts.append(tf.reduce_sum(x * weights, 1) / tf.reduce_sum(weights, 1))
+            return _l2_normalize(self.projection[k](tf.concat(parts, axis=-1)))
+
+        return self._each_member(member, item_vectors)
 
     def get_config(self):
         config = super().get_config()
@@ -383,5 +451,7 @@ class UserTower(keras.layers.Layer):
             recent_items=self.recent_items,
             long_term=self.long_term,
             causal=self.causal,
+            positions=self.positions,
+            members=self.members,
         )
         return config

@@ -190,6 +190,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
         categorical_dim=m.categorical_dim,
         use_id_embedding=m.item_id_embedding,
         id_dropout=m.item_dropout,
+        members=m.members,
         seed=config.train.seed,
         name="item_tower",
     )
@@ -203,6 +204,8 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
         pooling=m.user_tower.pooling,
         recent_items=m.user_tower.recent_items,
         long_term=m.user_tower.long_term,
+        positions=m.user_tower.positions,
+        members=m.members,
         causal=m.user_tower.causal,
         name="user_tower",
     )

@@ -20,6 +20,11 @@ share a ``query_id`` are one query, and its other positives are never its negati
 
 When the catalogue is small enough, ``full_softmax`` drops sampling altogether: every
 item is a candidate for every query, so there is no sampling bias to correct.
+
+With ``members > 1`` the vectors are ensembles (see ``ItemTower``): each is the
+concatenation of ``members`` unit vectors scaled by ``1 / sqrt(members)``. Every member is
+trained on its own softmax and the losses are averaged, so the members learn independently
+and their averaged scores form the ensemble.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class RetrievalTask:
         remove_accidental_hits: mask candidates equal to the query's positive item.
         log_q: ``[N]`` log sampling probabilities (see ``mixed_log_q``), or ``None`` for
             no logQ correction.
+        members: ensemble members in the vectors (see the module's docstring).
 
     Example:
 
@@ -89,10 +95,20 @@ class RetrievalTask:
     """
 
     def __init__(self, temperature: float = 0.05, remove_accidental_hits: bool = True,
-                 log_q: np.ndarray | None = None):
+                 log_q: np.ndarray | None = None, members: int = 1):
         self.temperature = temperature
         self.remove_accidental_hits = remove_accidental_hits
         self.log_q = None if log_q is None else tf.constant(log_q, tf.float32)
+        self.members = members
+
+    def _mean_over_members(self, loss, *vectors):
+        """``loss(*member_vectors)`` averaged over the members; ``None`` vectors stay ``None``."""
+        if self.members == 1:
+            return loss(*vectors)
+        scale = np.sqrt(self.members).astype("float32")
+        views = [None if v is None else tf.split(v * scale, self.members, axis=-1) for v in vectors]
+        return tf.add_n([loss(*[None if v is None else v[k] for v in views])
+                         for k in range(self.members)]) / float(self.members)
 
     def logits(self, queries, candidates, candidate_ids, negatives=None, negative_ids=None, query_ids=None):
         """Corrected logits ``[B, B + M]``; column ``i`` of row ``i`` is the positive.
@@ -120,9 +136,13 @@ class RetrievalTask:
         return tf.where(masked & ~positive, _MASKED, logits)
 
     def __call__(self, queries, candidates, candidate_ids, negatives=None, negative_ids=None, query_ids=None):
-        logits = self.logits(queries, candidates, candidate_ids, negatives, negative_ids, query_ids)
         labels = tf.range(tf.shape(queries)[0])
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+        def loss(q, c, n):
+            logits = self.logits(q, c, candidate_ids, n, negative_ids, query_ids)
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+        return self._mean_over_members(loss, queries, candidates, negatives)
 
     def full_softmax(self, queries, item_vectors, positive_ids, query_ids=None):
         """Cross-entropy of each positive against the whole catalogue ``item_vectors [N, d]``.
@@ -132,13 +152,19 @@ class RetrievalTask:
         softmax. No logQ correction: nothing is sampled.
         """
         positive_ids = tf.cast(positive_ids, tf.int64)
-        logits = tf.matmul(queries, item_vectors, transpose_b=True) / self.temperature
+        indices = None
         if query_ids is not None:
             query_ids = tf.cast(query_ids, tf.int64)
             same = tf.equal(query_ids[:, None], query_ids[None, :]) & tf.not_equal(
                 positive_ids[:, None], positive_ids[None, :])
             pairs = tf.where(same)  # (row, other row of the same query)
             indices = tf.stack([pairs[:, 0], tf.gather(positive_ids, pairs[:, 1])], axis=1)
-            logits = tf.tensor_scatter_nd_update(
-                logits, indices, tf.fill([tf.shape(indices)[0]], tf.constant(_MASKED, logits.dtype)))
-        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_ids, logits=logits)
+
+        def loss(q, items):
+            logits = tf.matmul(q, items, transpose_b=True) / self.temperature
+            if indices is not None:
+                logits = tf.tensor_scatter_nd_update(
+                    logits, indices, tf.fill([tf.shape(indices)[0]], tf.constant(_MASKED, logits.dtype)))
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positive_ids, logits=logits)
+
+        return self._mean_over_members(loss, queries, item_vectors)

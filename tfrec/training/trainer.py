@@ -162,7 +162,7 @@ def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSp
     vectors = model.item_vectors()  # history items are looked up, not run through the item tower again
     queries = np.concatenate([
         model.query_vectors(histories[i:i + 512], vectors).numpy() for i in range(0, len(histories), 512)
-    ]) if len(histories) else np.zeros((0, model.item_tower.embedding_dim), np.float32)
+    ]) if len(histories) else np.zeros((0, model.item_tower.output_dim), np.float32)
     fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=vectors.numpy(),
                      query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
 
@@ -268,6 +268,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         log_q=(mixed_log_q(target_counts, round(targets_per_batch), cfg.num_random_negatives,
                            cfg.negative_sampling)
                if cfg.logq_correction and not full_softmax else None),
+        members=config.model.members,
     )
     draw_negatives = NegativeSampler(target_counts, cfg.negative_sampling)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -303,7 +304,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         if causal:
             items, pair_query, pair_item = batch
             owners, targets, groups = batch_pairs(items, pair_query, pair_item, cfg.sequence_negatives)
-            queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.embedding_dim])
+            queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.output_dim])
             return tf.gather(queries, owners), targets, groups
         # One query per window, shared by its targets (the items of its group).
         histories, targets = batch
