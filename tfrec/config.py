@@ -240,7 +240,10 @@ class UserTowerConfig(_Section):
     tower reads its last ``recent_items`` only)."""
     positions: Literal["absolute", "relative", "none"] = "absolute"
     """How the transformer knows item order: ``absolute`` position embeddings counted from the
-    most recent item, or ``none`` (a causal tower still knows which item is the query's own)."""
+    most recent item; ``relative``, a learned attention bias per head and distance; or ``none``
+    (a causal tower still knows which item is the query's own). With ``relative`` or ``none``
+    every position of a causal training sequence is built exactly as the served query of the
+    history ending there; ``absolute`` tells a training position how far the window's end is."""
     causal: bool = True
     """Causal attention, trained on every position at once: one pass over a user's training
     sequence (the last ``recent_items`` items) gives a query at each position, trained against

@@ -178,3 +178,23 @@ def test_the_c_api_loader_answers_like_the_session_loader(export_dir, item_ids):
     assert answer["python_tensorflow_imported"] is False
     expected = graph_answer(export_dir, QUERY, {"history": [item_ids[:3]]})["query_vector"]
     np.testing.assert_allclose(answer["output"], expected, atol=1e-5)
+
+
+def test_an_ensemble_with_relative_positions_serves_in_graph_mode(tiny, sample_data_dir, tmp_path):
+    """``model.members`` and ``positions: relative`` change only what the towers compute: the
+    exported models load, answer and agree with eager in the session loader, with core ops."""
+    from serving.index import build_index
+    from tests.conftest import tiny_config
+    from tfrec.training.trainer import train
+
+    config = tiny_config(tiny, "model.members=2", "model.user_tower.causal=true",
+                         "model.user_tower.positions=relative", "train.epochs=1", "train.steps_per_epoch=3")
+    train(config, sample_data_dir, tmp_path / "model")
+    build_index(config, tmp_path / "model", tmp_path / "index")
+    export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
+    checks = verify_export(tmp_path / "export")
+    assert all(check.ok for check in checks), [(c.name, c.problems) for c in checks]
+    query = graph_answer(tmp_path / "export", QUERY, {"history": [list(read_items(tmp_path / "export"))[:3]]})
+    vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
+    assert vector.shape == (2 * config.model.embedding_dim,)
+    np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-4)

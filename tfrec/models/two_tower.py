@@ -11,6 +11,7 @@ import tensorflow as tf
 from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import Catalogue
+from tfrec.errors import TfrecError
 from tfrec.layout import CATEGORICAL_VOCAB_FILE, MODEL_FILE, TEXT_CACHE_DIR, TEXT_VOCAB_FILE
 from tfrec.models.repeat import RepeatTerm
 from tfrec.models.text import (
@@ -229,4 +230,10 @@ def load_model(model_dir: str | os.PathLike) -> TwoTowerModel:
     path = fileio.join(model_dir, MODEL_FILE)
     if not fileio.exists(path):
         raise FileNotFoundError(f"{path} not found: is {model_dir} the output folder of `tfrec train`?")
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except ValueError as error:
+        if "could not be loaded" not in str(error):
+            raise
+        raise TfrecError(f"{path}: its weights do not fit this version's towers (the towers' layout "
+                         f"changed when ensemble members came in); train the model again") from error
