@@ -203,7 +203,9 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
               for name, p in paths.items()}
     card = build_model_card(config, model_dir, index_dir, export_dir, version, models,
                             {name: model["signature"] for name, model in models.items()})
-    card |= {"embedding_dim": int(vectors.shape[1]), "items": len(catalogue), "categorical_fields": fields,
+    # embedding_dim: the served vectors' size (members * the config's embedding_dim).
+    card |= {"embedding_dim": int(vectors.shape[1]), "members": config.model.members,
+             "items": len(catalogue), "categorical_fields": fields,
              "category_field": category_field}
     fileio.write_json(fileio.join(export_dir, MODEL_CARD_FILE), card)
     fileio.write_text(fileio.join(export_dir, MODEL_CARD_MD_FILE), render_model_card_md(card))

@@ -226,7 +226,8 @@ class UserTowerConfig(_Section):
     recent_items: int = Field(50, gt=0)
     """Most recent history items the transformer reads (at most ``data.sequences.max_history``)."""
     num_layers: int = Field(1, ge=0)
-    """keras-hub ``TransformerEncoder`` blocks over the recent items (0: position-embedded items only)."""
+    """Transformer blocks over the recent items (keras-hub ``TransformerEncoder``, or
+    ``RelativeBlock`` with ``positions: relative``; 0: the items alone)."""
     num_heads: int = Field(2, ge=1)
     """Attention heads per block."""
     intermediate_dim: int = Field(256, gt=0)
@@ -242,8 +243,8 @@ class UserTowerConfig(_Section):
     """How the transformer knows item order: ``absolute`` position embeddings counted from the
     most recent item; ``relative``, a learned attention bias per head and distance; or ``none``
     (a causal tower still knows which item is the query's own). With ``relative`` or ``none``
-    every position of a causal training sequence is built exactly as the served query of the
-    history ending there; ``absolute`` tells a training position how far the window's end is."""
+    every position of a causal training sequence is built as the served query of the same
+    items would be; ``absolute`` tells a training position how far the window's end is."""
     causal: bool = True
     """Causal attention, trained on every position at once: one pass over a user's training
     sequence (the last ``recent_items`` items) gives a query at each position, trained against
@@ -253,7 +254,8 @@ class UserTowerConfig(_Section):
 
 class ModelConfig(_Section):
     embedding_dim: int = Field(128, gt=0)
-    """Size of the user and item vectors."""
+    """Size of the user and item vectors (of each ensemble member: vectors have
+    ``members * embedding_dim`` values)."""
     text_encoder: TextEncoderConfig = TextEncoderConfig()
     """The item tower's text encoder."""
     item_id_embedding: bool = True
@@ -264,7 +266,7 @@ class ModelConfig(_Section):
     """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
     members: int = Field(1, ge=1, le=8)
     """Independently initialised copies of both towers, each trained on its own softmax; a
-    score is the mean of theirs (an ensemble). Vectors have ``members * embedding_dim``
+    score is the mean of theirs (an ensemble). A trainable text encoder is one, shared. Vectors have ``members * embedding_dim``
     values, so the index, the exports and any server take them as they are; training and
     scoring cost ``members`` times as much."""
     user_tower: UserTowerConfig = UserTowerConfig()

@@ -105,12 +105,31 @@ def test_relative_block_bias_depends_on_distance_only():
     block = RelativeBlock(8, 2, max_distance=3, dropout=0.0)
     x = RNG.normal(size=(1, 6, DIM)).astype("float32")
     causal = np.tril(np.ones((6, 6), bool))[None]
-    block(x, attention_mask=causal)
+    unbiased = block(x, attention_mask=causal).numpy()
     block.distance_bias.assign(RNG.normal(size=(2, 5)).astype("float32"))
+    assert not np.allclose(block(x, attention_mask=causal), unbiased)
     shifted = np.concatenate([RNG.normal(size=(1, 2, DIM)).astype("float32"), x[:, :4]], axis=1)
     only_after_two = causal & (np.arange(6)[None, None] >= 2)
     np.testing.assert_allclose(block(shifted, attention_mask=only_after_two)[:, 2:], block(x, attention_mask=causal)[:, :4],
                                atol=1e-5)
+
+
+def test_relative_block_attends_where_its_bias_points():
+    """A large bias at distance d makes query i read key i - d (clipped at the window's start)."""
+    block = RelativeBlock(8, 1, max_distance=4, dropout=0.0)
+    x = RNG.normal(size=(1, 5, DIM)).astype("float32")
+    causal = np.tril(np.ones((5, 5), bool))[None]
+    block(x, attention_mask=causal)
+    weights = []
+    block.attention_dropout.call = lambda w, training=None: weights.append(w) or w
+    for d in (0, 2):
+        bias = np.zeros((1, 7), "float32")
+        bias[0, d + 3] = 50.0  # index i - j + max_distance - 1
+        block.distance_bias.assign(bias)
+        weights.clear()
+        block(x, attention_mask=causal)
+        read = np.argmax(weights[0].numpy()[0, 0], axis=-1)
+        np.testing.assert_array_equal(read[d:], np.arange(5)[d:] - d)
 
 
 def test_ensemble_towers_battery(tmp_path):
@@ -136,6 +155,10 @@ def test_ensemble_members_are_independent(causal):
     before, after = users(history, mask).numpy(), users(changed, mask).numpy()
     np.testing.assert_allclose(before[:, :DIM], after[:, :DIM], atol=1e-6)
     assert not np.allclose(before[:, DIM:], after[:, DIM:])
+    # The members are initialised apart: the same input gives different outputs.
+    same = np.concatenate([history[..., :DIM]] * 2, axis=-1)
+    out = users(same, mask).numpy()
+    assert not np.allclose(out[:, :DIM], out[:, DIM:])
     np.testing.assert_allclose(np.linalg.norm(before.reshape(2, 2, DIM), axis=-1), 1 / np.sqrt(2), rtol=1e-5)
 
 
@@ -249,3 +272,27 @@ def test_two_tower_model_saves_and_scores(tmp_path):
     plain = model.scores(history, vectors, repeat=False).numpy()
     np.testing.assert_allclose(plain, model.query_vectors(history).numpy() @ vectors.numpy().T, rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_model_file_whose_weights_do_not_fit_gets_a_clear_error(tmp_path):
+    """A model file of another tower layout (here: its config claims two members, its weights
+    are of one) is refused with a TfrecError naming the file, not a list of Keras layers."""
+    import json
+    import zipfile
+
+    from tfrec.errors import TfrecError
+    from tfrec.layout import MODEL_FILE
+    from tfrec.models.two_tower import load_model
+
+    _tiny_model().save(tmp_path / "one.keras")
+    with zipfile.ZipFile(tmp_path / "one.keras") as source, \
+            zipfile.ZipFile(tmp_path / MODEL_FILE, "w") as target:
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "config.json":
+                text = json.dumps(json.loads(data))
+                data = text.replace('"members": 1', '"members": 2').encode()
+                assert data != text.encode()
+            target.writestr(entry, data)
+    with pytest.raises(TfrecError, match=MODEL_FILE):
+        load_model(tmp_path)

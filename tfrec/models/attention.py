@@ -5,8 +5,8 @@ different picture at each position: the query at position ``p`` of a left-padded
 reads items whose embeddings say how far they are from the *end of the window*, which lies
 in that query's future. Served, the query is always the last position. ``RelativeBlock``
 gives attention a learned bias per head and per distance between the query and the item it
-reads (Shaw et al. 2018; Raffel et al. 2020), so every training position is built exactly
-like a served query: "the item 3 steps back" means the same thing everywhere.
+reads (Shaw et al. 2018; Raffel et al. 2020), so every training position is built like
+the served query of the same items: "the item 3 steps back" means the same thing everywhere.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _causal_mean(x, weights):
 
 @keras.saving.register_keras_serializable(package="tfrec")
 class ItemTower(keras.layers.Layer):
-    """Item index (any shape, ``-1`` = padding) -> item vector ``[..., embedding_dim]``.
+    """Item index (any shape, ``-1`` = padding) -> item vector ``[..., output_dim]``.
 
     The catalogue's content (text vectors or token ids, categorical codes) is stored in
     non-trainable weights, set once with ``set_catalogue`` and saved with the model.
@@ -52,7 +52,8 @@ class ItemTower(keras.layers.Layer):
         use_id_embedding: add a per-item trainable vector (initialised at zero).
         id_dropout: probability of dropping an item's id vector during training.
         hidden_dim: width of the MLP over the text vector.
-        members: independently initialised copies of the trainable parts. Each member's
+        members: independently initialised copies of the trainable parts (a trainable
+            ``text_encoder`` is one, shared by every member). Each member's
             vector is L2-normalised; the tower returns their concatenation scaled by
             ``1 / sqrt(members)``, so a dot product of two such vectors is the mean of the
             members' cosines: an ensemble that is still a single two-tower model.
@@ -210,7 +211,7 @@ class ItemTower(keras.layers.Layer):
         return tf.reshape(out, tf.concat([tf.shape(indices), [self.output_dim]], 0))
 
     def all_vectors(self, batch_size: int = 16384) -> tf.Tensor:
-        """Vectors of the whole catalogue ``[num_items, embedding_dim]`` (inference)."""
+        """Vectors of the whole catalogue ``[num_items, output_dim]`` (inference)."""
         chunks = [
             self(tf.range(start, min(start + batch_size, self.num_items)), training=False)
             for start in range(0, self.num_items, batch_size)
@@ -245,15 +246,14 @@ class ItemTower(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfrec")
 class UserTower(keras.layers.Layer):
-    """History item vectors ``[B, L, d]`` + mask ``[B, L]`` -> user vector ``[B, embedding_dim]``.
+    """History item vectors ``[B, L, output_dim]`` + mask ``[B, L]`` -> user vector ``[B, output_dim]``.
 
     Two views of the history are combined, as in short- and long-term sequential
     matching models:
 
-    - **recent**: the last ``recent_items`` item vectors with position embeddings, through
-      keras-hub ``TransformerEncoder`` blocks, pooled (``last``, ``attention`` or ``mean``).
-      Histories are left-padded, so the most recent item is always at the last position
-      and position embeddings encode recency.
+    - **recent**: the last ``recent_items`` item vectors through transformer blocks, pooled
+      (``last``, ``attention`` or ``mean``). Histories are left-padded, so the most recent
+      item is always at the last position.
     - **long-term** (``long_term=True``): the mean of every item vector of the history,
       up to ``max_history`` items: what the customer buys in general.
 
@@ -264,8 +264,8 @@ class UserTower(keras.layers.Layer):
     ``positions`` says how the transformer knows order: ``absolute`` position embeddings
     counted from the most recent item, ``relative`` (a learned attention bias per distance,
     see ``RelativeBlock``) or ``none``. In a causal tower trained on every position at once,
-    only ``relative`` and ``none`` build each training position exactly as the served query
-    of the same history is built. ``members`` copies of the tower read the matching members
+    only ``relative`` and ``none`` build each training position as the served query of the
+    same items is built. ``members`` copies of the tower read the matching members
     of the item vectors (see ``ItemTower``); their outputs are concatenated the same way.
 
     Example:

@@ -235,5 +235,6 @@ def load_model(model_dir: str | os.PathLike) -> TwoTowerModel:
     except ValueError as error:
         if "could not be loaded" not in str(error):
             raise
-        raise TfrecError(f"{path}: its weights do not fit this version's towers (the towers' layout "
-                         f"changed when ensemble members came in); train the model again") from error
+        raise TfrecError(f"{path}: its weights do not fit the towers its config describes (a model "
+                         f"written before the towers had ensemble members, or a damaged file); "
+                         f"train the model again") from error
