@@ -22,6 +22,9 @@ def serve(export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 85
     print(server.describe(), flush=True)
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A shell starts background jobs with SIGINT ignored, and Python then leaves it ignored:
+    # Ctrl-C (or a supervisor's SIGINT) must stop the server however it was started.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while not stop.wait(1.0):
             pass
@@ -31,3 +34,4 @@ def serve(export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 85
         print("tfrec serve: stopping", flush=True)
         server.stop()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
