@@ -286,6 +286,10 @@ class TrainConfig(_Section):
     """None: one pass over the training examples per epoch."""
     learning_rate: float = Field(1e-3, gt=0.0)
     """Adam's learning rate."""
+    optimizer: Literal["adam", "lazy_adam"] = "adam"
+    """``adam``: Keras' Adam, which moves every row of the item-id table at every step;
+    ``lazy_adam``: the same rule applied only to the rows a step touched (cheaper per step
+    with a large catalogue, where the dense update dominates)."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW's decoupled weight decay (0: plain Adam)."""
     temperature: float = Field(0.1, gt=0.0)

@@ -93,3 +93,16 @@ def test_fine_tuning_trains_only_the_last_layers_of_the_pretrained_encoder(sampl
     changed = {w.path for w in after.weights if not np.allclose(w.numpy(), weights[w.path])}
     assert changed, "no encoder weight was trained"
     assert all("transformer_layer_5" in path for path in changed), changed  # MiniLM-L6: layers 0..5
+
+
+def test_lazy_adam_is_what_trains_when_configured(tiny, sample_data_dir, trained_model_dir, tmp_path):
+    config = tiny_config(tiny, "train.optimizer=lazy_adam")
+    train(config, sample_data_dir, tmp_path)
+    lazy = json.loads((tmp_path / "history.json").read_text())
+    dense = json.loads((trained_model_dir / "history.json").read_text())
+    assert [h["epoch"] for h in lazy] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0 <= h["valid_explore_recall@20"] <= 1 for h in lazy)
+    # Same seed, same batches: only the rows the dense optimizer moves outside each batch differ.
+    assert lazy[0]["loss"] != pytest.approx(dense[0]["loss"], rel=1e-6)
+    vectors = np.load(tmp_path / "vectors.npz")
+    np.testing.assert_allclose(np.linalg.norm(vectors["item_vectors"], axis=1), 1.0, rtol=1e-4)

@@ -22,6 +22,17 @@ import tensorflow as tf
 from tfrec.models.attention import RelativeBlock
 
 
+def _rows(embedding: keras.layers.Embedding, ids):
+    """``embedding(ids)``, read from the table row by row.
+
+    Keras' lookup reads the whole table, then gathers. When the same step then updates rows of
+    the table in place (``train.optimizer: lazy_adam``), TensorFlow must first copy the whole
+    table, because that read still refers to it: a cost in proportion to the catalogue at every
+    step. A gather on the variable itself reads only the rows.
+    """
+    return tf.gather(embedding.embeddings.value, ids)
+
+
 def _l2_normalize(x):
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
@@ -190,7 +201,7 @@ class ItemTower(keras.layers.Layer):
             if training and self.id_dropout > 0:
                 keep = keras.random.uniform(tf.shape(known), seed=self.seed_generator) >= self.id_dropout
                 known = known * tf.cast(keep, x.dtype)
-            x = x + known * self.id_embedding[k](tf.clip_by_value(indices, 0, self.num_items - 1))
+            x = x + known * _rows(self.id_embedding[k], tf.clip_by_value(indices, 0, self.num_items - 1))
         if self.categorical_sizes:
             parts = [emb(categorical_codes[:, i]) for i, emb in enumerate(self.categorical_embeddings[k])]
             x = x + self.categorical_projection[k](tf.concat(parts, axis=-1))

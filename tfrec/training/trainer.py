@@ -60,6 +60,7 @@ from tfrec.layout import (
 )
 from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
+from tfrec.training.optimizers import LazyAdam
 
 log = logging.getLogger(__name__)
 
@@ -254,10 +255,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     with strategy.scope():
         model = build_model(config, catalogue, work_dir)
         learning_rate = learning_rate_schedule(cfg, steps_per_epoch)
-        optimizer = (
-            keras.optimizers.AdamW(learning_rate, weight_decay=cfg.weight_decay)
-            if cfg.weight_decay else keras.optimizers.Adam(learning_rate)
-        )
+        optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam
+        optimizer = optimizer_class(learning_rate, weight_decay=cfg.weight_decay or None)
         # The repeat-aware term is fitted after training, on validation (``fit_repeat_term``).
         tower_variables = model.item_tower.trainable_variables + model.user_tower.trainable_variables
         optimizer.build(tower_variables)
