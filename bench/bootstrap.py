@@ -23,7 +23,6 @@ from pathlib import Path
 
 from benchlib import machine, write_json
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfrec.config import load_config
 from tfrec.data import load_catalogue, load_eval_split
 from tfrec.evaluation.comparison import make_baselines, zero_shot_text_vectors

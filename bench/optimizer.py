@@ -16,12 +16,10 @@ import os
 import statistics
 import time
 
-from benchlib import ROOT, machine, write_json
-
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import keras
 import numpy as np
 import tensorflow as tf
+from benchlib import ROOT, machine, write_json
 
 from tfrec.models import ItemTower
 from tfrec.training.optimizers import LazyAdam

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from benchlib import machine, write_json
 
-import tfrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipelines.preprocess import run_preprocess
 from tfrec.config import load_config
 from tfrec.evaluation.comparison import evaluate

@@ -151,9 +151,10 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
     data = config.data
     encoder = config.model.text_encoder
     tower = config.model.user_tower
+    ensemble = (f": an ensemble of {config.model.members} members of {config.model.embedding_dim}-d, "
+                "each trained on its own softmax" if config.model.members > 1 else "")
     architecture = (
-        f"Two towers scored by dot product ({config.model.members * config.model.embedding_dim}-d"
-        f"{f': an ensemble of {config.model.members} members of {config.model.embedding_dim}-d, each trained on its own softmax' if config.model.members > 1 else ''}"
+        f"Two towers scored by dot product ({config.model.members * config.model.embedding_dim}-d{ensemble}"
         f"). Item tower: the product text "
         f"({', '.join(data.items.text_fields)}) through a {encoder.kind} keras-hub text encoder"
         f"{' (' + encoder.preset + ', ' + encoder.fine_tune + ')' if encoder.kind == 'pretrained' else ''}"

@@ -266,9 +266,9 @@ class ModelConfig(_Section):
     """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
     members: int = Field(1, ge=1, le=8)
     """Independently initialised copies of both towers, each trained on its own softmax; a
-    score is the mean of theirs (an ensemble). A trainable text encoder is one, shared. Vectors have ``members * embedding_dim``
-    values, so the index, the exports and any server take them as they are; training and
-    scoring cost ``members`` times as much."""
+    score is the mean of theirs (an ensemble). A trainable text encoder is one, shared. Vectors
+    have ``members * embedding_dim`` values, so the index, the exports and any server take them
+    as they are; training and scoring cost ``members`` times as much."""
     user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
     repeat_term: bool = True

@@ -110,8 +110,8 @@ def test_relative_block_bias_depends_on_distance_only():
     assert not np.allclose(block(x, attention_mask=causal), unbiased)
     shifted = np.concatenate([RNG.normal(size=(1, 2, DIM)).astype("float32"), x[:, :4]], axis=1)
     only_after_two = causal & (np.arange(6)[None, None] >= 2)
-    np.testing.assert_allclose(block(shifted, attention_mask=only_after_two)[:, 2:], block(x, attention_mask=causal)[:, :4],
-                               atol=1e-5)
+    np.testing.assert_allclose(block(shifted, attention_mask=only_after_two)[:, 2:],
+                               block(x, attention_mask=causal)[:, :4], atol=1e-5)
 
 
 def test_relative_block_attends_where_its_bias_points():

@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from serving.index import (IndexCatalogue, build_index, load_search_params, load_searcher_state, read_new_items,
-                           save_searcher)
+from serving.index import (
+    IndexCatalogue,
+    build_index,
+    load_search_params,
+    load_searcher_state,
+    read_new_items,
+    save_searcher,
+)
 from serving.index_tuning import Tuner, leaf_counts, leaves_to_search, reorders, tune_searcher
 from serving.searcher import build_searcher, exact_top_k, index_params, recall_against, search
 from tests.conftest import tiny_config
