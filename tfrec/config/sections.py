@@ -1,31 +1,19 @@
-"""The one configuration object that travels through every stage.
+"""The sections of a tfrec config, and the ``Config`` tree they make.
 
-A config is a YAML file (see ``configs/online_retail.yaml``) validated into the
-frozen ``Config`` tree below. Unknown keys, wrong types and missing required keys
-are errors that name the file and the dotted key, so a typo never silently falls
-back to a default. Overrides given on the command line as ``--set a.b=value`` are
-applied to the YAML before validation; ``value`` is parsed as YAML, so numbers,
-booleans, lists and ``null`` work as they do in the file.
-
-Example:
-
->>> config = load_config("configs/online_retail.yaml", ["train.epochs=2"])
->>> config.train.epochs
-2
+Every section is a frozen pydantic model that forbids unknown keys and checks types
+strictly. The docstring under each field is its documentation: ``python -m tfrec.config``
+prints them as the README's configuration reference.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import typing
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tfrec.errors import TfrecError
 
@@ -459,158 +447,3 @@ class Config(_Section):
             content = {s: content[s] for s in sections}
         blob = json.dumps(content, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
-
-
-# ----------------------------------------------------------------------- loading
-
-
-def _parse_override(text: str) -> tuple[list[str], Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Returns ``raw`` with each ``a.b.c=value`` override applied (lists take an index)."""
-    for text in overrides:
-        path, value = _parse_override(text)
-        node: Any = raw
-        for i, part in enumerate(path[:-1]):
-            nxt = path[i + 1]
-            if isinstance(node, list):
-                node = node[_list_index(node, part, text)]
-                continue
-            if node.get(part) is None:
-                node[part] = [] if nxt.isdigit() else {}
-            node = node[part]
-        last = path[-1]
-        if isinstance(node, list):
-            node[_list_index(node, last, text)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"override {text!r}: {'.'.join(path[:-1])} is not a section")
-    return raw
-
-
-def _list_index(node: list, part: str, text: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise ConfigError(f"override {text!r}: {part!r} is not an index of a {len(node)}-item list")
-    return int(part)
-
-
-def _describe(error: dict[str, Any]) -> str:
-    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
-    kind = error["type"]
-    if kind == "missing":
-        return f"{key}: missing required key"
-    if kind == "extra_forbidden":
-        return f"{key}: unknown key"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
-
-
-def serve_settings(overrides: list[str]) -> ServeConfig:
-    """``tfrec serve``'s settings without a config file: the defaults and ``serve.*`` overrides."""
-    raw = apply_overrides({"serve": {}}, overrides)
-    other = sorted(set(raw) - {"serve"})
-    if other:
-        raise ConfigError(f"without --config only serve.* keys can be set, not {other[0]}.*")
-    try:
-        return ServeConfig(**raw["serve"])
-    except ValidationError as e:
-        lines = "\n  ".join(_describe({**err, "loc": ("serve", *err["loc"])}) for err in e.errors())
-        raise ConfigError(f"--set: invalid serve settings\n  {lines}") from None
-
-
-def config_from_dict(raw: Any, source: str = "<config>") -> Config:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        lines = "\n  ".join(_describe(err) for err in e.errors())
-        raise ConfigError(f"{source}: invalid configuration\n  {lines}") from None
-
-
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Reads, overrides and validates a YAML config; errors name the file and key."""
-    path = os.fspath(path)
-    try:
-        if "://" in path:  # a bucket URL: read through TensorFlow's filesystems
-            from tfrec import fileio
-
-            text = fileio.read_text(path)
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(raw, list(overrides or []))
-    return config_from_dict(raw, str(path))
-
-
-def save_config(config: Config, path: str | Path) -> None:
-    from tfrec import fileio
-
-    fileio.write_text(path, config.to_yaml())
-
-
-# --------------------------------------------------------------------- reference
-
-
-def _sections_in(annotation: Any) -> tuple[type[_Section] | None, str]:
-    """The section class a field holds, and how (``""``, ``"?"`` optional, ``"[]"`` list)."""
-    if isinstance(annotation, type) and issubclass(annotation, _Section):
-        return annotation, ""
-    args = typing.get_args(annotation)
-    sections = [a for a in args if isinstance(a, type) and issubclass(a, _Section)]
-    if sections and typing.get_origin(annotation) is list:
-        return sections[0], "[]"
-    return (sections[0], "?") if sections else (None, "")
-
-
-def _default_text(field: Any) -> str:
-    if field.is_required():
-        return "required"
-    default = field.default
-    if isinstance(default, _Section):
-        return ""
-    return "null" if default is None else json.dumps(default)
-
-
-def reference(section: type[_Section] = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(key, default, description)`` of every setting, in file order (for the README)."""
-    rows = []
-    for name, field in (section or Config).model_fields.items():
-        key = prefix + name
-        nested, how = _sections_in(field.annotation)
-        description = " ".join((field.description or "").split())
-        if nested is None:
-            rows.append((key, _default_text(field), description))
-            continue
-        if how or description:
-            rows.append((key, _default_text(field), description or (nested.__doc__ or "").split("\n")[0]))
-        rows += reference(nested, f"{key}{'[].' if how == '[]' else '.'}")
-    return rows
-
-
-def reference_markdown() -> str:
-    """The configuration reference as a Markdown table."""
-    lines = ["| key | default | meaning |", "|---|---|---|"]
-    for key, default, description in reference():
-        text = description.replace("|", "\\|").replace("``", "`")
-        lines.append(f"| `{key}` | {f'`{default}`' if default else ''} | {text} |")
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(reference_markdown())
