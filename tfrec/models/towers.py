@@ -14,12 +14,15 @@ no per-user table: any history, of a known or a brand-new user, gives a vector.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 import keras_hub
 import numpy as np
 import tensorflow as tf
 
 from tfrec.models.attention import RelativeBlock
+from tfrec.models.ensemble import each_member, join_members, split_members
 
 
 def _rows(embedding: keras.layers.Embedding, ids):
@@ -110,8 +113,7 @@ class ItemTower(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
-        def each(make):
-            return [make(f"_{k}" if k else "") for k in range(members)]
+        each = functools.partial(each_member, members)
 
         self.hidden = each(lambda m: keras.layers.Dense(hidden_dim, activation="gelu", name=f"text_hidden{m}"))
         self.projection = each(lambda m: keras.layers.Dense(embedding_dim, name=f"text_projection{m}"))
@@ -191,7 +193,7 @@ class ItemTower(keras.layers.Layer):
         """Combines text vectors ``[M, text_dim]`` with the id (``-1``: none) and categorical parts."""
         vectors = [self._embed_member(k, text_vectors, indices, categorical_codes, training)
                    for k in range(self.members)]
-        return vectors[0] if self.members == 1 else tf.concat(vectors, -1) / np.sqrt(self.members).astype("float32")
+        return join_members(vectors)
 
     def _embed_member(self, k, text_vectors, indices, categorical_codes, training):
         x = self.projection[k](self.hidden[k](text_vectors))
@@ -321,8 +323,7 @@ class UserTower(keras.layers.Layer):
         self.positions = positions
         self.members = members
 
-        def each(make):
-            return [make(f"_{k}" if k else "") for k in range(members)]
+        each = functools.partial(each_member, members)
 
         def block(name):
             if positions == "relative":
@@ -363,11 +364,7 @@ class UserTower(keras.layers.Layer):
     def _each_member(self, fn, item_vectors):
         """Runs ``fn(k, member k's item vectors)`` for every member; concatenates the results
         (each L2-normalised) scaled by ``1 / sqrt(members)``, as the item tower does."""
-        if self.members == 1:
-            return fn(0, item_vectors)
-        scale = np.sqrt(self.members).astype("float32")
-        chunks = tf.split(item_vectors, self.members, axis=-1)
-        return tf.concat([fn(k, chunk * scale) for k, chunk in enumerate(chunks)], -1) / scale
+        return join_members([fn(k, x) for k, x in enumerate(split_members(item_vectors, self.members))])
 
     def _recent(self, k, item_vectors, mask, training=None):
         """Member ``k``'s pooled transformer output over the most recent items."""

@@ -32,6 +32,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec.models.ensemble import split_members
+
 _MASKED = -1e9
 
 
@@ -105,8 +107,7 @@ class RetrievalTask:
         """``loss(*member_vectors)`` averaged over the members; ``None`` vectors stay ``None``."""
         if self.members == 1:
             return loss(*vectors)
-        scale = np.sqrt(self.members).astype("float32")
-        views = [None if v is None else tf.split(v * scale, self.members, axis=-1) for v in vectors]
+        views = [None if v is None else split_members(v, self.members) for v in vectors]
         return tf.add_n([loss(*[None if v is None else v[k] for v in views])
                          for k in range(self.members)]) / float(self.members)
 
