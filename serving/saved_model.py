@@ -108,11 +108,16 @@ def load_serving_signature(export_dir: str | os.PathLike, name: str):
     Registers the custom ops the models need first (TF-Text's, ScaNN's). Inputs left out
     of a call take the defaults recorded in the SignatureDef, as TF Serving fills them.
     """
+    return load_version_signature(newest_version(fileio.join(export_dir, name)))
+
+
+def load_version_signature(version_dir: str | os.PathLike):
+    """The ``serving_default`` function of one version folder, loaded eagerly; inputs left out
+    of a call take the SignatureDef's defaults (see :func:`load_serving_signature`)."""
     register_custom_ops()
-    version = newest_version(fileio.join(export_dir, name))
-    loaded = tf.saved_model.load(version)
+    loaded = tf.saved_model.load(os.fspath(version_dir))
     function = loaded.signatures[DEFAULT_SIGNATURE]
-    defaults = read_signature_defs(version)[DEFAULT_SIGNATURE].defaults
+    defaults = read_signature_defs(version_dir)[DEFAULT_SIGNATURE].defaults
 
     def call(**inputs):
         filled = {key: tf.constant(tf.make_ndarray(value)) for key, value in defaults.items() if key not in inputs}

@@ -7,7 +7,7 @@ import pytest
 
 from tfrec.app.cli import build_parser, main
 
-SUBCOMMANDS = ("preprocess", "train", "evaluate", "index", "export", "serve", "recommend", "run")
+SUBCOMMANDS = ("preprocess", "train", "evaluate", "index", "export", "serve", "recommend", "batch", "run")
 
 
 def test_every_subcommand_explains_itself(capsys):

@@ -66,3 +66,9 @@ ITEM_TEXTS_FILE = "items.tsv"
 MODELS_CONFIG_FILE = "models.config"
 MODEL_CARD_FILE = "model_card.json"
 MODEL_CARD_MD_FILE = "model_card.md"
+
+# ---------------------------------------------------------------- the batch folder (tfrec batch)
+RECOMMENDATIONS_PREFIX = "recommendations"
+"""Shards ``recommendations-SSSSS-of-NNNNN.{jsonl,parquet}``, one record per customer."""
+BATCH_SUMMARY_FILE = "batch_summary.json"
+"""Written last: the model version, the source, the counts and the timings of the job."""

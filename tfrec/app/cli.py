@@ -23,6 +23,7 @@ stages and their folders:
   export      MODEL + INDEX -> EXPORT/<name>/<version>/ (TF Serving layout), checked as by verify
   verify      EXPORT -> does each model load and answer in TF Serving's graph-mode loader?
   serve       EXPORT -> REST and gRPC endpoints on 127.0.0.1
+  batch       EXPORT + histories -> OUTPUT/recommendations-*.{jsonl,parquet} (a Beam job)
   run         all of the above into runs/<name>/, skipping stages already done
 
 example:
@@ -126,6 +127,21 @@ def _recommend(args: argparse.Namespace, _: list[str]) -> int:
     from tfrec.app.recommend import recommend_cli
 
     return recommend_cli(args)
+
+
+def _batch(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import json
+
+    from serving.batch.job import BatchOptions, run_batch
+
+    if args.interactions:
+        args.overrides.append(f"data.interactions.paths={json.dumps(args.interactions)}")
+    options = BatchOptions(k=args.k, exclude_history=args.exclude_history,
+                           exclude_ids=tuple(i for i in args.exclude.split(",") if i), output_format=args.format,
+                           batch_size=args.batch_size, version=args.version, num_shards=args.num_shards)
+    run_batch(_load(args), args.export, args.output, data_dir=args.data, split=args.split, options=options,
+              beam_args=beam_args)
+    return 0
 
 
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -240,6 +256,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scann", action="store_true", help="use the ScaNN model instead of exact search")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    p = add("batch", _batch, "top-k recommendations for every customer, as a Beam job",
+            "Runs the exported tfrec_retrieve model (its newest version, or --version) over every customer's "
+            "history with Beam's RunInference and writes one record per customer: user_id, item_ids, scores, "
+            "because_ids, because_scores. Histories come from a data folder's split (--data), or from raw "
+            "interaction files read as `tfrec preprocess` reads them (the config's data.interactions, or "
+            "--interactions). OUTPUT/batch_summary.json is written last. Beam's pipeline options (the runner "
+            "flags below) are passed on to Beam.")
+    _config_args(p)
+    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
+    p.add_argument("--output", required=True, help="folder to write the records into (local or gs://)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--data", help="output folder of `tfrec preprocess`: histories from its --split")
+    source.add_argument("--interactions", nargs="+", metavar="PATTERN",
+                        help="raw interaction files (default: the config's data.interactions.paths)")
+    p.add_argument("--split", choices=("valid", "test"), default="test",
+                   help="with --data: the split whose histories to read (default test)")
+    p.add_argument("-k", type=int, default=None, help="results per customer (default: export.k)")
+    p.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave out items the customer already has (default: export.exclude_history)")
+    p.add_argument("--exclude", default="", help="comma-separated item ids never to recommend")
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="output format (default jsonl)")
+    p.add_argument("--batch-size", type=int, default=256, help="most customers per model call (default 256)")
+    p.add_argument("--version", type=int, default=None, help="tfrec_retrieve version to run (default: newest)")
+    p.add_argument("--num-shards", type=int, default=0, help="output files (default 0: the runner chooses)")
+
     p = add("run", _run, "preprocess, train, evaluate, index and export in one go",
             "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
             "A stage whose outputs exist for the same config and inputs is skipped. Beam's pipeline "
@@ -251,9 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands that pass unknown arguments through (to Beam).
-_PASS_THROUGH = {"preprocess", "run"}
+_PASS_THROUGH = {"preprocess", "batch", "run"}
 # The argument naming the folder each stage writes (removed again when a failure leaves it empty).
-_OUTPUT = {"preprocess": "output", "train": "output", "index": "output", "export": "output", "run": "output"}
+_OUTPUT = {"preprocess": "output", "train": "output", "index": "output", "export": "output", "batch": "output",
+           "run": "output"}
 
 
 def _version() -> str:
