@@ -37,6 +37,7 @@ import tensorflow as tf
 from serving.index import IndexCatalogue
 from serving.items import write_items
 from serving.model_card import build_model_card, render_model_card_md
+from serving.promotion import promotion_gate, require_data, served_version
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
@@ -128,13 +129,19 @@ def models_config(model_base_path: str, names: list[str]) -> str:
 def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
                   export_dir: str | os.PathLike,
                   version: int | None = None, model_base_path: str | None = None,
-                  verify: bool = True) -> dict[str, str]:
+                  verify: bool = True, data_dir: str | os.PathLike | None = None,
+                  force: bool = False) -> dict[str, str]:
     """Writes every model of the table above as ``export_dir/<name>/<version>``; returns their paths.
 
     Each model is staged, checked in graph mode and eagerly in a fresh process
     (``tfrec verify``), and only then renamed into place: a version that fails the check
     is never left where a model server would load it. ``model_base_path`` is where the
     model server will see ``export_dir`` (default: ``export_dir`` itself).
+
+    When ``export_dir`` already serves a version, the promotion gate (``serving.promotion``)
+    ranks both on ``data_dir``'s test split between the check and the rename, and raises
+    ``PromotionRefused`` (publishing nothing) when the new one is significantly worse,
+    unless ``force``.
     """
     model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
     index_dir = os.fspath(index_dir) if index_dir else None
@@ -142,6 +149,9 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     log.info("export: %s -> %s", model_dir, export_dir)
     for folder in [export_dir, *(fileio.join(export_dir, name) for name in fileio.listdir(export_dir))]:
         fileio.remove_stale_temporaries(folder)
+    served = served_version(export_dir, RETRIEVE)
+    if served is not None:
+        require_data(export_dir, served, data_dir, force)
     model = load_model(model_dir)
     fields = list(config.data.items.categorical_fields)
     category_field = config.export.category_field or (fields[0] if fields else None)
@@ -189,6 +199,9 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
             if failed:
                 raise TfrecError("the new version failed its serving check and was not written:\n"
                                  + format_checks(checks))
+        if served is not None:
+            promotion_gate(config, export_dir, staged[RETRIEVE], served, version,
+                           os.fspath(data_dir) if data_dir else None, model_dir, force)
         for name, saved in staged.items():
             publish(saved, paths[name])
             log.info("  %-22s -> %s", name, paths[name])

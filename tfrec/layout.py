@@ -66,6 +66,8 @@ ITEM_TEXTS_FILE = "items.tsv"
 MODELS_CONFIG_FILE = "models.config"
 MODEL_CARD_FILE = "model_card.json"
 MODEL_CARD_MD_FILE = "model_card.md"
+PROMOTION_FILE = "promotion.json"
+"""The promotion gate's last decision: the new and the served version's figures and the verdict."""
 
 # ---------------------------------------------------------------- the batch folder (tfrec batch)
 RECOMMENDATIONS_PREFIX = "recommendations"

@@ -138,7 +138,7 @@ def test_saved_model_cli_shows_every_model(export_dir):
 
 
 def test_versions_are_added_atomically_and_never_overwritten(tiny, trained_model_dir, index_dir, export_dir,
-                                                              tmp_path):
+                                                              sample_data_dir, tmp_path):
     from serving.export import export_models, stage
     from tfrec.errors import TfrecError
 
@@ -146,6 +146,6 @@ def test_versions_are_added_atomically_and_never_overwritten(tiny, trained_model
     shutil.copytree(export_dir, export)  # the session's export stays at version 1
     with pytest.raises(TfrecError, match="already exists"):
         stage(tf.Module(), export / QUERY / "1")
-    paths = export_models(tiny, trained_model_dir, index_dir, export)
+    paths = export_models(tiny, trained_model_dir, index_dir, export, data_dir=sample_data_dir)
     assert all(Path(p).name == "2" for p in paths.values())
     assert (export / QUERY / "1" / "saved_model.pb").exists()

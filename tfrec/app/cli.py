@@ -28,6 +28,9 @@ stages and their folders:
 
 example:
   tfrec run --config configs/online_retail.yaml --output runs/online_retail
+
+exit codes:
+{exit_codes}
 """
 
 
@@ -94,7 +97,7 @@ def _export(args: argparse.Namespace, _: list[str]) -> int:
     from serving.export import export_models
 
     export_models(_load(args), args.model, args.index, args.output, version=args.version,
-                  model_base_path=args.model_base_path)
+                  model_base_path=args.model_base_path, data_dir=args.data, force=args.force)
     return 0
 
 
@@ -102,13 +105,14 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
     import json
 
     from serving.verify import checks_as_json, format_checks, verify_export
+    from tfrec.errors import ExitCode
 
     checks = verify_export(args.export, args.version)
     print(json.dumps(checks_as_json(checks), indent=1) if args.json else format_checks(checks))
     failed = [c.name for c in checks if not c.ok]
     if failed:
         print(f"tfrec verify: {len(failed)} of {len(checks)} models failed: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        return ExitCode.CHECK_FAILED
     return 0
 
 
@@ -159,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfrec",
         description="Two-tower retrieval for shops: Beam preprocessing, training, exact "
         "evaluation beside baselines, ScaNN index and TF Serving export.",
-        epilog=EPILOG,
+        epilog=EPILOG.replace("{exit_codes}", _exit_codes()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -207,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", _export, "write SavedModels in TF Serving's layout",
             "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
-            "retrieve_scann models, plus models.config and model_card.json.")
+            "retrieve_scann models, plus models.config and model_card.json. Into a folder that already "
+            "serves a version, the promotion gate decides first (--data; promotion.json).")
     _config_args(p)
     p.add_argument("--model", required=True, help="output folder of `tfrec train`")
     p.add_argument("--index", required=True, help="output folder of `tfrec index`")
@@ -216,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-base-path", metavar="PATH",
                    help="the export folder as the model server will see it, written into models.config "
                         "(e.g. /models inside TF Serving's container, or a gs:// URL; default: --output)")
+    p.add_argument("--data", metavar="DIR",
+                   help="the data folder the model was trained on: when --output already serves a version, "
+                        "both are ranked on its test split and the new one is published only if it is not "
+                        "significantly worse on export.promotion_metric (else exit code 3)")
+    p.add_argument("--force", action="store_true",
+                   help="publish even a version the promotion gate refuses (promotion.json records it)")
 
     p = add("verify", _verify, "check that every exported model serves in TF Serving's loader",
             "For each model of an export (its newest version, or --version), loads the SavedModel in a "
@@ -298,6 +309,12 @@ _OUTPUT = {"preprocess": "output", "train": "output", "index": "output", "export
            "run": "output"}
 
 
+def _exit_codes() -> str:
+    from tfrec.errors import ExitCode
+
+    return "\n".join(f"  {int(code):<4} {code.meaning}" for code in ExitCode)
+
+
 def _version() -> str:
     from importlib import metadata
 
@@ -335,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = unknown_beam_args(extra)
         if unknown:
             parser.error(f"unrecognized arguments (neither tfrec nor Apache Beam knows them): {' '.join(unknown)}")
-    from tfrec.errors import TfrecError
+    from tfrec.errors import ExitCode, TfrecError
     from tfrec.fileio import no_empty_folders_on_failure
 
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
@@ -348,11 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     except (TfrecError, FileNotFoundError) as e:
         if os.environ.get("TFREC_DEBUG"):
             raise
-        print(f"tfrec {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"tfrec {args.command}: {getattr(e, 'label', 'error')}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", ExitCode.ERROR)
     except KeyboardInterrupt:
         print(f"tfrec {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 if __name__ == "__main__":

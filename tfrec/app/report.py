@@ -33,6 +33,7 @@ from tfrec.layout import (
     METRICS_FILE,
     MODEL_CARD_FILE,
     MODEL_DIR,
+    PROMOTION_FILE,
     REPORT_FILE,
     STATS_FILE,
     TRAIN_SUMMARY_FILE,
@@ -215,6 +216,34 @@ def index_section(report: dict | None) -> str:
                         "same run.", _table(["", "value"], rows)])
 
 
+def promotion_section(record: dict | None) -> str:
+    """The promotion gate's decision (``export/promotion.json``): both versions side by side."""
+    if not record:
+        return ""
+    parts = ["## Promotion gate",
+             f"Version {record['version']} against the served version {record['served_version']}: "
+             f"**{record['decision']}**. {record['reason'][0].upper()}{record['reason'][1:]}."]
+    if record.get("new"):
+        users = f"{record['users']:,} test users" + (
+            f" (a sample of {record['users_total']:,})" if record.get("users_total", 0) > record["users"] else "")
+        parts.append(f"Both ranked the new data's {record['items']:,} items for the same {users}, each through its "
+                     "exported `tfrec_retrieve`; the new minus the served value, with its 95% paired-bootstrap "
+                     "interval over users (✱: the interval leaves out zero):")
+        rows = []
+        for protocol, differences in record["vs_served"].items():
+            for metric in ("recall@10", "recall@20", "ndcg@10", "mrr"):
+                d = differences.get(metric)
+                if not d or d["difference"] is None:
+                    continue
+                new, served = (record[side]["metrics"][protocol].get(metric) for side in ("new", "served"))
+                chosen = " (gate)" if f"{protocol}.{metric}" == record["metric"] else ""
+                rows.append([f"{protocol} {metric}{chosen}", f"{new:.4f}", f"{served:.4f}",
+                             f"{d['difference']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]"
+                             + (" ✱" if d["significant"] else "")])
+        parts.append(_table(["metric", "new", "served", "new − served"], rows))
+    return "\n\n".join(parts)
+
+
 def _format(value) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -320,6 +349,7 @@ def _write_report(config: Config, run_dir: str, out: Path) -> str:
         training_section(_load(join(model_dir, HISTORY_FILE)), _load(join(model_dir, TRAIN_SUMMARY_FILE)), out),
         quality_section(metrics, _load(join(model_dir, CURVES_FILE)), out, min_users),
         index_section(_load(join(index_dir, INDEX_REPORT_FILE))),
+        promotion_section(_load(join(export_dir, PROMOTION_FILE))),
         examples_section(data_dir, export_dir, ids, texts),
         environment_section(_load(join(export_dir, MODEL_CARD_FILE)), config),
     ]

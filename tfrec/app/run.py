@@ -117,7 +117,7 @@ def plan(config: Config, output: str, beam_args: list[str] | None = None, force:
         Stage("evaluate", model, [METRICS_FILE], f_eval, lambda: evaluate(config, data, model)),
         Stage("index", index, [INDEX_REPORT_FILE], f_index, lambda: build_index(config, model, index)),
         Stage("export", export, [MODELS_CONFIG_FILE, MODEL_CARD_FILE, MODEL_CARD_MD_FILE], f_export,
-              lambda: export_models(config, model, index, export)),
+              lambda: export_models(config, model, index, export, data_dir=data)),
         Stage("report", output, [REPORT_FILE], f_report, lambda: write_report(config, output)),
     ]
 

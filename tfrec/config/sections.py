@@ -384,6 +384,9 @@ class IndexConfig(_Section):
     """Held-out queries (test users) the index is measured on."""
 
 
+PROMOTION_METRIC = r"^(all|explore|cold_start)\.(recall@\d+|ndcg@(10|20)|mrr|hitrate@10)$"
+
+
 class ExportConfig(_Section):
     k: int = Field(20, gt=0)
     """Results returned when a request gives no ``k``."""
@@ -397,6 +400,17 @@ class ExportConfig(_Section):
     """Most recent history items an exported model reads; it cuts longer histories itself, so every
     server (stock TF Serving too) has a bounded cost per request. Evaluation reads whole histories:
     above this length a served list can differ slightly from the evaluated one."""
+    promotion_metric: str = Field("explore.ndcg@10", pattern=PROMOTION_METRIC)
+    """What the promotion gate compares, as ``protocol.metric`` (protocols ``all``, ``explore``,
+    ``cold_start``; metrics ``recall@K`` for a K of ``eval.ks``, ``ndcg@10``, ``ndcg@20``, ``mrr``,
+    ``hitrate@10``). Before ``tfrec export`` adds a version to a folder that already serves one,
+    both are ranked on the new data's test split, and the new one is published unless it is
+    significantly worse on this metric (paired bootstrap over users, ``eval.bootstrap_resamples``)."""
+    promotion_margin: float = Field(0.0, ge=0.0, lt=1.0)
+    """How much worse than the served version the new one may be, as a share of the served
+    version's value: the new version is refused when the 95% interval of its difference with
+    the served one lies wholly below ``-promotion_margin x served``. 0: refused when
+    significantly worse at all; 0.02: only when significantly more than 2% worse."""
 
 
 class ServeConfig(_Section):
@@ -433,6 +447,17 @@ class Config(_Section):
     index: IndexConfig = IndexConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _promotion_metric_is_measured(self) -> Config:
+        metric = self.export.promotion_metric.split(".", 1)[1]
+        if metric.startswith("recall@") and int(metric[len("recall@"):]) not in self.eval.ks:
+            raise ValueError(f"export.promotion_metric {self.export.promotion_metric!r}: evaluation measures "
+                             f"recall at eval.ks {self.eval.ks} only")
+        if metric.startswith("ndcg@") and int(metric[len("ndcg@"):]) > max(self.eval.ks):
+            raise ValueError(f"export.promotion_metric {self.export.promotion_metric!r}: evaluation measures "
+                             f"NDCG only up to the largest of eval.ks {self.eval.ks}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
