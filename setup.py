@@ -26,7 +26,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # TensorFlow Recommenders is the reference our Keras 3 retrieval loss is tested against
     # (tests/models/test_tfrs_parity.py); it needs tf-keras (Keras 2) beside it.
-    "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7", "tf-keras==2.20.1"],
+    # Playwright drives the system's Chromium (Debian's `chromium`) in the page's browser tests.
+    "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7", "tf-keras==2.20.1",
+            "playwright>=1.40"],
     "bench": ["implicit==0.7.3", "matplotlib>=3.7"],
     # Google Cloud: gs:// paths in the Beam job and the DataflowRunner (google-cloud-storage,
     # google-auth, the Dataflow client). TensorFlow reads gs:// by itself.
@@ -43,6 +45,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["tfrec", "tfrec.*", "pipelines", "pipelines.*", "serving", "serving.*"]),
+    package_data={"serving.server": ["static/*"]},  # the page `tfrec serve` answers at /
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["tfrec=tfrec.app.cli:main"]},

@@ -2,7 +2,9 @@
 
 ``port`` / ``grpc_port`` 0 picks a free port (see ``rest_url`` / ``grpc_target``);
 ``grpc_port=None`` turns gRPC off. ``limits`` bound what a request and a client may
-cost (see ``checks.Limits``); they come from the config's ``serve`` section.
+cost (see ``checks.Limits``); they come from the config's ``serve`` section. ``page``
+answers ``GET /`` with the page to look at recommendations (``serving.server.page``),
+its sample customers read from the data folder ``examples``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from serving.saved_model import check_export_root, register_custom_ops
 from serving.server import codec
 from serving.server.checks import Limits, Signature
 from serving.server.grpc_service import add_services
+from serving.server.page import Page
 from serving.server.registry import ModelRegistry, Servable
 from serving.server.rest import RestServer
 from serving.server.status import UNIMPLEMENTED, ServingError, invalid
@@ -42,7 +45,8 @@ class ModelServer:
 
     def __init__(self, export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501,
                  grpc_port: int | None = 8500, poll_seconds: float = 2.0, max_batch: int | None = None,
-                 log: Callable[[str], None] = print, limits: Limits | None = None):
+                 log: Callable[[str], None] = print, limits: Limits | None = None, page: bool = True,
+                 examples: str | os.PathLike | None = None):
         self.export_dir = os.fspath(export_dir)
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.poll_seconds = poll_seconds
@@ -50,6 +54,7 @@ class ModelServer:
         self.limits = dataclasses.replace(limits, max_batch=max_batch) if max_batch is not None else limits
         self.log = log
         self.registry = ModelRegistry(self.export_dir, log)
+        self.page = Page(self.export_dir, self.limits, self._versions, examples, log) if page else None
         self._http: RestServer | None = None
         self._grpc: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
@@ -68,6 +73,8 @@ class ModelServer:
             self._http = self._bind_http()
             if self.grpc_port is not None:
                 self._grpc = self._bind_grpc()
+            if self.page is not None:
+                self.page.load()
             for missing in register_custom_ops():
                 self.log(f"warning: cannot import {missing}: models that need its ops will not load")
             self.registry.refresh()
@@ -113,7 +120,7 @@ class ModelServer:
 
     def _bind_http(self) -> RestServer:
         try:
-            return RestServer((self.host, self.port), self, self.limits)
+            return RestServer((self.host, self.port), self, self.limits, self.page)
         except OSError as e:
             raise TfrecError(f"cannot listen for REST on {self.host}:{self.port}: {e.strerror or e}; "
                              f"pick another --port") from e
@@ -136,6 +143,9 @@ class ModelServer:
                              f"this machine's; pick another --grpc-port (0 turns gRPC off)")
         self.grpc_port = bound
         return server
+
+    def _versions(self) -> dict[str, int]:
+        return {name: servable.version for name, servable in self.registry.serving().items()}
 
     # -- addresses
 
@@ -168,6 +178,10 @@ class ModelServer:
         if not serving:
             lines.append("  (no models yet: waiting for `tfrec export` to write EXPORT/<name>/<version>/)")
         lines.append(f"REST  {self.rest_url}/v1/models/<name>:predict   (status: GET {self.rest_url}/v1/models/<name>)")
+        if self.page is not None:
+            page = self.page
+            samples = f"; {len(page.samples)} sample customers from {page.examples}" if page.examples else ""
+            lines.append(f"Page  {self.rest_url}/   (recommendations to look at{samples})")
         if self.grpc_target:
             lines.append(f"gRPC  {self.grpc_target}   (tensorflow.serving.PredictionService, ModelService)")
         limits = self.limits

@@ -11,13 +11,18 @@ from serving.server.checks import Limits
 
 
 def serve(export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
-          poll_seconds: float = 2.0, **limits) -> None:
+          poll_seconds: float = 2.0, page: bool = True, examples: str | os.PathLike | None = None,
+          **limits) -> None:
     """Serves ``export_dir`` until Ctrl-C or SIGTERM (``grpc_port=0``: no gRPC).
+
+    ``page``: answer ``GET /`` with the page to look at recommendations; ``examples``: a data
+    folder of ``tfrec preprocess`` whose test users the page offers as sample customers.
 
     ``limits``: the ``serve`` section's limits (``max_batch``, ``max_history``, ``max_body_bytes``,
     ``max_connections``, ``request_timeout_seconds``, ``idle_timeout_seconds``).
     """
-    server = ModelServer(export_dir, host, port, grpc_port or None, poll_seconds, limits=Limits(**limits))
+    server = ModelServer(export_dir, host, port, grpc_port or None, poll_seconds, limits=Limits(**limits),
+                         page=page, examples=examples)
     server.start()
     print(server.describe(), flush=True)
     stop = threading.Event()

@@ -15,6 +15,9 @@ and closed at once. A connection must send each whole request (headers and body)
 a byte now and then holds a connection for a bounded time and never holds up others.
 The body's ``Content-Length`` must be a plain number within ``max_body_bytes``, checked
 before the body is read.
+
+With a ``page`` (``serving.server.page``), a ``GET`` outside ``/v1/`` is first offered to
+it: the page to look at recommendations, behind the same connection cap and timeouts.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from serving.server.status import NOT_FOUND, ServingError, invalid, over_limit
 
 if TYPE_CHECKING:
     from serving.server.app import ModelServer
+    from serving.server.page import Page, PageAnswer
 
 _ROUTE = re.compile(r"^/v1/models(?:/(?P<model>[^/:]+))?"
                     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -51,10 +55,10 @@ class RestServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 resets connections when many clients connect at once
 
-    def __init__(self, address: tuple[str, int], app: ModelServer, limits: Limits):
+    def __init__(self, address: tuple[str, int], app: ModelServer, limits: Limits, page: Page | None = None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.app, self.limits = app, limits
+        self.app, self.limits, self.page = app, limits, page
         self._connections: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
         self._connections_lock = threading.Lock()
         self._closed = threading.Event()
@@ -179,6 +183,10 @@ class RestHandler(BaseHTTPRequestHandler):
             return
         self.server.mark(self.connection, _WORKING)
         try:
+            page = self.server.page.answer(self.path) if self.server.page and method == "GET" else None
+            if page is not None:
+                self._send_page(page)
+                return
             status, payload = self._route(method, body)
         except ServingError as e:
             status, payload = e.http_status, {"error": e.message}
@@ -260,10 +268,18 @@ class RestHandler(BaseHTTPRequestHandler):
             data = dumps(payload)
         except ValueError as e:  # NaN in an output: not JSON
             status, data = HTTPStatus.INTERNAL_SERVER_ERROR, dumps({"error": f"the model's answer is not JSON: {e}"})
+        self._write(status, "application/json", data)
+
+    def _send_page(self, answer: PageAnswer) -> None:
+        self._write(answer.status, answer.content_type, answer.body, answer.headers)
+
+    def _write(self, status: HTTPStatus, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()

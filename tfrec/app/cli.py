@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace, _: list[str]) -> int:
     settings = _load(args).serve if args.config else serve_settings(args.overrides)
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
     options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
-    serve(args.export, **options)
+    serve(args.export, page=not args.no_page, examples=args.examples, **options)
     return 0
 
 
@@ -252,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)")
     p.add_argument("--poll-seconds", type=float, help="how often to look for new versions (default 2)")
     p.add_argument("--max-batch", type=int, help="largest batch a request may carry (default 256)")
+    p.add_argument("--examples", metavar="DATA_DIR",
+                   help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
+                        "samples (the export itself holds no customer ids)")
+    p.add_argument("--no-page", action="store_true", help="answer only the model API, not the page at /")
 
     p = add("recommend", _recommend, "recommendations, similar items or text search from the CLI",
             "Loads an export and prints a table of item ids, product texts and scores.")
