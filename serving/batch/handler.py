@@ -24,6 +24,19 @@ OUTPUTS = ("item_ids", "scores", "because_ids", "because_scores")
 METRICS_NAMESPACE = "tfrec_batch"
 
 
+STEP_TIME = "step_time_ms"
+"""Distribution of wall-clock times (epoch ms) at the start of each model call and after each bundle's
+last record: its min and max bound the recommendation step across all workers."""
+
+
+def mark_step_time() -> None:
+    import time
+
+    from apache_beam.metrics import Metrics
+
+    Metrics.distribution(METRICS_NAMESPACE, STEP_TIME).update(int(time.time() * 1000))
+
+
 def pad_histories(histories: Sequence[History]) -> np.ndarray:
     """``[B, L]`` item ids, each history left-padded with ``""`` to the longest (what the signature takes)."""
     width = max((len(history) for history in histories), default=0) or 1
@@ -54,7 +67,8 @@ class RetrieveModelHandler(ModelHandler[History, PredictionResult, Any]):
       k: results per customer; None: the signature's default (``export.k``).
       exclude_history: drop items already in the history; None: the signature's default.
       exclude_ids: item ids never to return (e.g. sold out).
-      max_batch_size: most histories per signature call.
+      max_batch_size: most histories per signature call when RunInference batches (the batch
+        job batches them itself, by length: ``serving.batch.job.Recommend``).
     """
 
     def __init__(self, version_dir: str, k: int | None = None, exclude_history: bool | None = None,
@@ -85,6 +99,7 @@ class RetrieveModelHandler(ModelHandler[History, PredictionResult, Any]):
 
     def run_inference(self, batch: Sequence[History], model, inference_args: dict | None = None
                       ) -> Iterable[PredictionResult]:
+        mark_step_time()
         outputs = model(**self.request(batch))
         answers = rows({name: outputs[name].numpy() for name in OUTPUTS})
         return [PredictionResult(history, answer, self.version_dir) for history, answer in zip(batch, answers)]

@@ -27,10 +27,11 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.transforms.util import SortAndBatchElements
 
 from pipelines.options import pipeline_options
 from pipelines.preprocess import job_counters, local_runner
-from serving.batch.handler import METRICS_NAMESPACE, RetrieveModelHandler
+from serving.batch.handler import METRICS_NAMESPACE, STEP_TIME, RetrieveModelHandler, mark_step_time
 from serving.batch.histories import HistoriesFromInteractions, HistoriesFromSplit
 from serving.batch.output import FORMATS, WriteRecommendations
 from serving.export import RETRIEVE
@@ -71,24 +72,43 @@ class ToRecordFn(beam.DoFn):
 
     def finish_bundle(self):
         self._flush()
+        mark_step_time()
 
     def _flush(self):
         self.customers.inc(self.done - self.counted)
         self.counted = self.done
 
 
-class Recommend(beam.PTransform):
-    """``(user_id, item ids oldest first)`` -> one record per customer, through ``handler``."""
+def history_length(element: tuple[str, list[str]]) -> int:
+    return max(1, len(element[1]))
 
-    def __init__(self, handler: RetrieveModelHandler, progress_seconds: float | None = None):
+
+class Recommend(beam.PTransform):
+    """``(user_id, item ids oldest first)`` -> one record per customer, through ``handler``.
+
+    Histories are sorted by length within each bundle before they are batched, so a batch
+    pads its histories to similar lengths: a shop's customers range from one basket to
+    thousands of items, and the cost of a call grows with its longest history.
+
+    Args:
+      handler: runs the exported model on a batch.
+      batch_size: most customers per model call.
+      batch_items: most history items per model call (a long history fills a call alone).
+    """
+
+    def __init__(self, handler: RetrieveModelHandler, batch_size: int = 256, batch_items: int = 1 << 16,
+                 progress_seconds: float | None = None):
         super().__init__()
         self.handler = handler
+        self.batch_size = batch_size
+        self.batch_items = batch_items
         self.progress_seconds = progress_seconds
 
     def expand(self, histories):
         return (
             histories
-            | "RunInference" >> RunInference(KeyedModelHandler(self.handler))
+            | "BatchBySize" >> SortAndBatchElements(1, self.batch_size, self.batch_items, history_length)
+            | "RunInference" >> RunInference(KeyedModelHandler(self.handler).with_no_batching())
             | "ToRecords" >> beam.ParDo(ToRecordFn(self.progress_seconds))
         )
 
@@ -145,17 +165,31 @@ def clear_outputs(output: str) -> None:
         FileSystems.delete(stale)
 
 
-def distribution_sums(result) -> dict[str, tuple[int, int]]:
-    """The job's distributions, ``"<namespace>/<name>" -> (sum, count)``."""
-    totals: dict[str, tuple[int, int]] = {}
+@dataclasses.dataclass
+class Distribution:
+    """One distribution metric merged over the steps that update it."""
+
+    sum: int = 0
+    count: int = 0
+    min: int | None = None
+    max: int | None = None
+
+    def merge(self, value) -> None:
+        self.sum += int(value.sum or 0)
+        self.count += int(value.count or 0)
+        self.min = value.min if self.min is None else min(self.min, value.min)
+        self.max = value.max if self.max is None else max(self.max, value.max)
+
+
+def distributions(result) -> dict[str, Distribution]:
+    """The job's distributions, ``"<namespace>/<name>" -> Distribution`` (committed where the runner
+    has them), merged over the steps that update the same name."""
+    found: dict[str, Distribution] = {}
     for dist in result.metrics().query(MetricsFilter())["distributions"]:
         value = dist.committed if dist.committed is not None else dist.attempted
-        if value is None:
-            continue
-        name = f"{dist.key.metric.namespace}/{dist.key.metric.name}"
-        total, count = totals.get(name, (0, 0))
-        totals[name] = (total + int(value.sum or 0), count + int(value.count or 0))
-    return totals
+        if value is not None and value.count:
+            found.setdefault(f"{dist.key.metric.namespace}/{dist.key.metric.name}", Distribution()).merge(value)
+    return found
 
 
 def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform, handler: RetrieveModelHandler,
@@ -164,18 +198,30 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform, handler: Re
     (
         pipeline
         | "ReadHistories" >> source
-        | "Recommend" >> Recommend(handler)
+        | "Recommend" >> Recommend(handler, options.batch_size)
         | "WriteRecommendations" >> WriteRecommendations(output, options.output_format, options.num_shards)
     )
 
 
+def _rate(count: int, seconds: float) -> float | None:
+    return round(count / seconds, 1) if seconds > 0 else None
+
+
 def _summary(result, version_dir: str, source: beam.PTransform, options: BatchOptions, output: str,
              seconds: float) -> dict[str, Any]:
+    """What ``batch_summary.json`` holds: the model version, the source, counts and timings.
+
+    ``recommend_seconds`` spans the first model call to the last record written, on all
+    workers: the step whose rate grows with the number of customers; ``seconds`` adds the
+    start-up, the model loading and the reading of the histories.
+    """
     counters = job_counters(result)
-    timings = distribution_sums(result)
+    timings = distributions(result)
     users = counters.get(f"{METRICS_NAMESPACE}/customers", 0)
-    inference_us, batches = timings.get(f"{METRICS_NAMESPACE}/inference_batch_latency_micro_secs", (0, 0))
-    load_ms, loads = timings.get(f"{METRICS_NAMESPACE}/load_model_latency_milli_secs", (0, 0))
+    step = timings.get(f"{METRICS_NAMESPACE}/{STEP_TIME}")
+    recommend_seconds = (step.max - step.min) / 1e3 if step is not None else 0.0
+    inference = timings.get(f"{METRICS_NAMESPACE}/inference_batch_latency_micro_secs")
+    load = timings.get(f"{METRICS_NAMESPACE}/load_model_latency_milli_secs")
     described = ({"data": source.data_dir, "split": source.split} if isinstance(source, HistoriesFromSplit)
                  else {"interactions": list(source.data.interactions.paths)})
     files = sorted(m.path for m in FileSystems.match(
@@ -184,11 +230,11 @@ def _summary(result, version_dir: str, source: beam.PTransform, options: BatchOp
         "model": RETRIEVE, "version": int(os.path.basename(version_dir.rstrip("/"))), "version_dir": version_dir,
         "source": described, "users": users, "k": options.k, "exclude_history": options.exclude_history,
         "exclude_ids": list(options.exclude_ids), "format": options.output_format, "files": files,
-        "seconds": round(seconds, 3),
-        "users_per_second": round(users / seconds, 1) if seconds else None,
-        "inference_seconds": round(inference_us / 1e6, 3), "inference_batches": batches,
-        "inference_users_per_second": round(users / (inference_us / 1e6), 1) if inference_us else None,
-        "model_load_seconds": round(load_ms / 1e3, 3), "model_loads": loads,
+        "seconds": round(seconds, 3), "users_per_second_overall": _rate(users, seconds),
+        "recommend_seconds": round(recommend_seconds, 3), "users_per_second": _rate(users, recommend_seconds),
+        "model_calls": inference.count if inference else 0,
+        "model_seconds": round(inference.sum / 1e6, 3) if inference else 0.0,
+        "model_load_seconds": round(load.sum / 1e3, 3) if load else 0.0,
         "counters": counters,
     }
 
@@ -210,8 +256,7 @@ def run_batch(config: Config, export_dir: str | os.PathLike, output: str | os.Pa
     beam_options = pipeline_options(beam_args)
     version_dir = retrieve_version(export_dir, options.version)
     source = history_source(config, data_dir, split)
-    handler = RetrieveModelHandler(version_dir, options.k, options.exclude_history, options.exclude_ids,
-                                   max_batch_size=options.batch_size)
+    handler = RetrieveModelHandler(version_dir, options.k, options.exclude_history, options.exclude_ids)
     log.info(f"== batch {config.name}: {version_dir} -> {output} "
              f"(runner: {beam_options.view_as(StandardOptions).runner or 'local FnApiRunner'})")
     log.info("histories: " + (f"{data_dir} ({split} split)" if data_dir is not None
@@ -231,8 +276,10 @@ def run_batch(config: Config, export_dir: str | os.PathLike, output: str | os.Pa
     if not summary["users"]:
         raise TfrecError("no customer history was read; nothing was recommended (see the counters above)")
     fileio.write_json(fileio.join(output, BATCH_SUMMARY_FILE), summary)
-    log.info(f"customers: {summary['users']:,} in {summary['seconds']:,.1f} s ({summary['users_per_second']:,} /s; "
-             f"model {summary['inference_seconds']:,.1f} s in {summary['inference_batches']:,} batches)")
+    rate = summary["users_per_second"]
+    log.info(f"customers: {summary['users']:,}, recommended in {summary['recommend_seconds']:,.1f} s "
+             f"({f'{rate:,.0f}' if rate else 'n/a'} /s; {summary['model_calls']:,} model calls taking "
+             f"{summary['model_seconds']:,.1f} s); whole job {summary['seconds']:,.1f} s")
     log.info(f"outputs in {output}: {len(summary['files'])} {RECOMMENDATIONS_PREFIX}-*"
              f"{FORMATS[options.output_format]} file(s), {BATCH_SUMMARY_FILE}")
     return summary

@@ -57,7 +57,8 @@ def test_batch_over_a_split_equals_the_served_model(tiny, export_dir, sample_dat
     split = load_eval_split(sample_data_dir, "test")
     ids = load_catalogue(sample_data_dir).ids
     assert summary["users"] == len(records) == len(split) == load_stats(sample_data_dir)["users_evaluated"]
-    assert summary["version"] == 1 and summary["inference_batches"] >= len(split) / 48
+    assert summary["version"] == 1 and summary["model_calls"] >= len(split) / 48
+    assert 0 < summary["model_seconds"] and 0 < summary["recommend_seconds"] < summary["seconds"]
     assert json.loads((tmp_path / "batch_summary.json").read_text())["users"] == len(split)
     recent = tiny.serve.max_history  # what the server takes (the model reads no more)
     histories = [[ids[i] for i in history[-recent:]] for history in split.histories]
