@@ -40,7 +40,7 @@ What the bench bounds, and why (printed with the table and written in the JSON):
   built instead of three).
 
 Sizes can be run apart and gathered in one report (``--merge``); ``--markdown`` prints
-the report as the README's table.
+the report as the table of docs/results.md (Cost at scale).
 
     python bench/scale.py [--sizes 1e5 1e6 1e7] [--out bench/results/scale.json] [--keep DIR]
 """
@@ -296,7 +296,7 @@ def save(out: Path, report: dict, results: list[dict], result: dict, meta: dict,
 
 
 def markdown(results: list[dict]) -> str:
-    """The README's table: per stage, time and peak RSS at each size, and their growth per 10x."""
+    """The table of docs/results.md: per stage, time and peak RSS at each size, and their growth per 10x."""
     sizes = [f"{r['interactions_asked']:.0e}".replace("e+0", "e") for r in results]
     head = ("| stage | " + " | ".join(f"{s}: wall (CPU) s, peak RSS (tree) GB" for s in sizes)
             + " | wall x per 10x | CPU x per 10x | RSS x per 10x |")

@@ -30,7 +30,7 @@ def _default_text(field: Any) -> str:
 
 
 def reference(section: type[_Section] = None, prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(key, default, description)`` of every setting, in file order (for the README)."""
+    """``(key, default, description)`` of every setting, in file order (for docs/reference/configuration.md)."""
     rows = []
     for name, field in (section or Config).model_fields.items():
         key = prefix + name

@@ -2,7 +2,7 @@
 
 Every section is a frozen pydantic model that forbids unknown keys and checks types
 strictly. The docstring under each field is its documentation: ``python -m tfrec.config``
-prints them as the README's configuration reference.
+prints them as the configuration reference (docs/reference/configuration.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ An embedding lookup's gradient is a ``tf.IndexedSlices`` over the rows of the ba
 ``Adam`` turns it into a dense tensor and updates every row of the table, and both of its
 moment tables, at every step: rows that were not in the batch keep moving with their decaying
 momentum, and a step costs time in proportion to the catalogue instead of the batch. With a
-million items that is most of the step (README, "Cost at scale").
+million items that is most of the step (docs/results.md, "Cost at scale").
 
 ``LazyAdam`` applies Adam's rule to the touched rows only, as TensorFlow 1's
 ``LazyAdamOptimizer`` did: each distinct row's gradient is summed, its two moments are
