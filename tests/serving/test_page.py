@@ -31,7 +31,7 @@ K = 8
 HOSTILE = ("<script>window.__injected = 1</script><img src=x onerror=\"window.__injected = 1\">"
            " Mug & \"Saucer\" 'set' </td>")
 SCREENSHOT = os.environ.get("TFREC_PAGE_SCREENSHOT")
-"""Where to keep the screenshot the first test makes (docs/images/page.png is made this way)."""
+"""Where to keep the screenshot the first browser test makes (else a temporary folder)."""
 
 
 def _missing_browser() -> str | None:
@@ -280,6 +280,18 @@ def test_an_error_from_the_model_is_shown_in_its_place(page, server, history):
     assert f"'{unknown}' is not an item of {SIMILAR}'s catalogue" in page.text_content("#similar-status")
     assert page.text_content("#product-title") == "(not in this catalogue)"
     assert len(rows(page, "recs")) == 10  # the other views still render
+
+
+def test_long_lists_are_titled_through_lookups_within_the_servers_limit(page, server, texts):
+    history = list(texts)[-MAX_HISTORY:]
+    lookups = []
+    page.on("request", lambda request: lookups.append(parse_qs(urlsplit(request.url).query).get("id", []))
+            if urlsplit(request.url).path == "/page/titles" else None)
+    settle(page, lambda: page.goto(f"{server.rest_url}/?history={','.join(history)}&k=100"))
+    served = predict(server, RETRIEVE, {"history": [history], "k": 100, "exclude_history": False})
+    assert rows(page, "recs") == [(item, texts[item]) for item in served["item_ids"]]
+    assert len(lookups) >= 2 and max(len(ids) for ids in lookups) == MAX_HISTORY
+    assert len(set(history) | set(served["item_ids"])) <= sum(len(ids) for ids in lookups)
 
 
 def test_the_page_asks_nothing_of_any_other_host(page, server, history):

@@ -8,6 +8,7 @@
 const MODELS = {retrieve: ["tfrec_retrieve", "tfrec_retrieve_scann"], similar: ["tfrec_similar"],
                 search: ["tfrec_search"]};
 const K_DEFAULT = 10, K_MAX = 100, SHOWN_EXCLUDED = -1e29;
+const URL_BUDGET = 8000;  // characters of ids in one titles lookup: well within any server's or proxy's line
 
 const state = {history: [], k: K_DEFAULT, exclude: false, category: "", q: "", item: ""};
 const titles = new Map();  // item id -> product text, or null for an id the catalogue lacks
@@ -41,11 +42,18 @@ async function predict(model, inputs) {
   return body.outputs;
 }
 
-// The titles of ids not seen yet, asked for in lists of at most info.max_titles ids.
+// The titles of ids not seen yet, asked for in lists of at most info.max_titles ids and
+// URL_BUDGET characters of query.
 async function lookUpTitles(ids) {
   const wanted = [...new Set(ids)].filter((id) => id && !titles.has(id));
-  for (let start = 0; start < wanted.length; start += info.max_titles) {
-    const chunk = wanted.slice(start, start + info.max_titles);
+  while (wanted.length) {
+    const chunk = [];
+    let length = 0;
+    while (wanted.length && chunk.length < info.max_titles &&
+           (!chunk.length || length + encodeURIComponent(wanted[0]).length + 4 <= URL_BUDGET)) {
+      length += encodeURIComponent(wanted[0]).length + 4;
+      chunk.push(wanted.shift());
+    }
     const query = new URLSearchParams(chunk.map((id) => ["id", id]));
     const found = (await getJson(`/page/titles?${query}`)).titles;
     for (const id of chunk) titles.set(id, id in found ? found[id] : null);
