@@ -145,6 +145,7 @@ def test_the_page_and_its_files_carry_a_policy_that_allows_only_this_server(serv
         assert answer.status_code == 404 and "no such endpoint" in answer.json()["error"], path
     assert requests.post(f"{server.rest_url}/page/info", timeout=30).status_code == 404
     text = server.describe()
+    assert server.rest_url.startswith("http://127.0.0.1:")  # the page listens where the API does: loopback
     assert f"Page  {server.rest_url}/" in text and "sample customers from" in text
 
 
