@@ -62,7 +62,8 @@ class PageAnswer:
 
 
 class Titles:
-    """The export's ``items.tsv``: read when first asked for, and again after the file changes."""
+    """The export's ``items.tsv``: read at start (``preload``) or when first asked for, and again after the
+    file changes (checked at most every ``RECHECK_SECONDS``)."""
 
     def __init__(self, export_dir: str):
         self.export_dir = export_dir

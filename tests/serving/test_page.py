@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -170,6 +171,28 @@ def test_titles_are_looked_up_per_id_within_the_servers_limit(server, history, t
     assert answer.status_code == 400 and "serve.max_history" in answer.json()["error"]
     answer = requests.get(url, params={"ids": history[0]}, timeout=30)
     assert answer.status_code == 400 and "unknown parameter 'ids'" in answer.json()["error"]
+
+
+def test_titles_follow_a_new_items_file(server, shown_export, history, texts):
+    def title() -> str:
+        return requests.get(f"{server.rest_url}/page/titles", params={"id": history[1]}, timeout=30).json()[
+            "titles"][history[1]]
+
+    changed = dict(texts) | {history[1]: "A NEW TITLE FROM A NEW EXPORT"}
+    try:
+        write_items(shown_export, changed.keys(), changed.values())
+        wait_for(lambda: title() == changed[history[1]], "the new title")
+    finally:
+        write_items(shown_export, texts.keys(), texts.values())
+    wait_for(lambda: title() == texts[history[1]], "the title again")
+
+
+def wait_for(condition, what: str, timeout: float = 120.0) -> None:
+    """Polls ``condition`` until it holds; ``timeout`` only guards against waiting for ever."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.2)
 
 
 def test_without_the_page_only_the_model_api_answers(shown_export, tmp_path):
