@@ -19,6 +19,7 @@ term), ``vectors.npz`` (catalogue and test-user vectors for the index), ``checkp
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -34,6 +36,7 @@ import tensorflow as tf
 from tfrec import fileio, layout
 from tfrec.config import Config, save_config
 from tfrec.data import (
+    Catalogue,
     EvalSplit,
     load_catalogue,
     load_eval_split,
@@ -133,6 +136,26 @@ def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch
                           score_budget=score_budget)
 
 
+def query_vectors(model: TwoTowerModel, histories: np.ndarray, item_vectors: tf.Tensor,
+                  batch_size: int = 512) -> np.ndarray:
+    """The query vectors of padded histories, ``batch_size`` users at a time.
+
+    Args:
+        model: the trained model.
+        histories: item indices ``[N, H]``, left-padded with -1.
+        item_vectors: the catalogue's item vectors; history items are looked up in them
+            rather than run through the item tower again.
+        batch_size: users per call of the user tower.
+
+    Returns:
+        The query vectors, ``[N, d]``.
+    """
+    if not len(histories):
+        return np.zeros((0, model.item_tower.output_dim), np.float32)
+    return np.concatenate([model.query_vectors(histories[i:i + batch_size], item_vectors).numpy()
+                           for i in range(0, len(histories), batch_size)])
+
+
 def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 256,
                     score_budget: int = SCORE_BUDGET) -> float:
     """Fits the repeat-aware term's weights on the validation users.
@@ -142,10 +165,8 @@ def fit_repeat_term(model: TwoTowerModel, split: EvalSplit, batch_size: int = 25
     however many users and items there are.
     """
     vectors = model.item_vectors()
-    width = max(len(h) for h in split.histories)
-    histories = pad_histories(split.histories, width)
-    queries = tf.concat([model.query_vectors(histories[i:i + batch_size], vectors)
-                         for i in range(0, len(histories), batch_size)], 0)
+    histories = pad_histories(split.histories, max(len(h) for h in split.histories))
+    queries = query_vectors(model, histories, vectors, batch_size)
 
     def similarity(rows: np.ndarray) -> np.ndarray:
         return tf.matmul(tf.gather(queries, rows), vectors, transpose_b=True).numpy()
@@ -159,11 +180,8 @@ def _atomic_write_model(model: keras.Model, path: str) -> None:
 
 
 def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: str) -> None:
-    histories = pad_histories(test.histories, model.max_history)
-    vectors = model.item_vectors()  # history items are looked up, not run through the item tower again
-    queries = np.concatenate([
-        model.query_vectors(histories[i:i + 512], vectors).numpy() for i in range(0, len(histories), 512)
-    ]) if len(histories) else np.zeros((0, model.item_tower.output_dim), np.float32)
+    vectors = model.item_vectors()
+    queries = query_vectors(model, pad_histories(test.histories, model.max_history), vectors)
     fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=vectors.numpy(),
                      query_vectors=queries.astype(np.float32), query_user_ids=test.user_ids.astype(str))
 
@@ -195,37 +213,65 @@ def resume_fingerprint(config: Config, stats: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: bool = True) -> dict:
-    """Trains the model on ``data_dir`` into ``output_dir``; returns the training summary.
+@dataclasses.dataclass
+class TrainingData:
+    """What one run trains and validates on, read from a preprocessed data folder.
 
-    With ``resume`` (the default) a checkpoint left in ``output_dir`` by an interrupted
-    run of the same data and settings is continued; any other checkpoint is discarded.
+    Built by ``load_training_data``. ``examples`` (history windows and their targets)
+    feed the default user towers; causal towers read ``sequences`` instead.
     """
-    data_dir, output_dir = os.fspath(data_dir), os.fspath(output_dir)
-    cfg = config.train
-    keras.utils.set_random_seed(cfg.seed)
-    tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(cfg.strategy)
-    chief = is_chief(strategy)
-    # Non-chief workers write their (required) checkpoint copies to a scratch folder.
-    work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
-    fileio.makedirs(work_dir)
-    log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
 
+    stats: dict
+    catalogue: Catalogue
+    valid: EvalSplit
+    """Every validation user (the repeat-aware term is fitted on them)."""
+    epoch_valid: EvalSplit
+    """The validation users measured after each epoch (a sample with ``train.validation_users``)."""
+    causal: bool
+    examples: tf.data.Dataset | None
+    sequences: tuple | None
+    num_examples: int
+    target_counts: np.ndarray
+    unit: str
+    """What one training example is: ``examples`` or ``sequences``."""
+    batch_size: int
+    steps_per_epoch: int
+    targets_per_batch: float
+    full_softmax: bool
+
+    def epoch_batches(self, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
+        """One epoch's batches, in an order fixed by ``seed``."""
+        batches = (sequence_batches(*self.sequences, self.batch_size, seed) if self.causal else
+                   shuffled_batches(self.examples, self.batch_size, shuffle_buffer, seed))
+        return batches.repeat().take(self.steps_per_epoch)
+
+
+def load_training_data(config: Config, data_dir: str) -> TrainingData:
+    """Reads the training examples and validation users of ``data_dir``.
+
+    Args:
+        config: the run's config (``data``, ``model.user_tower`` and ``train`` are read).
+        data_dir: a folder written by the preprocess stage.
+
+    Returns:
+        The ``TrainingData``, with the steps per epoch and the kind of negatives decided.
+
+    Raises:
+        TfrecError: when there is less than one batch of training examples.
+    """
+    cfg = config.train
     stats = load_stats(data_dir)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
-    if chief:
-        copy_catalogue(data_dir, output_dir)
-        save_config(config, fileio.join(output_dir, CONFIG_FILE))
     valid = load_eval_split(data_dir, "valid")
     epoch_valid = valid
     if cfg.validation_users and len(valid) > cfg.validation_users:
         sample = np.random.default_rng(cfg.seed).choice(len(valid), cfg.validation_users, replace=False)
         epoch_valid = valid.subset(np.sort(sample))
     causal = config.model.user_tower.causal
-    window = min(config.model.user_tower.recent_items, config.data.sequences.max_history)
+    examples = sequences = None
     if causal:
         # One example per training sequence; every position of it carries a query.
+        window = min(config.model.user_tower.recent_items, config.data.sequences.max_history)
         sequences = causal_sequences(data_dir, window, cfg.skip_repeat_targets)
         num_examples, target_counts = len(sequences[0]), sequence_target_counts(sequences[2], len(catalogue))
         unit = "sequences"
@@ -234,73 +280,143 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
                                   skip_repeats=cfg.skip_repeat_targets)
         num_examples, target_counts = count_targets(examples, len(catalogue))
         unit = "examples"
-    num_targets = int(target_counts.sum())
-    global_batch = cfg.batch_size
-    steps_per_epoch = cfg.steps_per_epoch or num_examples // global_batch
+    steps_per_epoch = cfg.steps_per_epoch or num_examples // cfg.batch_size
     if steps_per_epoch < 1:
         raise TfrecError(
-            f"{data_dir}: {num_examples} training {unit} are fewer than one batch of {global_batch}; "
+            f"{data_dir}: {num_examples} training {unit} are fewer than one batch of {cfg.batch_size}; "
             "lower train.batch_size"
         )
-    targets_per_batch = global_batch * num_targets / max(num_examples, 1)
     full_softmax = cfg.negatives == "full" or (
         cfg.negatives == "auto" and len(catalogue) <= cfg.full_softmax_max_items)
-    negatives_text = ("full softmax over the catalogue" if full_softmax else
-                      f"in-batch + {cfg.num_random_negatives} {cfg.negative_sampling} sampled negatives")
-    log.info(f"{len(catalogue):,} items, {num_examples:,} training {unit} ({num_targets:,} target items), "
-          f"{len(valid):,} validation users ({len(epoch_valid):,} measured each epoch), "
-          f"{steps_per_epoch} steps of {global_batch} {unit} "
-          f"(about {targets_per_batch:,.0f} targets) per epoch; {negatives_text}")
-
-    with strategy.scope():
-        model = build_model(config, catalogue, work_dir)
-        learning_rate = learning_rate_schedule(cfg, steps_per_epoch)
-        optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam
-        optimizer = optimizer_class(learning_rate, weight_decay=cfg.weight_decay or None)
-        # The repeat-aware term is fitted after training, on validation (``fit_repeat_term``).
-        tower_variables = model.item_tower.trainable_variables + model.user_tower.trainable_variables
-        optimizer.build(tower_variables)
-        sampler = tf.random.Generator.from_seed(cfg.seed)
-    task = RetrievalTask(
-        temperature=cfg.temperature,
-        remove_accidental_hits=cfg.remove_accidental_hits,
-        log_q=(mixed_log_q(target_counts, round(targets_per_batch), cfg.num_random_negatives,
-                           cfg.negative_sampling)
-               if cfg.logq_correction and not full_softmax else None),
-        members=config.model.members,
+    data = TrainingData(
+        stats=stats, catalogue=catalogue, valid=valid, epoch_valid=epoch_valid, causal=causal,
+        examples=examples, sequences=sequences, num_examples=num_examples, target_counts=target_counts,
+        unit=unit, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
+        targets_per_batch=cfg.batch_size * int(target_counts.sum()) / max(num_examples, 1),
+        full_softmax=full_softmax,
     )
-    draw_negatives = NegativeSampler(target_counts, cfg.negative_sampling)
+    _log_data(data, cfg)
+    return data
+
+
+def _log_data(data: TrainingData, cfg) -> None:
+    negatives = ("full softmax over the catalogue" if data.full_softmax else
+                 f"in-batch + {cfg.num_random_negatives} {cfg.negative_sampling} sampled negatives")
+    log.info(f"{len(data.catalogue):,} items, {data.num_examples:,} training {data.unit} "
+             f"({int(data.target_counts.sum()):,} target items), "
+             f"{len(data.valid):,} validation users ({len(data.epoch_valid):,} measured each epoch), "
+             f"{data.steps_per_epoch} steps of {data.batch_size} {data.unit} "
+             f"(about {data.targets_per_batch:,.0f} targets) per epoch; {negatives}")
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """The model, its optimizer and everything a checkpoint keeps with them.
+
+    The per-epoch ``history`` is saved in the checkpoint too (``checkpoint_epoch``), so that the two
+    can never disagree after a kill; ``history.json`` is a copy for people and tools,
+    never read back.
+    """
+
+    model: TwoTowerModel
+    optimizer: keras.optimizers.Optimizer
+    sampler: tf.random.Generator
+    """The negative-sampling generator."""
+    epoch: tf.Variable
+    """Epochs done."""
+    best: tf.Variable
+    """The best validation value of the early-stopping metric so far."""
+    bad_epochs: tf.Variable
+    """Epochs since the last improvement."""
+    saved_history: tf.Variable
+    manager: tf.train.CheckpointManager
+    history: list[dict]
+
+    @property
+    def trainable_variables(self) -> list[tf.Variable]:
+        """The towers' variables: the repeat-aware term is fitted after training (``fit_repeat_term``)."""
+        return self.model.item_tower.trainable_variables + self.model.user_tower.trainable_variables
+
+    def checkpoint_epoch(self) -> None:
+        """Counts one more epoch done and saves a checkpoint of the state, history included."""
+        self.epoch.assign_add(1)
+        self.saved_history.assign(json.dumps(self.history))
+        self.manager.save()
+
+
+def build_training_state(config: Config, data: TrainingData, strategy: tf.distribute.Strategy,
+                         work_dir: str, resume: bool = True) -> TrainingState:
+    """Builds the model and optimizer under ``strategy`` and restores the last checkpoint.
+
+    Args:
+        config: the run's config.
+        data: the run's ``TrainingData`` (the catalogue, the steps per epoch).
+        strategy: the distribution strategy the variables are created under.
+        work_dir: the folder of ``checkpoints/`` (the model folder on the chief).
+        resume: continue from a checkpoint of the same data and settings; without it
+            any checkpoint is discarded.
+
+    Returns:
+        The ``TrainingState``: fresh, or as the last checkpoint left it.
+    """
+    cfg = config.train
+    with strategy.scope():
+        model = build_model(config, data.catalogue, work_dir)
+        optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam
+        optimizer = optimizer_class(learning_rate_schedule(cfg, data.steps_per_epoch),
+                                    weight_decay=cfg.weight_decay or None)
+        optimizer.build(model.item_tower.trainable_variables + model.user_tower.trainable_variables)
+        sampler = tf.random.Generator.from_seed(cfg.seed)
     epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     best = tf.Variable(-1.0, dtype=tf.float64, trainable=False)
     bad_epochs = tf.Variable(0, dtype=tf.int64, trainable=False)
-    # The per-epoch history lives in the checkpoint, so that the two can never disagree after a kill;
-    # history.json is a copy for people and tools, never read back.
     saved_history = tf.Variable("[]", dtype=tf.string, trainable=False)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler,
-                                     epoch=epoch, best=best, bad_epochs=bad_epochs, history=saved_history)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, sampler=sampler, epoch=epoch,
+                                     best=best, bad_epochs=bad_epochs, history=saved_history)
+    checkpoint_dir = _checkpoint_dir(work_dir, resume_fingerprint(config, data.stats), resume)
+    state = TrainingState(model=model, optimizer=optimizer, sampler=sampler, epoch=epoch, best=best,
+                          bad_epochs=bad_epochs, saved_history=saved_history,
+                          manager=tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2), history=[])
+    if state.manager.latest_checkpoint:
+        checkpoint.restore(state.manager.latest_checkpoint).assert_existing_objects_matched()
+        state.history = json.loads(state.saved_history.numpy().decode("utf-8"))[: int(state.epoch.numpy())]
+        log.info(f"Resumed from {state.manager.latest_checkpoint} (epoch {int(state.epoch.numpy())} done)")
+    return state
+
+
+def _checkpoint_dir(work_dir: str, fingerprint: str, resume: bool) -> str:
+    """The checkpoint folder, emptied unless it holds checkpoints of ``fingerprint`` to resume."""
     checkpoint_dir = fileio.join(work_dir, CHECKPOINT_DIR)
-    fingerprint = resume_fingerprint(config, stats)
     recorded = fileio.join(checkpoint_dir, "fingerprint")
     if fileio.exists(checkpoint_dir) and (
             not resume or not fileio.exists(recorded) or fileio.read_text(recorded) != fingerprint):
         log.info(f"Starting afresh: {checkpoint_dir} holds checkpoints of other data or settings" if resume
-              else f"Starting afresh: discarding {checkpoint_dir}")
+                 else f"Starting afresh: discarding {checkpoint_dir}")
         fileio.remove(checkpoint_dir)
     fileio.makedirs(checkpoint_dir)
     fileio.write_text(recorded, fingerprint)
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2)
-    history_path = fileio.join(output_dir, HISTORY_FILE)
-    history: list[dict] = []
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = json.loads(saved_history.numpy().decode("utf-8"))[: int(epoch.numpy())]
-        log.info(f"Resumed from {manager.latest_checkpoint} (epoch {int(epoch.numpy())} done)")
+    return checkpoint_dir
 
+
+def make_train_step(config: Config, data: TrainingData, state: TrainingState,
+                    strategy: tf.distribute.Strategy) -> Callable:
+    """The distributed training step: a batch in, the mean loss over every replica out."""
+    cfg, model = config.train, state.model
+    task = RetrievalTask(
+        temperature=cfg.temperature,
+        remove_accidental_hits=cfg.remove_accidental_hits,
+        log_q=(mixed_log_q(data.target_counts, round(data.targets_per_batch), cfg.num_random_negatives,
+                           cfg.negative_sampling)
+               if cfg.logq_correction and not data.full_softmax else None),
+        members=config.model.members,
+    )
+    draw_negatives = NegativeSampler(data.target_counts, cfg.negative_sampling)
+    variables = state.trainable_variables
     replicas = strategy.num_replicas_in_sync
 
     def queries_and_targets(batch):
         """Each (query, target item) pair of a batch: query vectors, target ids, loss groups."""
-        if causal:
+        if data.causal:
             items, pair_query, pair_item = batch
             owners, targets, groups = batch_pairs(items, pair_query, pair_item, cfg.sequence_negatives)
             queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.output_dim])
@@ -314,18 +430,18 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     def replica_step(*batch):
         with tf.GradientTape() as tape:
             queries, items, owners = queries_and_targets(batch)
-            if full_softmax:
+            if data.full_softmax:
                 catalogue_vectors = model.item_tower(tf.range(model.num_items, dtype=tf.int64), training=True)
                 per_target = task.full_softmax(queries, catalogue_vectors, items, query_ids=owners)
             else:
                 candidates = model.item_tower(items, training=True)
                 negatives = negative_ids = None
                 if cfg.num_random_negatives:
-                    negative_ids = draw_negatives(sampler, cfg.num_random_negatives)
+                    negative_ids = draw_negatives(state.sampler, cfg.num_random_negatives)
                     negatives = model.item_tower(negative_ids, training=True)
                 per_target = task(queries, candidates, items, negatives, negative_ids, query_ids=owners)
             loss = tf.reduce_sum(per_target) / tf.cast(tf.size(items) * replicas, tf.float32)
-        optimizer.apply_gradients(zip(tape.gradient(loss, tower_variables), tower_variables))
+        state.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
 
     @tf.function(reduce_retracing=True)  # causal batches vary in width
@@ -333,86 +449,173 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         losses = strategy.run(replica_step, args=batch)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
 
+    return train_step
+
+
+def run_epochs(config: Config, data: TrainingData, state: TrainingState, strategy: tf.distribute.Strategy,
+               work_dir: str, history_path: str | None) -> int:
+    """Trains until ``train.epochs`` are done or early stopping ends the run.
+
+    Each epoch reads the examples in an order fixed by ``seed + epoch``, then is measured
+    on the validation users, keeps the best weights (``best.weights.h5`` in ``work_dir``)
+    and ends with a checkpoint.
+
+    Args:
+        config: the run's config.
+        data: the run's ``TrainingData``.
+        state: the ``TrainingState``, fresh or restored; updated in place.
+        strategy: the distribution strategy ``state`` was built under.
+        work_dir: the folder of the best weights and of TensorBoard's ``logs/``.
+        history_path: where the chief writes ``history.json`` after each epoch; ``None``
+            on other workers.
+
+    Returns:
+        The number of examples trained on by this call (a resumed run counts only its own).
+    """
+    cfg = config.train
+    train_step = make_train_step(config, data, state, strategy)
     writer = tf.summary.create_file_writer(fileio.join(work_dir, LOGS_DIR))
-    metric = cfg.early_stopping_metric
-    ks = config.eval.ks
-    started = time.time()
     trained_examples = 0
-    while int(epoch.numpy()) < cfg.epochs:
-        e = int(epoch.numpy())
-        reseed(model, cfg.seed + e)
-        batches = (sequence_batches(*sequences, global_batch, cfg.seed + e) if causal else
-                   shuffled_batches(examples, global_batch, cfg.shuffle_buffer, cfg.seed + e)).repeat()
-        batches = strategy.experimental_distribute_dataset(batches.take(steps_per_epoch).with_options(_SHARD_BY_DATA))
+    while int(state.epoch.numpy()) < cfg.epochs:
+        e = int(state.epoch.numpy())
+        reseed(state.model, cfg.seed + e)
+        batches = data.epoch_batches(cfg.shuffle_buffer, cfg.seed + e).with_options(_SHARD_BY_DATA)
         log.info(f"Epoch {e + 1}/{cfg.epochs}")
-        progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss"], verbose=1 if chief else 0)
-        total, epoch_start = 0.0, time.time()
-        for step, batch in enumerate(batches):
-            loss = float(train_step(batch))
-            if not np.isfinite(loss):
-                raise TfrecError(f"training diverged at epoch {e + 1}, step {step + 1} (loss {loss}); "
-                                 "lower train.learning_rate or raise train.temperature")
-            total += loss
-            progress.update(step + 1, [("loss", total / (step + 1))])
-        seconds = time.time() - epoch_start
-        trained_examples += steps_per_epoch * global_batch
-        result = validate(model, epoch_valid, catalogue.cold_start, ks, config.eval.batch_size,
-                          config.eval.score_budget)
-        explore = result["explore"]["model"]
-        record = {"epoch": e + 1, "loss": total / steps_per_epoch, "seconds": seconds,
-                  "examples_per_second": steps_per_epoch * global_batch / seconds,
-                  "targets_per_second": steps_per_epoch * targets_per_batch / seconds,
-                  **{f"valid_explore_{k}": v for k, v in explore.items() if k != "users"},
-                  **{f"valid_all_{k}": v for k, v in result["all"]["model"].items() if k != "users"}}
-        history.append(record)
+        loss, seconds = _train_epoch(train_step, strategy.experimental_distribute_dataset(batches),
+                                     data.steps_per_epoch, e, verbose=history_path is not None)
+        trained_examples += data.steps_per_epoch * data.batch_size
+        record = _end_epoch(config, data, state, e, loss, seconds, work_dir)
         with writer.as_default(step=e + 1):
             for key, value in record.items():
                 if key != "epoch":
                     tf.summary.scalar(key, value)
-        current = explore.get(metric)
-        if current is None:
-            raise TfrecError(f"train.early_stopping_metric {metric!r} is not a metric; try recall@20 or ndcg@10")
-        improved = current > float(best.numpy())
-        if improved:
-            best.assign(current)
-            bad_epochs.assign(0)
-            with fileio.local_staging(fileio.join(work_dir, BEST_WEIGHTS)) as staged:  # whole or not at all
-                model.save_weights(staged)
-        else:
-            bad_epochs.assign_add(1)
-        log.info(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
-              f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
-              f"[{record['examples_per_second']:,.0f} examples/s]")
-        epoch.assign_add(1)
-        saved_history.assign(json.dumps(history))
-        manager.save()
-        if chief:
-            fileio.write_json(history_path, history)
-        if cfg.early_stopping_patience and int(bad_epochs.numpy()) >= cfg.early_stopping_patience:
-            log.info(f"Early stop: no better validation {metric} for {cfg.early_stopping_patience} epoch(s)")
+        state.checkpoint_epoch()
+        if history_path is not None:
+            fileio.write_json(history_path, state.history)
+        if cfg.early_stopping_patience and int(state.bad_epochs.numpy()) >= cfg.early_stopping_patience:
+            log.info(f"Early stop: no better validation {cfg.early_stopping_metric} "
+                     f"for {cfg.early_stopping_patience} epoch(s)")
             break
+    return trained_examples
 
-    model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
-    if model.repeat_term is not None:
-        nll = fit_repeat_term(model, sample_users(valid, config.eval.max_users, cfg.seed),
+
+def _train_epoch(train_step: Callable, batches, steps: int, epoch: int, verbose: bool) -> tuple[float, float]:
+    """Runs one epoch's steps; returns the mean loss and the seconds taken."""
+    progress = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if verbose else 0)
+    total, start = 0.0, time.time()
+    for step, batch in enumerate(batches):
+        loss = float(train_step(batch))
+        if not np.isfinite(loss):
+            raise TfrecError(f"training diverged at epoch {epoch + 1}, step {step + 1} (loss {loss}); "
+                             "lower train.learning_rate or raise train.temperature")
+        total += loss
+        progress.update(step + 1, [("loss", total / (step + 1))])
+    return total / steps, time.time() - start
+
+
+def _end_epoch(config: Config, data: TrainingData, state: TrainingState, e: int, loss: float, seconds: float,
+               work_dir: str) -> dict:
+    """Measures epoch ``e`` on validation, records it in the history and keeps the best weights."""
+    metric = config.train.early_stopping_metric
+    result = validate(state.model, data.epoch_valid, data.catalogue.cold_start, config.eval.ks,
+                      config.eval.batch_size, config.eval.score_budget)
+    explore = result["explore"]["model"]
+    examples = data.steps_per_epoch * data.batch_size
+    record = {"epoch": e + 1, "loss": loss, "seconds": seconds,
+              "examples_per_second": examples / seconds,
+              "targets_per_second": data.steps_per_epoch * data.targets_per_batch / seconds,
+              **{f"valid_explore_{k}": v for k, v in explore.items() if k != "users"},
+              **{f"valid_all_{k}": v for k, v in result["all"]["model"].items() if k != "users"}}
+    state.history.append(record)
+    current = explore.get(metric)
+    if current is None:
+        raise TfrecError(f"train.early_stopping_metric {metric!r} is not a metric; try recall@20 or ndcg@10")
+    improved = current > float(state.best.numpy())
+    if improved:
+        state.best.assign(current)
+        state.bad_epochs.assign(0)
+        with fileio.local_staging(fileio.join(work_dir, BEST_WEIGHTS)) as staged:  # whole or not at all
+            state.model.save_weights(staged)
+    else:
+        state.bad_epochs.assign_add(1)
+    log.info(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
+             f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
+             f"[{record['examples_per_second']:,.0f} examples/s]")
+    return record
+
+
+def finish_training(config: Config, data: TrainingData, state: TrainingState, work_dir: str) -> None:
+    """Loads the best epoch's weights and fits the repeat-aware term on validation."""
+    state.model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
+    repeat_term = state.model.repeat_term
+    if repeat_term is not None:
+        nll = fit_repeat_term(state.model, sample_users(data.valid, config.eval.max_users, config.train.seed),
                               score_budget=config.eval.score_budget)
-        weights = model.repeat_term.feature_weights.numpy().round(3).tolist()
-        log.info(f"Repeat-aware term fitted on validation: scale {float(model.repeat_term.scale.numpy()):.2f}, "
-              f"weights {weights}, nll {nll:.3f}")
-    summary = {
+        weights = repeat_term.feature_weights.numpy().round(3).tolist()
+        log.info(f"Repeat-aware term fitted on validation: scale {float(repeat_term.scale.numpy()):.2f}, "
+                 f"weights {weights}, nll {nll:.3f}")
+
+
+def training_summary(config: Config, state: TrainingState, seconds: float, trained_examples: int) -> dict:
+    """What ``train_summary.json`` holds: epochs, the best epoch and its value, speed."""
+    metric, history = config.train.early_stopping_metric, state.history
+    return {
         "epochs_run": len(history),
         "best_epoch": 1 + int(np.argmax([h[f"valid_explore_{metric}"] for h in history])) if history else None,
-        f"best_valid_explore_{metric}": float(best.numpy()),
+        f"best_valid_explore_{metric}": float(state.best.numpy()),
         "examples_per_second": float(np.median([h["examples_per_second"] for h in history])) if history else None,
-        "seconds_this_run": time.time() - started,
+        "seconds_this_run": seconds,
         "examples_this_run": trained_examples,
     }
-    log.info(f"Weights digest: {weights_digest(model)} (equal on every worker of a distributed run)")
+
+
+def write_outputs(model: TwoTowerModel, data: TrainingData, summary: dict, data_dir: str, output_dir: str) -> None:
+    """Writes ``model.keras``, ``vectors.npz`` (catalogue and test users) and ``train_summary.json``."""
+    _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
+    _write_vectors(model, data.catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
+    fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
+    log.info(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
+
+
+def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.PathLike, resume: bool = True) -> dict:
+    """Trains the model on ``data_dir`` into ``output_dir``.
+
+    The phases: the data (``load_training_data``), the training setup
+    (``build_training_state``: model, optimizer, checkpoints), the epoch loop
+    (``run_epochs``) and the write-out (``finish_training``, ``write_outputs``).
+
+    Args:
+        config: the run's config.
+        data_dir: a folder written by the preprocess stage.
+        output_dir: the model folder (see the module's docstring for what it holds).
+        resume: continue a checkpoint left in ``output_dir`` by an interrupted run of the
+            same data and settings; any other checkpoint is discarded.
+
+    Returns:
+        The training summary (as written to ``train_summary.json``).
+    """
+    data_dir, output_dir = os.fspath(data_dir), os.fspath(output_dir)
+    keras.utils.set_random_seed(config.train.seed)
+    tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.train.strategy)
+    chief = is_chief(strategy)
+    # Non-chief workers write their (required) checkpoint copies to a scratch folder.
+    work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
+    fileio.makedirs(work_dir)
+    log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
     if chief:
-        _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
-        _write_vectors(model, catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
-        fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
-        log.info(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
+        copy_catalogue(data_dir, output_dir)
+        save_config(config, fileio.join(output_dir, CONFIG_FILE))
+    data = load_training_data(config, data_dir)
+    state = build_training_state(config, data, strategy, work_dir, resume)
+    started = time.time()
+    trained_examples = run_epochs(config, data, state, strategy, work_dir,
+                                  fileio.join(output_dir, HISTORY_FILE) if chief else None)
+    finish_training(config, data, state, work_dir)
+    summary = training_summary(config, state, time.time() - started, trained_examples)
+    log.info(f"Weights digest: {weights_digest(state.model)} (equal on every worker of a distributed run)")
+    if chief:
+        write_outputs(state.model, data, summary, data_dir, output_dir)
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
