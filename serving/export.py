@@ -217,7 +217,7 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     card = build_model_card(config, model_dir, index_dir, export_dir, version, models,
                             {name: model["signature"] for name, model in models.items()})
     # embedding_dim: the served vectors' size (members * the config's embedding_dim).
-    card |= {"embedding_dim": int(vectors.shape[1]), "members": config.model.members,
+    card |= {"embedding_dim": int(vectors.shape[1]), "members": model.item_tower.members,
              "items": len(catalogue), "categorical_fields": fields,
              "category_field": category_field}
     fileio.write_json(fileio.join(export_dir, MODEL_CARD_FILE), card)

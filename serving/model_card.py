@@ -22,6 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from tfrec import fileio
+from tfrec.config.derived import derived_settings, resolve
 from tfrec.layout import CATALOGUE_DIR, INDEX_REPORT_FILE, METRICS_FILE, STATS_FILE, TRAIN_SUMMARY_FILE
 
 KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
@@ -143,6 +144,8 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
     model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
     index_dir = os.fspath(index_dir) if index_dir else None
     stats = _read(fileio.join(model_dir, CATALOGUE_DIR, STATS_FILE)) or {}
+    derived = derived_settings(config, stats)
+    config = resolve(config, stats)  # the values the model was trained with, ``auto`` settings chosen
     metrics = _read(fileio.join(model_dir, METRICS_FILE))
     training = _read(fileio.join(model_dir, TRAIN_SUMMARY_FILE))
     index = _read(fileio.join(index_dir, INDEX_REPORT_FILE)) if index_dir else None
@@ -248,6 +251,7 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         "training": training,
         "index": index,
         "config": config.to_dict(),
+        "derived": derived,
         "packages": package_versions(),
     }
     return card

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -227,7 +227,7 @@ class UserTowerConfig(_Section):
     long_term: bool = True
     """Add the mean of every history item's vector (up to ``max_history`` items; a causal
     tower reads its last ``recent_items`` only)."""
-    positions: Literal["absolute", "relative", "none"] = "absolute"
+    positions: Literal["absolute", "relative", "none"] = "none"
     """How the transformer knows item order: ``absolute`` position embeddings counted from the
     most recent item; ``relative``, a learned attention bias per head and distance; or ``none``
     (a causal tower still knows which item is the query's own). With ``relative`` or ``none``
@@ -241,9 +241,10 @@ class UserTowerConfig(_Section):
 
 
 class ModelConfig(_Section):
-    embedding_dim: int = Field(128, gt=0)
+    embedding_dim: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     """Size of the user and item vectors (of each ensemble member: vectors have
-    ``members * embedding_dim`` values)."""
+    ``members * embedding_dim`` values). ``auto``: 256 for a catalogue of at least 10,000
+    items, else 128 (``tfrec.config.derived``)."""
     text_encoder: TextEncoderConfig = TextEncoderConfig()
     """The item tower's text encoder."""
     item_id_embedding: bool = True
@@ -252,11 +253,13 @@ class ModelConfig(_Section):
     """Embedding size of each categorical feature."""
     item_dropout: float = Field(0.1, ge=0.0, lt=1.0)
     """Probability of dropping an item's id vector in training (keeps text-only vectors good)."""
-    members: int = Field(1, ge=1, le=8)
+    members: Annotated[int, Field(ge=1, le=8)] | Literal["auto"] = "auto"
     """Independently initialised copies of both towers, each trained on its own softmax; a
     score is the mean of theirs (an ensemble). A trainable text encoder is one, shared. Vectors
     have ``members * embedding_dim`` values, so the index, the exports and any server take them
-    as they are; training and scoring cost ``members`` times as much."""
+    as they are; training and scoring cost ``members`` times as much. ``auto``: 3 while
+    ``members x training targets`` stays within 1.5M, fewer for a larger shop
+    (``tfrec.config.derived``)."""
     user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
     repeat_term: bool = True

@@ -175,8 +175,12 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
                 pipeline: TextPipeline | None = None) -> TwoTowerModel:
     """A fresh model for ``catalogue``, with its text content stored in the item tower."""
     model_dir = os.fspath(model_dir)
-    pipeline = pipeline or text_pipeline(config, model_dir, catalogue)
     m = config.model
+    unresolved = [key for key in ("members", "embedding_dim") if getattr(m, key) == "auto"]
+    if unresolved:
+        raise TfrecError(f"model.{unresolved[0]} is `auto`: choose it from the shop's data first "
+                         f"(tfrec.config.derived.resolve(config, stats))")
+    pipeline = pipeline or text_pipeline(config, model_dir, catalogue)
     frozen = m.text_encoder.kind == "pretrained" and m.text_encoder.fine_tune == "frozen"
     vocabularies = categorical_vocabularies(catalogue)
     fileio.write_json(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE), vocabularies)

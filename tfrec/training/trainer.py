@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from tfrec import fileio, layout
 from tfrec.config import Config, save_config
+from tfrec.config.derived import derived_settings, resolve
 from tfrec.data import (
     Catalogue,
     EvalSplit,
@@ -261,6 +262,10 @@ def load_training_data(config: Config, data_dir: str) -> TrainingData:
     """
     cfg = config.train
     stats = load_stats(data_dir)
+    derived = derived_settings(config, stats)
+    config = resolve(config, stats)
+    if derived:
+        log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     valid = load_eval_split(data_dir, "valid")
     epoch_valid = valid
@@ -566,6 +571,7 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
         "examples_per_second": float(np.median([h["examples_per_second"] for h in history])) if history else None,
         "seconds_this_run": seconds,
         "examples_this_run": trained_examples,
+        "derived": derived,
     }
 
 
