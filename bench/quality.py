@@ -1,13 +1,15 @@
-"""Quality benchmark: train a config, evaluate it beside every baseline, report the headline table.
+"""Quality benchmark: train each config, evaluate it beside every baseline, print one table per shop.
 
-Preprocesses the config's data once (or reads ``--data``), then for each of ``--seeds``
-seeds trains from scratch (``train.seed`` = 1, 2, ...) and evaluates the model and every
-configured baseline on the same split in the same run. Prints, for validation and test and
-for both protocols (``all``, ``explore``), Recall@10, NDCG@10, Recall@20 and NDCG@20 of the
-model (mean ± std over seeds) and of each baseline, the model-over-baseline ratios, and the
-training wall time of each run (text encoding included). Writes the figures to JSON.
+For each ``--config`` (a shop): preprocesses its data once (or reads ``--data`` with a single
+config), then for each of ``--seeds`` seeds trains from scratch (``train.seed`` = 1, 2, ...)
+and evaluates the model on the same split. The baselines do not depend on the model's seed:
+they are fitted and ranked once per shop, in the first seed's evaluation, on the same users.
+Prints, for validation and test and for both protocols (``all``, ``explore``), Recall@10,
+NDCG@10, Recall@20 and NDCG@20 of the model (mean ± std over seeds) and of each baseline,
+the model-over-best-baseline ratios, the settings the code derived from the shop's data,
+and the training wall time of each run (text encoding included). Writes one JSON per shop.
 
-    python bench/quality.py --config configs/amazon_toys.yaml --seeds 3
+    python bench/quality.py --config configs/amazon_toys.yaml --config configs/amazon_clothing.yaml --seeds 3
     python bench/quality.py --config configs/online_retail.yaml --set train.epochs=4
 """
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from benchlib import machine, write_json
 
 from pipelines.preprocess import run_preprocess
-from tfrec.config import load_config
+from tfrec.config import Config, load_config
 from tfrec.evaluation.comparison import evaluate
 from tfrec.training.trainer import train
 
@@ -37,14 +39,18 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def summarize(runs: list[dict], split: str) -> dict:
-    """``{protocol: {scorer: {metric: {"mean", "std", "values"}}}}`` over the runs of one split."""
+    """``{protocol: {scorer: {metric: {"mean", "std", "values"}}}}`` over the runs of one split.
+
+    The model is summarised over every run; a baseline over the runs that ranked it (the first).
+    """
     out = {}
     for protocol in PROTOCOLS:
         out[protocol] = {}
         for scorer in runs[0][split][protocol]:
+            ranked = [r for r in runs if scorer in r[split][protocol]]
             out[protocol][scorer] = {}
             for metric in METRICS:
-                values = [r[split][protocol][scorer][metric] for r in runs]
+                values = [r[split][protocol][scorer][metric] for r in ranked]
                 mean, std = _mean_std(values)
                 out[protocol][scorer][metric] = {"mean": round(mean, 5), "std": round(std, 5),
                                                  "values": [round(v, 5) for v in values]}
@@ -52,66 +58,64 @@ def summarize(runs: list[dict], split: str) -> dict:
 
 
 def format_split(summary: dict, split: str, seeds: int) -> str:
-    lines = [f"{split} ({seeds} seed(s); model: mean ± std; baselines: mean)"]
+    lines = [f"{split} ({seeds} seed(s); model: mean ± std; baselines: ranked once)"]
     header = f"{'protocol':<9}{'scorer':<19}" + "".join(f"{m:>18}" for m in METRICS)
     lines += [header, "-" * len(header)]
     for protocol in PROTOCOLS:
         model = summary[protocol]["model"]
-        best = {m: max(v[m]["mean"] for k, v in summary[protocol].items() if k != "model") for m in METRICS}
+        baselines = {k: v for k, v in summary[protocol].items() if k != "model"}
         for scorer, values in summary[protocol].items():
             if scorer == "model":
                 cells = "".join(f"{values[m]['mean']:>11.4f} ±{values[m]['std']:.4f}" for m in METRICS)
             else:
                 cells = "".join(f"{values[m]['mean']:>18.4f}" for m in METRICS)
             lines.append(f"{protocol:<9}{scorer:<19}{cells}")
-        ratios = "".join(f"{(model[m]['mean'] / best[m] if best[m] else float('nan')):>17.3f}x" for m in METRICS)
-        lines.append(f"{protocol:<9}{'model/best':<19}{ratios}")
+        if baselines:
+            best = {m: max(v[m]["mean"] for v in baselines.values()) for m in METRICS}
+            ratios = "".join(f"{(model[m]['mean'] / best[m] if best[m] else float('nan')):>17.3f}x"
+                             for m in METRICS)
+            lines.append(f"{protocol:<9}{'model/best':<19}{ratios}")
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    parser.add_argument("--config", required=True, help="a tfrec YAML config (paths relative to the repository)")
-    parser.add_argument("--seeds", "--runs", dest="seeds", type=int, default=1,
-                        help="training runs from scratch with seeds 1..N (default 1)")
-    parser.add_argument("--data", type=Path, default=None, help="an existing `tfrec preprocess` output of the config")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, as in the CLI (repeatable)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="JSON file (default bench/results/quality_<config name>.json)")
-    args = parser.parse_args()
-    os.chdir(ROOT)  # the bundled configs' paths are relative to the repository
-    base = load_config(args.config, args.overrides)
-    output = args.output or ROOT / "bench" / "results" / f"quality_{base.name}.json"
+def without_baselines(config: Config) -> Config:
+    """``config`` with no baselines: the later seeds rank the model alone."""
+    return config.model_copy(update={"eval": config.eval.model_copy(update={"baselines": []})})
 
-    with tempfile.TemporaryDirectory(prefix="tfrec-bench-quality-") as scratch:
-        data = args.data or Path(scratch) / "data"
-        if args.data is None:
-            run_preprocess(base, data)
-        runs = []
-        load_before = os.getloadavg()
-        for seed in range(1, args.seeds + 1):
-            config = load_config(args.config, [*args.overrides, f"train.seed={seed}"])
-            model_dir = Path(scratch) / f"model-{seed}"
-            started = time.perf_counter()
-            summary = train(config, data, model_dir, resume=False)
-            wall = time.perf_counter() - started
-            metrics = evaluate(config, data, model_dir)
-            runs.append({"seed": seed, "train_wall_s": round(wall, 1), "epochs": summary["epochs_run"],
-                         "best_epoch": summary["best_epoch"], "valid": metrics["valid"], "test": metrics["test"]})
-            print(f"seed {seed}: trained in {wall:.0f} s "
-                  f"({summary['epochs_run']} epochs, best {summary['best_epoch']}), "
-                  f"test explore recall@10 {metrics['test']['explore']['model']['recall@10']:.4f} "
-                  f"ndcg@10 {metrics['test']['explore']['model']['ndcg@10']:.4f}")
 
+def run_seed(config: Config, data: Path, model_dir: Path, seed: int) -> dict:
+    """Trains and evaluates one seed; returns its figures."""
+    started = time.perf_counter()
+    summary = train(config, data, model_dir, resume=False)
+    wall = time.perf_counter() - started
+    metrics = evaluate(config, data, model_dir)
+    explore = metrics["test"]["explore"]["model"]
+    print(f"seed {seed}: trained in {wall:.0f} s ({summary['epochs_run']} epochs, best {summary['best_epoch']}), "
+          f"test explore recall@10 {explore['recall@10']:.4f} ndcg@10 {explore['ndcg@10']:.4f}", flush=True)
+    return {"seed": seed, "train_wall_s": round(wall, 1), "epochs": summary["epochs_run"],
+            "best_epoch": summary["best_epoch"], "derived": summary.get("derived", {}),
+            "valid": metrics["valid"], "test": metrics["test"]}
+
+
+def bench_shop(config_path: str, overrides: list[str], seeds: int, data: Path | None, scratch: Path) -> dict:
+    """Every seed of one shop, and its report."""
+    base = load_config(config_path, overrides)
+    print(f"== {base.name} ({config_path})", flush=True)
+    if data is None:
+        data = scratch / base.name / "data"
+        run_preprocess(base, data)
+    runs, load_before = [], os.getloadavg()
+    for seed in range(1, seeds + 1):
+        config = load_config(config_path, [*overrides, f"train.seed={seed}"])
+        config = config if seed == 1 else without_baselines(config)
+        runs.append(run_seed(config, data, scratch / base.name / f"model-{seed}", seed))
     walls = [r["train_wall_s"] for r in runs]
-    report = {
+    return {
         "benchmark": "quality",
-        "config": args.config,
-        "overrides": args.overrides,
-        "seeds": args.seeds,
+        "config": config_path,
+        "overrides": overrides,
+        "seeds": seeds,
+        "derived": runs[0]["derived"],
         "train_wall_s": {"median": statistics.median(walls), "values": walls},
         "epochs": [r["epochs"] for r in runs],
         "best_epochs": [r["best_epoch"] for r in runs],
@@ -121,11 +125,44 @@ def main() -> None:
                   "test_repeat_share": runs[0]["test"]["repeat_share"]},
         "machine": machine(load_before, ("tensorflow", "keras")),
     }
-    print()
+
+
+def print_report(name: str, report: dict) -> None:
+    print(f"\n#### {name}")
+    if report["derived"]:
+        print("settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in report["derived"].items()))
     for split in ("valid", "test"):
-        print(format_split(report[split], split, args.seeds) + "\n")
-    print(f"training wall time: median {report['train_wall_s']['median']:.0f} s over {len(walls)} run(s) {walls}")
-    write_json(output, report)
+        print(format_split(report[split], split, report["seeds"]) + "\n")
+    walls = report["train_wall_s"]
+    print(f"training wall time: median {walls['median']:.0f} s over {len(walls['values'])} run(s) {walls['values']}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--config", action="append", required=True, dest="configs",
+                        help="a tfrec YAML config (paths relative to the repository); repeat for several shops")
+    parser.add_argument("--seeds", "--runs", dest="seeds", type=int, default=1,
+                        help="training runs from scratch with seeds 1..N (default 1)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="an existing `tfrec preprocess` output of the config (one --config only)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as in the CLI (repeatable; applies to every config)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON file (one --config only; default bench/results/quality_<config name>.json)")
+    args = parser.parse_args()
+    if len(args.configs) > 1 and (args.data or args.output):
+        parser.error("--data and --output take one --config")
+    os.chdir(ROOT)  # the bundled configs' paths are relative to the repository
+    reports = {}
+    with tempfile.TemporaryDirectory(prefix="tfrec-bench-quality-") as scratch:
+        for config_path in args.configs:
+            name = load_config(config_path, args.overrides).name
+            reports[name] = bench_shop(config_path, args.overrides, args.seeds, args.data, Path(scratch))
+            write_json(args.output or ROOT / "bench" / "results" / f"quality_{name}.json", reports[name])
+    for name, report in reports.items():
+        print_report(name, report)
 
 
 if __name__ == "__main__":

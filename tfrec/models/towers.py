@@ -71,6 +71,9 @@ class ItemTower(keras.layers.Layer):
             vector is L2-normalised; the tower returns their concatenation scaled by
             ``1 / sqrt(members)``, so a dot product of two such vectors is the mean of the
             members' cosines: an ensemble that is still a single two-tower model.
+        text_part: append each item's fixed text vector, L2-normalised, after the trained
+            part (frozen text vectors only). A ``UserTower`` with ``text_dim`` reads it to add
+            a zero-shot text similarity, with a weight fitted on validation, to every score.
 
     Example:
 
@@ -93,12 +96,15 @@ class ItemTower(keras.layers.Layer):
         id_dropout: float = 0.1,
         hidden_dim: int = 256,
         members: int = 1,
+        text_part: bool = False,
         seed: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if text_encoder is not None and token_length is None:
             raise ValueError("a trainable text_encoder needs token_length")
+        if text_encoder is not None and text_part:
+            raise ValueError("text_part needs fixed text vectors: a trainable text_encoder has none")
         self.num_items = num_items
         self.embedding_dim = embedding_dim
         self.text_dim = text_dim
@@ -110,6 +116,7 @@ class ItemTower(keras.layers.Layer):
         self.id_dropout = id_dropout
         self.hidden_dim = hidden_dim
         self.members = members
+        self.text_part = text_part
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -129,9 +136,14 @@ class ItemTower(keras.layers.Layer):
         ) if self.categorical_sizes else None
 
     @property
-    def output_dim(self) -> int:
-        """Size of the tower's vectors: ``members * embedding_dim``."""
+    def trained_dim(self) -> int:
+        """Size of the vectors' trained part: ``members * embedding_dim``."""
         return self.members * self.embedding_dim
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the tower's vectors: the trained part, then ``text_dim`` with ``text_part``."""
+        return self.trained_dim + (self.text_dim if self.text_part else 0)
 
     def build(self, input_shape=None):
         if self.text_encoder is None:
@@ -191,9 +203,11 @@ class ItemTower(keras.layers.Layer):
 
     def embed(self, text_vectors, indices, categorical_codes=None, training=None) -> tf.Tensor:
         """Combines text vectors ``[M, text_dim]`` with the id (``-1``: none) and categorical parts."""
-        vectors = [self._embed_member(k, text_vectors, indices, categorical_codes, training)
-                   for k in range(self.members)]
-        return join_members(vectors)
+        vectors = join_members([self._embed_member(k, text_vectors, indices, categorical_codes, training)
+                                for k in range(self.members)])
+        if self.text_part:
+            vectors = tf.concat([vectors, _l2_normalize(text_vectors)], axis=-1)
+        return vectors
 
     def _embed_member(self, k, text_vectors, indices, categorical_codes, training):
         x = self.projection[k](self.hidden[k](text_vectors))
@@ -245,6 +259,7 @@ class ItemTower(keras.layers.Layer):
             id_dropout=self.id_dropout,
             hidden_dim=self.hidden_dim,
             members=self.members,
+            text_part=self.text_part,
             seed=self.seed,
         )
         return config
@@ -281,6 +296,12 @@ class UserTower(keras.layers.Layer):
     same items is built. ``members`` copies of the tower read the matching members
     of the item vectors (see ``ItemTower``); their outputs are concatenated the same way.
 
+    With ``text_dim``, the item vectors end with a fixed text part (``ItemTower(text_part=True)``)
+    and the query ends with the L2-normalised mean of the recent items' text parts. With the
+    non-trainable ``text_weight`` w, the query is ``[(1 - w) * trained part, w * text part]``, so
+    a score is ``(1 - w) * two-tower similarity + w * zero-shot text similarity``. Training
+    leaves w at 0 and trains the trained part alone; w is fitted on validation afterwards.
+
     Example:
 
     >>> tower = UserTower(max_history=6, embedding_dim=8, num_layers=1, num_heads=2,
@@ -303,6 +324,7 @@ class UserTower(keras.layers.Layer):
         causal: bool = False,
         positions: str = "absolute",
         members: int = 1,
+        text_dim: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -322,6 +344,7 @@ class UserTower(keras.layers.Layer):
         self.causal = causal
         self.positions = positions
         self.members = members
+        self.text_dim = text_dim
 
         each = functools.partial(each_member, members)
 
@@ -344,11 +367,20 @@ class UserTower(keras.layers.Layer):
         self.projection = each(lambda m: keras.layers.Dense(embedding_dim, name=f"projection{m}"))
 
     @property
-    def output_dim(self) -> int:
-        """Size of the tower's vectors (and of the item vectors it reads): ``members * embedding_dim``."""
+    def trained_dim(self) -> int:
+        """Size of the vectors' trained part: ``members * embedding_dim``."""
         return self.members * self.embedding_dim
 
+    @property
+    def output_dim(self) -> int:
+        """Size of the tower's vectors (and of the item vectors it reads): the trained part,
+        then ``text_dim``."""
+        return self.trained_dim + self.text_dim
+
     def build(self, item_vectors_shape=None, mask_shape=None):
+        if self.text_dim:
+            self.text_weight = self.add_weight(name="text_weight", shape=(), initializer="zeros",
+                                               trainable=False)
         shape = (None, self.recent_items, self.embedding_dim)
         for k in range(self.members):
             if self.position_embedding is not None:
@@ -364,7 +396,18 @@ class UserTower(keras.layers.Layer):
     def _each_member(self, fn, item_vectors):
         """Runs ``fn(k, member k's item vectors)`` for every member; concatenates the results
         (each L2-normalised) scaled by ``1 / sqrt(members)``, as the item tower does."""
-        return join_members([fn(k, x) for k, x in enumerate(split_members(item_vectors, self.members))])
+        trained = item_vectors[..., :self.trained_dim]
+        return join_members([fn(k, x) for k, x in enumerate(split_members(trained, self.members))])
+
+    def _with_text(self, queries, text_queries):
+        """``[(1 - w) * queries, w * unit text queries]``, or ``queries`` without a text part."""
+        if not self.text_dim:
+            return queries
+        weight = tf.cast(self.text_weight, queries.dtype)
+        return tf.concat([(1.0 - weight) * queries, weight * _l2_normalize(text_queries)], axis=-1)
+
+    def _text_parts(self, item_vectors):
+        return item_vectors[..., self.trained_dim:][:, -self.recent_items:]
 
     def _recent(self, k, item_vectors, mask, training=None):
         """Member ``k``'s pooled transformer output over the most recent items."""
@@ -426,7 +469,10 @@ class UserTower(keras.layers.Layer):
                 outputs.append(_causal_mean(x, weights))
             return _l2_normalize(self.projection[k](tf.concat(outputs, axis=-1)))
 
-        return self._each_member(member, item_vectors)
+        queries = self._each_member(member, item_vectors)
+        if not self.text_dim:
+            return queries
+        return self._with_text(queries, _causal_mean(self._text_parts(item_vectors), weights))
 
     def call(self, item_vectors, mask, training=None):
         if self.causal:
@@ -444,7 +490,11 @@ class UserTower(keras.layers.Layer):
                 parts.append(tf.reduce_sum(x * weights, 1) / tf.reduce_sum(weights, 1))
             return _l2_normalize(self.projection[k](tf.concat(parts, axis=-1)))
 
-        return self._each_member(member, item_vectors)
+        queries = self._each_member(member, item_vectors)
+        if not self.text_dim:
+            return queries
+        recent = tf.cast(mask[:, -self.recent_items:], item_vectors.dtype)[..., None]
+        return self._with_text(queries, tf.reduce_sum(self._text_parts(item_vectors) * recent, 1))
 
     def get_config(self):
         config = super().get_config()
@@ -461,5 +511,6 @@ class UserTower(keras.layers.Layer):
             causal=self.causal,
             positions=self.positions,
             members=self.members,
+            text_dim=self.text_dim,
         )
         return config

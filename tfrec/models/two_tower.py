@@ -196,6 +196,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
         use_id_embedding=m.item_id_embedding,
         id_dropout=m.item_dropout,
         members=m.members,
+        text_part=frozen and m.text_term,
         seed=config.train.seed,
         name="item_tower",
     )
@@ -212,6 +213,7 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
         positions=m.user_tower.positions,
         members=m.members,
         causal=m.user_tower.causal,
+        text_dim=pipeline.encoder.output_dim if frozen and m.text_term else 0,
         name="user_tower",
     )
     repeat_term = (
