@@ -134,6 +134,14 @@ def _limitations(metrics: dict | None, stats: dict, index: dict | None, config) 
     return [{"description": n} for n in notes]
 
 
+def _text_term(training: dict | None) -> str:
+    weight = (training or {}).get("text_weight")
+    if weight is None:
+        return ""
+    return (f" Scores blend in the untrained text encoder's similarity of the recent history to each item "
+            f"with weight {weight:.1f}, fitted on validation (0: the two towers alone).")
+
+
 def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
                      export_dir: str | os.PathLike,
                      version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
@@ -168,6 +176,7 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         f"Trained with in-batch softmax (temperature {config.train.temperature}"
         f"{', logQ correction' if config.train.logq_correction else ''}); served score "
         f"{'plus a repeat-aware term fitted on validation' if config.model.repeat_term else 'without repeat term'}."
+        f"{_text_term(training)}"
     )
     population = {k: stats.get(k) for k in ("users", "users_evaluated", "users_train_only", "users_dropped", "items",
                                             "cold_start_items", "interactions", "groups")}

@@ -199,3 +199,33 @@ def test_an_ensemble_with_relative_positions_serves_in_graph_mode(tiny, sample_d
     vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
     assert vector.shape == (2 * config.model.embedding_dim,)
     np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-4)
+
+
+def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, tmp_path):
+    """A frozen pretrained encoder gives both towers the fixed text part: the fitted weight and
+    the text vectors travel inside the exported models, which answer in the session loader."""
+    from serving.index import build_index
+    from tests.conftest import tiny_config
+    from tfrec.models import load_model
+    from tfrec.training.trainer import train
+
+    config = tiny_config(tiny, "model.text_encoder.kind=pretrained", "model.text_encoder.sequence_length=8",
+                         "model.members=2", "model.user_tower.causal=true", "train.epochs=1",
+                         "train.steps_per_epoch=3", "train.validation_users=200",
+                         "index.num_leaves=20", "index.num_leaves_to_search=5", "index.reorder=100")
+    summary = train(config, sample_data_dir, tmp_path / "model")
+    assert set(summary["text_weight_validation"]) == {"0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6"}
+    model = load_model(tmp_path / "model")
+    weight = float(model.user_tower.text_weight.numpy())
+    assert weight == summary["text_weight"]
+    build_index(config, tmp_path / "model", tmp_path / "index")
+    published = export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
+    assert sorted(published) == sorted(ALL_MODELS)
+    history = list(read_items(tmp_path / "export"))[:3]
+    query = graph_answer(tmp_path / "export", QUERY, {"history": [history]})
+    vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
+    trained = 2 * config.model.embedding_dim
+    assert vector.shape == (trained + model.item_tower.text_dim,)
+    # The query's parts carry (1 - w) and w: the trained part has norm 1 - w, the text part w.
+    np.testing.assert_allclose(np.linalg.norm(vector[:trained]), 1.0 - weight, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vector[trained:]), weight, rtol=1e-4, atol=1e-6)

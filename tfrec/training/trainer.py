@@ -65,6 +65,7 @@ from tfrec.layout import (
 from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
 from tfrec.training.optimizers import LazyAdam
+from tfrec.training.text_weight import fit_text_weight
 
 log = logging.getLogger(__name__)
 
@@ -262,10 +263,6 @@ def load_training_data(config: Config, data_dir: str) -> TrainingData:
     """
     cfg = config.train
     stats = load_stats(data_dir)
-    derived = derived_settings(config, stats)
-    config = resolve(config, stats)
-    if derived:
-        log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     valid = load_eval_split(data_dir, "valid")
     epoch_valid = valid
@@ -418,6 +415,7 @@ def make_train_step(config: Config, data: TrainingData, state: TrainingState,
     draw_negatives = NegativeSampler(data.target_counts, cfg.negative_sampling)
     variables = state.trainable_variables
     replicas = strategy.num_replicas_in_sync
+    trained = model.item_tower.trained_dim  # a fixed text part after it is not trained
 
     def queries_and_targets(batch):
         """Each (query, target item) pair of a batch: query vectors, target ids, loss groups."""
@@ -425,25 +423,27 @@ def make_train_step(config: Config, data: TrainingData, state: TrainingState,
             items, pair_query, pair_item = batch
             owners, targets, groups = batch_pairs(items, pair_query, pair_item, cfg.sequence_negatives)
             queries = tf.reshape(model.sequence_queries(items, training=True), [-1, model.item_tower.output_dim])
-            return tf.gather(queries, owners), targets, groups
+            return tf.gather(queries, owners)[:, :trained], targets, groups
         # One query per window, shared by its targets (the items of its group).
         histories, targets = batch
         present = tf.where(targets >= 0)
         owners = present[:, 0]
-        return tf.gather(model.query_vectors(histories, training=True), owners), tf.gather_nd(targets, present), owners
+        queries = model.query_vectors(histories, training=True)[:, :trained]
+        return tf.gather(queries, owners), tf.gather_nd(targets, present), owners
 
     def replica_step(*batch):
         with tf.GradientTape() as tape:
             queries, items, owners = queries_and_targets(batch)
             if data.full_softmax:
-                catalogue_vectors = model.item_tower(tf.range(model.num_items, dtype=tf.int64), training=True)
+                all_items = tf.range(model.num_items, dtype=tf.int64)
+                catalogue_vectors = model.item_tower(all_items, training=True)[:, :trained]
                 per_target = task.full_softmax(queries, catalogue_vectors, items, query_ids=owners)
             else:
-                candidates = model.item_tower(items, training=True)
+                candidates = model.item_tower(items, training=True)[:, :trained]
                 negatives = negative_ids = None
                 if cfg.num_random_negatives:
                     negative_ids = draw_negatives(state.sampler, cfg.num_random_negatives)
-                    negatives = model.item_tower(negative_ids, training=True)
+                    negatives = model.item_tower(negative_ids, training=True)[:, :trained]
                 per_target = task(queries, candidates, items, negatives, negative_ids, query_ids=owners)
             loss = tf.reduce_sum(per_target) / tf.cast(tf.size(items) * replicas, tf.float32)
         state.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
@@ -549,16 +549,25 @@ def _end_epoch(config: Config, data: TrainingData, state: TrainingState, e: int,
     return record
 
 
-def finish_training(config: Config, data: TrainingData, state: TrainingState, work_dir: str) -> None:
-    """Loads the best epoch's weights and fits the repeat-aware term on validation."""
-    state.model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
-    repeat_term = state.model.repeat_term
+def finish_training(config: Config, data: TrainingData, state: TrainingState, work_dir: str) -> dict:
+    """Loads the best epoch's weights, then fits the text term's weight and the repeat-aware
+    term on validation; returns what was fitted, for the training summary."""
+    model = state.model
+    model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
+    fitted = {}
+    if model.user_tower.text_dim:
+        measured = fit_text_weight(model, data.epoch_valid, config.train.early_stopping_metric,
+                                   score_budget=config.eval.score_budget)
+        fitted = {"text_weight": round(float(model.user_tower.text_weight.numpy()), 3),
+                  "text_weight_validation": {str(w): v for w, v in measured.items()}}
+    repeat_term = model.repeat_term
     if repeat_term is not None:
-        nll = fit_repeat_term(state.model, sample_users(data.valid, config.eval.max_users, config.train.seed),
+        nll = fit_repeat_term(model, sample_users(data.valid, config.eval.max_users, config.train.seed),
                               score_budget=config.eval.score_budget)
         weights = repeat_term.feature_weights.numpy().round(3).tolist()
         log.info(f"Repeat-aware term fitted on validation: scale {float(repeat_term.scale.numpy()):.2f}, "
                  f"weights {weights}, nll {nll:.3f}")
+    return fitted
 
 
 def training_summary(config: Config, state: TrainingState, seconds: float, trained_examples: int) -> dict:
@@ -571,7 +580,6 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
         "examples_per_second": float(np.median([h["examples_per_second"] for h in history])) if history else None,
         "seconds_this_run": seconds,
         "examples_this_run": trained_examples,
-        "derived": derived,
     }
 
 
@@ -609,6 +617,10 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
     fileio.makedirs(work_dir)
     log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
+    derived = derived_settings(config, load_stats(data_dir))
+    config = resolve(config, load_stats(data_dir))  # the run's config.yaml spells out what was derived
+    if derived:
+        log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
     if chief:
         copy_catalogue(data_dir, output_dir)
         save_config(config, fileio.join(output_dir, CONFIG_FILE))
@@ -617,8 +629,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     started = time.time()
     trained_examples = run_epochs(config, data, state, strategy, work_dir,
                                   fileio.join(output_dir, HISTORY_FILE) if chief else None)
-    finish_training(config, data, state, work_dir)
-    summary = training_summary(config, state, time.time() - started, trained_examples)
+    fitted = finish_training(config, data, state, work_dir)
+    summary = training_summary(config, state, time.time() - started, trained_examples) | {"derived": derived, **fitted}
     log.info(f"Weights digest: {weights_digest(state.model)} (equal on every worker of a distributed run)")
     if chief:
         write_outputs(state.model, data, summary, data_dir, output_dir)
