@@ -54,3 +54,18 @@ def test_an_unresolved_config_cannot_build_a_model():
 
     with pytest.raises(TfrecError, match="auto"):
         build_model(load_config(TOYS), catalogue=None, model_dir="unused")
+
+
+def test_training_writes_the_chosen_values_into_the_run(tiny, sample_data_dir, tmp_path):
+    """A config left at ``auto`` trains with the rule's value; the model folder's config.yaml
+    spells it out and the training summary lists what was derived, so the run can be repeated."""
+    from tests.conftest import tiny_config
+    from tfrec.config import load_config as load
+    from tfrec.models import load_model
+    from tfrec.training.trainer import train
+
+    config = tiny_config(tiny, "model.members=auto", "train.epochs=1", "train.steps_per_epoch=2")
+    summary = train(config, sample_data_dir, tmp_path)
+    assert summary["derived"] == {"model.members": 3}
+    assert load(tmp_path / "config.yaml").model.members == 3
+    assert load_model(tmp_path).item_tower.members == 3
