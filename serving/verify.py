@@ -1,11 +1,12 @@
 """``tfrec verify``: does each exported model serve where its users deploy it?
 
 For every model of an export folder (its newest version, or the version given), a fresh
-process that imports only TensorFlow (plus TF-Text or ScaNN when the graph needs their
-ops) loads the SavedModel twice: through the TF1 session loader, the graph-mode path of
-TF Serving, ``saved_model_cli run`` and the C, C++, Java and Go APIs; and through
-``tf.saved_model.load``. It sends each the same requests, one with only the main input
-and one with every option, and reports per model:
+process that imports only TensorFlow (plus TF-Text or ScaNN when a graph needs their ops;
+one process for all the models, each in a graph of its own) loads the SavedModel twice:
+through the TF1 session loader, the graph-mode path of TF Serving, ``saved_model_cli run``
+and the C, C++, Java and Go APIs; and through ``tf.saved_model.load``. It sends each the
+same requests, one with only the main input and one with every option, and reports per
+model:
 
 - loads in graph mode;
 - answers with defaults (only the main input fed, in graph mode);
