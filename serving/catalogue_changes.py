@@ -159,6 +159,7 @@ def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), rest
         return {**changed, "version": None, "removed_total": int(before.sum()), "seconds": time.time() - started}
     version = next_version(export_dir)
     staged = _stage(export_dir, served, mask, version)
+    timings = {"stage_seconds": round(time.time() - started, 2)}
     try:
         checked = {name: path for name, path in staged.items() if name in RETURNS_IDS}
         texts = read_items(export_dir)
@@ -166,6 +167,7 @@ def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), rest
         checks = check_versions(checked, [i for i in ids if i not in set(gone)][:6], list(texts.values())[:2],
                                 _num_categorical(export_dir), probes=_probes(gone, texts, len(ids)) if gone else None,
                                 never_returned=gone)
+        timings["check_seconds"] = round(time.time() - started - timings["stage_seconds"], 2)
         if not all(c.ok for c in checks):
             raise TfrecError("the new version failed its serving check and was not published:\n"
                              + format_checks(checks))
@@ -176,7 +178,7 @@ def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), rest
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     seconds = time.time() - started
     result = {**changed, "version": version, "removed_total": len(gone), "seconds": round(seconds, 2),
-              "checked": sorted(checked), "graph_mode_verified": True}
+              "checked": sorted(checked), "graph_mode_verified": True, **timings}
     _record(export_dir, gone, result)
     log.info("catalogue change: %d removed, %d restored (%d removed in all): version %d published in %.1fs, "
              "checked in graph mode: %s", len(changed["removed"]), len(changed["restored"]), len(gone), version,
@@ -216,7 +218,8 @@ def _record(export_dir: str, removed: list[str], result: dict) -> None:
     path = fileio.join(export_dir, REMOVED_ITEMS_FILE)
     changes = fileio.read_json(path, default={}).get("changes", [])
     at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    change = {"at": at, **{k: result[k] for k in ("version", "removed", "restored", "seconds")}}
+    change = {"at": at, **{k: result[k] for k in ("version", "removed", "restored", "seconds", "stage_seconds",
+                                                  "check_seconds")}}
     fileio.write_json(path, {"removed": removed, "version": result["version"],
                              "changes": [*changes, change][-KEPT_CHANGES:]})
     card = fileio.read_json(fileio.join(export_dir, MODEL_CARD_FILE))
