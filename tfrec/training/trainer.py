@@ -603,10 +603,10 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
     fileio.makedirs(work_dir)
     log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
+    data = load_training_data(config, data_dir)
     if chief:
         copy_catalogue(data_dir, output_dir)
         save_config(config, fileio.join(output_dir, CONFIG_FILE))
-    data = load_training_data(config, data_dir)
     state = build_training_state(config, data, strategy, work_dir, resume)
     started = time.time()
     trained_examples = run_epochs(config, data, state, strategy, work_dir,
