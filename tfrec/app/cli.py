@@ -49,6 +49,11 @@ An argument that neither tfrec nor Beam knows is an error (exit code 2).
 """
 
 
+WARM_START_HELP = ("start training from a previous model folder or run folder (train.warm_start): items in both "
+                   "catalogues keep their learned rows, new ones start from their text, at most "
+                   "train.warm_start_epochs epochs; the model settings must be the previous model's")
+
+
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, metavar="FILE",
                         help="YAML configuration (see configs/online_retail.yaml)")
@@ -72,9 +77,18 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _warm_start(args: argparse.Namespace) -> None:
+    """``--warm-start PREVIOUS`` is ``--set train.warm_start=PREVIOUS``."""
+    import json
+
+    if args.warm_start:
+        args.overrides.append(f"train.warm_start={json.dumps(args.warm_start)}")
+
+
 def _train(args: argparse.Namespace, _: list[str]) -> int:
     from tfrec.training.trainer import train
 
+    _warm_start(args)
     train(_load(args), args.data, args.output, resume=not args.fresh)
     return 0
 
@@ -177,6 +191,7 @@ def _batch(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tfrec.app.run import run_all
 
+    _warm_start(args)
     run_all(_load(args), args.output, force=args.force, beam_args=beam_args)
     return 0
 
@@ -218,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--fresh", action="store_true", help="discard checkpoints left by an earlier run")
+    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
 
     p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
             "Ranks the full catalogue for every validation and test user under the `all` and "
@@ -336,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--output", required=True, help="run folder, e.g. runs/online_retail")
     p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
     return parser
 
 
