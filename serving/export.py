@@ -32,10 +32,11 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
 
 from serving.index import IndexCatalogue
-from serving.items import write_items
+from serving.items import read_removed, write_items
 from serving.model_card import build_model_card, render_model_card_md
 from serving.promotion import promotion_gate, require_data, served_version
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
@@ -49,12 +50,19 @@ from serving.signatures import (
     input_meanings,
     output_meanings,
 )
-from serving.verify import check_version, format_checks
+from serving.verify import check_versions, format_checks
 from tfrec import fileio
 from tfrec.config import Config
 from tfrec.data import load_catalogue
 from tfrec.errors import TfrecError
-from tfrec.layout import CATALOGUE_DIR, CATEGORICAL_VOCAB_FILE, MODEL_CARD_FILE, MODEL_CARD_MD_FILE, MODELS_CONFIG_FILE
+from tfrec.layout import (
+    CATALOGUE_DIR,
+    CATEGORICAL_VOCAB_FILE,
+    MODEL_CARD_FILE,
+    MODEL_CARD_MD_FILE,
+    MODELS_CONFIG_FILE,
+    REMOVED_ITEMS_FILE,
+)
 from tfrec.models import load_model, serving_text_pipeline
 
 QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH = (
@@ -165,8 +173,11 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     else:
         catalogue = load_catalogue(fileio.join(model_dir, CATALOGUE_DIR), fields)
         vectors = model.item_vectors().numpy()
+    removed = np.isin(np.asarray(catalogue.ids, dtype=object).astype(str), read_removed(export_dir))
+    if removed.any():
+        log.info("  %d item(s) stay removed (%s): no model returns them", int(removed.sum()), REMOVED_ITEMS_FILE)
     shared = ServingCatalogue(catalogue.ids, vectors,
-                       catalogue.categorical[category_field] if category_field else None)
+                              catalogue.categorical[category_field] if category_field else None, removed)
     vocabularies = json.loads(fileio.read_text(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE)))
     pipeline = serving_text_pipeline(config, model_dir, model)
     settings = config.export
@@ -193,8 +204,7 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
             staged[name] = stage(module, paths[name], scann=name == RETRIEVE_SCANN)
         if verify:
             sample_ids, sample_texts = list(catalogue.ids[:6]), list(catalogue.texts[:2])
-            checks = [check_version(name, saved, sample_ids, sample_texts, len(fields))
-                      for name, saved in staged.items()]
+            checks = check_versions(staged, sample_ids, sample_texts, len(fields))
             failed = [c for c in checks if not c.ok]
             if failed:
                 raise TfrecError("the new version failed its serving check and was not written:\n"

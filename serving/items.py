@@ -1,4 +1,5 @@
-"""``items.tsv``: item ids and their product texts, beside an index and an export.
+"""``items.tsv``: item ids and their product texts, beside an index and an export; and
+``removed_items.json``, the ids no exported model returns.
 
 People and scripts read results by product text; the index folder keeps it for the
 products it holds, the export copies it for ``tfrec recommend`` and the run report.
@@ -13,7 +14,7 @@ from collections.abc import Iterable
 
 from tfrec import fileio
 from tfrec.errors import TfrecError
-from tfrec.layout import ITEM_TEXTS_FILE
+from tfrec.layout import ITEM_TEXTS_FILE, REMOVED_ITEMS_FILE
 
 
 def write_items(folder: str | os.PathLike, ids: Iterable[str], texts: Iterable[str]) -> None:
@@ -34,3 +35,8 @@ def read_items(folder: str | os.PathLike) -> dict[str, str]:
         reader = csv.reader(f, delimiter="\t")
         next(reader)
         return dict(reader)
+
+
+def read_removed(export_dir: str | os.PathLike) -> list[str]:
+    """The ids removed from an export folder's answers (``tfrec index --remove``; none when never used)."""
+    return list(fileio.read_json(fileio.join(export_dir, REMOVED_ITEMS_FILE), default={}).get("removed", []))

@@ -142,6 +142,15 @@ def _text_term(training: dict | None) -> str:
             f"with weight {weight:.1f}, fitted on validation (0: the two towers alone).")
 
 
+def _warm_start_text(training: dict | None) -> str:
+    """The sentence saying which model a warm-started run began from ("" for a run from scratch)."""
+    warm = (training or {}).get("warm_start")
+    if not warm:
+        return ""
+    return (f" Warm-started from `{warm['source']}`: {warm['items_kept']:,} products kept their learned rows, "
+            f"{warm['items_added']:,} new ones started from their text, {warm['items_dropped']:,} gone were dropped.")
+
+
 def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
                      export_dir: str | os.PathLike,
                      version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
@@ -176,7 +185,8 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         f"Trained with in-batch softmax (temperature {config.train.temperature}"
         f"{', logQ correction' if config.train.logq_correction else ''}); served score "
         f"{'plus a repeat-aware term fitted on validation' if config.model.repeat_term else 'without repeat term'}."
-        f"{_text_term(training)}"
+        + _text_term(training)
+        + _warm_start_text(training)
     )
     population = {k: stats.get(k) for k in ("users", "users_evaluated", "users_train_only", "users_dropped", "items",
                                             "cold_start_items", "interactions", "groups")}

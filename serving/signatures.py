@@ -17,6 +17,13 @@ that ``k`` results still come back:
 Dropped items score ``EXCLUDED``; they only come back when a request asks for more
 results than there are items left.
 
+Items *removed* from the catalogue (sold out, delisted: ``tfrec index --remove``) are
+never returned by any model: they rank below every other item, a result that would be
+one comes back as ``""`` scoring ``EXCLUDED``, and a "because" explanation never names
+one. They keep their rows (a restored item comes back with its vector) and still count
+in a history. Which items are removed is a variable of the catalogue, so a new version
+that changes them is the previous one with new variable values: the same graph.
+
 Every model bounds its own cost, so stock TF Serving is protected as well as ``tfrec
 serve``: a history is cut to its most recent ``max_history`` items inside the model, and
 a request a model cannot answer (an unknown item as the whole request, inputs whose
@@ -33,6 +40,10 @@ import tensorflow as tf
 from tfrec.models import TextPipeline, TwoTowerModel
 
 EXCLUDED = -1e30
+_REMOVED = 2 * EXCLUDED
+"""What a removed item scores inside ``top_k``: below every excluded item, so it is picked last."""
+REMOVED_VARIABLE = "removed"
+"""The name of the catalogue's removed-items variable (``tfrec index --remove`` rewrites it)."""
 _EMPTY = tf.constant([], tf.string)
 
 
@@ -59,7 +70,7 @@ def output_meanings() -> dict[str, str]:
         "query_vector": "the user's query vector (L2-normalised); its dot product with an item_vector is the "
                         "two-tower similarity in [-1, 1]",
         "item_vector": "the item's vector (L2-normalised), comparable with query vectors and the index",
-        "item_ids": "top-k item ids per row, best first",
+        "item_ids": "top-k item ids per row, best first (\"\" where only removed items are left to fill it)",
         "scores": "served score per result, higher is better: tfrec_retrieve(_scann): the repeat-aware score "
                   "(scale x similarity + history term, unbounded); tfrec_similar / tfrec_search: cosine "
                   "similarity in [-1, 1]; an excluded item that fills a short list scores -1e30",
@@ -116,7 +127,9 @@ def same_batch(batch: tf.Tensor, tensor: tf.Tensor, what: str, main: str) -> tf.
 class ServingCatalogue(tf.Module):
     """Item ids, their lookup table, item vectors and category values, shared by every model."""
 
-    def __init__(self, item_ids: np.ndarray, item_vectors: np.ndarray, categories: np.ndarray | None = None):
+    def __init__(self, item_ids: np.ndarray, item_vectors: np.ndarray, categories: np.ndarray | None = None,
+                 removed: np.ndarray | None = None):
+        """``removed``: ``[N]`` booleans, True for items no model may return (default: none)."""
         super().__init__()
         ids = tf.constant([str(i) for i in item_ids])
         self.item_ids = tf.Variable(ids, trainable=False, name="item_ids")
@@ -127,6 +140,8 @@ class ServingCatalogue(tf.Module):
         self.has_categories = categories is not None
         values = categories if categories is not None else np.full(len(item_ids), "")
         self.categories = tf.Variable(tf.constant([str(c) for c in values]), trainable=False, name="categories")
+        removed = np.zeros(len(item_ids), bool) if removed is None else np.asarray(removed, bool)
+        self.removed = tf.Variable(removed, trainable=False, name=REMOVED_VARIABLE)
 
     @property
     def size(self) -> int:
@@ -137,14 +152,15 @@ class ServingCatalogue(tf.Module):
         return self.table.lookup(ids)
 
     def ids(self, indices: tf.Tensor) -> tf.Tensor:
-        return tf.gather(self.item_ids, indices)
+        """Item indices -> string ids; ``""`` for a removed item."""
+        return tf.where(tf.gather(self.removed, indices), "", tf.gather(self.item_ids, indices))
 
     def keep(self, batch, history, exclude_history, exclude_ids, category) -> tf.Tensor:
         """``[B, N]``: True where an item may be returned."""
         n = self.size
         excluded = self.indices(exclude_ids)
         excluded = tf.boolean_mask(excluded, excluded >= 0)
-        dropped = tf.scatter_nd(excluded[:, None], tf.ones_like(excluded, tf.int32), [n]) > 0
+        dropped = (tf.scatter_nd(excluded[:, None], tf.ones_like(excluded, tf.int32), [n]) > 0) | self.removed
         keep = tf.broadcast_to(~dropped[None, :], tf.stack([batch, n]))
         if history is not None:
             rows = tf.broadcast_to(tf.range(batch, dtype=tf.int64)[:, None], tf.shape(history, out_type=tf.int64))
@@ -163,17 +179,20 @@ class ServingCatalogue(tf.Module):
         """Top-``k`` item indices and scores of ``scores [B, C]`` (``candidates [B, C]``: their items)."""
         tf.debugging.assert_positive(k, message="k must be a positive number of results")
         scores = tf.where(keep, scores, EXCLUDED)
+        items = tf.range(tf.shape(scores)[1])[None, :] if candidates is None else tf.maximum(candidates, 0)
+        scores = tf.where(tf.gather(self.removed, items), _REMOVED, scores)
         k = tf.minimum(k, tf.shape(scores)[1])
         top = tf.math.top_k(scores, k)
         indices = top.indices if candidates is None else tf.gather(candidates, top.indices, batch_dims=1)
-        return tf.cast(indices, tf.int64), top.values
+        return tf.cast(indices, tf.int64), tf.maximum(top.values, EXCLUDED)
 
     def explain(self, history, results):
         """For each result, the history item whose vector scores highest with it, and that score."""
         history = tf.pad(history, [[0, 0], [0, 1]], constant_values=-1)  # an empty history explains nothing
         affinity = tf.einsum("bkd,bhd->bkh", tf.gather(self.item_vectors, results),
                              tf.gather(self.item_vectors, tf.maximum(history, 0)))
-        affinity = tf.where((history >= 0)[:, None, :], affinity, EXCLUDED)
+        named = (history >= 0) & ~tf.gather(self.removed, tf.maximum(history, 0))
+        affinity = tf.where(named[:, None, :], affinity, EXCLUDED)
         best = tf.argmax(affinity, axis=-1, output_type=tf.int64)
         score = tf.reduce_max(affinity, axis=-1)
         found = score > EXCLUDED / 2

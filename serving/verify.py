@@ -1,11 +1,12 @@
 """``tfrec verify``: does each exported model serve where its users deploy it?
 
 For every model of an export folder (its newest version, or the version given), a fresh
-process that imports only TensorFlow (plus TF-Text or ScaNN when the graph needs their
-ops) loads the SavedModel twice: through the TF1 session loader, the graph-mode path of
-TF Serving, ``saved_model_cli run`` and the C, C++, Java and Go APIs; and through
-``tf.saved_model.load``. It sends each the same requests, one with only the main input
-and one with every option, and reports per model:
+process that imports only TensorFlow (plus TF-Text or ScaNN when a graph needs their ops;
+one process for all the models, each in a graph of its own) loads the SavedModel twice:
+through the TF1 session loader, the graph-mode path of TF Serving, ``saved_model_cli run``
+and the C, C++, Java and Go APIs; and through ``tf.saved_model.load``. It sends each the
+same requests, one with only the main input and one with every option, and reports per
+model:
 
 - loads in graph mode;
 - answers with defaults (only the main input fed, in graph mode);
@@ -18,11 +19,13 @@ and one with every option, and reports per model:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,13 +96,20 @@ def sample_requests(signature_def, item_ids: list[str], texts: list[str], num_ca
 
 def run_child(version_dir: str | Path, requests: list[dict]) -> dict:
     """Runs ``verify_child.py`` on one version in a fresh interpreter; returns its answer."""
-    done = subprocess.run([sys.executable, str(CHILD), str(version_dir)], input=json.dumps({"requests": requests}),
+    return run_children({version_dir: requests})[0]
+
+
+def run_children(jobs: dict[str | Path, list[dict]]) -> list[dict]:
+    """Runs ``verify_child.py`` on several versions (folder -> requests) in one fresh
+    interpreter; returns their answers, in order."""
+    payload = {"models": [{"path": str(path), "requests": requests} for path, requests in jobs.items()]}
+    done = subprocess.run([sys.executable, str(CHILD)], input=json.dumps(payload),
                           capture_output=True, text=True, timeout=CHILD_TIMEOUT_SECONDS)
     lines = done.stdout.strip().splitlines()
     if done.returncode != 0 or not lines:
         tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        raise TfrecError(f"{version_dir}: the checking process failed (exit {done.returncode}): {tail}")
-    return json.loads(lines[-1])
+        raise TfrecError(f"{', '.join(map(str, jobs))}: the checking process failed (exit {done.returncode}): {tail}")
+    return json.loads(lines[-1])["models"]
 
 
 def same_answers(graph: dict, eager: dict) -> str | None:
@@ -138,11 +148,58 @@ def _version_key(text: str) -> tuple[int, ...]:
 def check_version(name: str, version_dir: str | Path, item_ids: list[str], texts: list[str],
                   num_categorical: int = 0, category: str = "") -> ModelCheck:
     """Checks one version folder of model ``name`` (see the module docstring)."""
-    check = ModelCheck(name, str(version_dir))
-    signature_def = serving_meta_graph(read_saved_model(version_dir)).signature_def[DEFAULT_SIGNATURE]
-    requests = sample_requests(signature_def, item_ids, texts, num_categorical, category)
-    with fileio.local_copy(version_dir) as local:  # the fresh process may not see this one's filesystems
-        answer = run_child(local, requests)
+    return check_versions({name: version_dir}, item_ids, texts, num_categorical, category)[0]
+
+
+def check_versions(versions: dict[str, str | Path], item_ids: list[str], texts: list[str], num_categorical: int = 0,
+                   category: str = "", probes: dict[str, list[dict]] | None = None,
+                   never_returned: Collection[str] = ()) -> list[ModelCheck]:
+    """Checks version folders (model name -> folder) in one fresh process: for each, what
+    :func:`check_version` finds, at the cost of one interpreter start for all of them.
+
+    Args:
+        probes: more requests per model name, sent after the two sample requests.
+        never_returned: item ids no output of any request may hold (in graph mode or eagerly).
+    """
+    requests = {}
+    for name, version_dir in versions.items():
+        signature_def = serving_meta_graph(read_saved_model(version_dir)).signature_def[DEFAULT_SIGNATURE]
+        requests[name] = [*sample_requests(signature_def, item_ids, texts, num_categorical, category),
+                          *(probes or {}).get(name, [])]
+    with contextlib.ExitStack() as stack:  # the fresh process may not see this one's filesystems
+        local = {stack.enter_context(fileio.local_copy(path)): requests[name] for name, path in versions.items()}
+        answers = run_children(local)
+    checks = []
+    for (name, version_dir), answer in zip(versions.items(), answers):
+        check = _judge(ModelCheck(name, str(version_dir)), version_dir, answer)
+        check.problems.extend(_returned(answer, set(never_returned)))
+        checks.append(check)
+    return checks
+
+
+def _returned(answer: dict, forbidden: set[str]) -> list[str]:
+    """A problem for each request whose outputs hold a ``forbidden`` id."""
+    if not forbidden:
+        return []
+    problems = []
+    for mode in ("graph", "eager"):
+        for i, outputs in enumerate(answer.get(mode) or []):
+            found = sorted({value for output in outputs.values() for value in _strings(output)} & forbidden)
+            if found:
+                problems.append(f"{mode} mode, request {i}: returned removed item(s) {found[:5]}")
+    return problems
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _judge(check: ModelCheck, version_dir: str | Path, answer: dict) -> ModelCheck:
+    """Fills ``check`` from the checking process's ``answer`` for one model."""
     check.custom_ops = answer["ops"]
     check.tf_serving = tf_serving_requirement(version_dir, check.custom_ops)
     if answer["modules"]:
@@ -152,7 +209,8 @@ def check_version(name: str, version_dir: str | Path, item_ids: list[str], texts
         return check
     check.loads_in_graph_mode = True
     graph, eager = answer["graph"], answer.get("eager")
-    errors = [f"request {i} ({'defaults' if i == 0 else 'every option'}): {a['error']}"
+    kinds = ("defaults", "every option")
+    errors = [f"request {i} ({kinds[i] if i < len(kinds) else 'probe'}): {a['error']}"
               for i, a in enumerate(graph) if "error" in a]
     check.problems.extend(f"graph mode {e}" for e in errors)
     check.answers_with_defaults = "error" not in graph[0]
@@ -179,15 +237,15 @@ def verify_export(export_dir: str | Path, version: int | None = None) -> list[Mo
     item_ids, texts = list(items)[:6], list(items.values())[:2]
     card = fileio.read_json(fileio.join(export_dir, MODEL_CARD_FILE), default={})
     num_categorical = len(card.get("categorical_fields") or [])
-    checks = []
+    versions = {}
     for model in models:
         folder = fileio.join(export_dir, model)
         path = fileio.join(folder, str(version)) if version is not None else newest_version(folder)
         if not fileio.isdir(path):
             raise TfrecError(f"{model} has no version {version}")
         log.info("checking %s", path)
-        checks.append(check_version(model, path, item_ids, texts, num_categorical))
-    return checks
+        versions[model] = path
+    return check_versions(versions, item_ids, texts, num_categorical)
 
 
 def format_checks(checks: list[ModelCheck]) -> str:

@@ -1,7 +1,10 @@
-"""Runs one exported SavedModel the way model servers do, in a process of its own.
+"""Runs exported SavedModels the way model servers do, in a process of its own.
 
 ``python verify_child.py VERSION_DIR`` reads ``{"requests": [{input: value, ...}, ...]}``
-on stdin and prints one JSON object:
+on stdin and prints one JSON object; ``python verify_child.py`` alone reads
+``{"models": [{"path": VERSION_DIR, "requests": [...]}, ...]}`` and prints
+``{"models": [one such object per model]}``, every model checked in this one process
+(each in a graph of its own). An object holds:
 
 - ``ops``: every op type the serving graph (and its functions) uses that core
   TensorFlow does not register, mapped to the module whose import registered it
@@ -117,12 +120,10 @@ def run_eager(version_dir, graph, requests):
     return answers
 
 
-def main():
-    version_dir = sys.argv[1]
-    requests = json.load(sys.stdin)["requests"]
-    graph = serving_graph(version_dir)
-    ops = register_ops(op_types(graph))
-    result = {"ops": ops}
+def check(version_dir, graph, owners, requests):
+    """One model's answer (see the module docstring), ``modules`` left to the caller."""
+    types = op_types(graph)
+    result = {"ops": {op: owner for op, owner in owners.items() if op in types}}
     try:
         result["graph"] = run_graph(version_dir, requests)
     except Exception as e:  # noqa: BLE001  (a model that does not load is the finding)
@@ -131,8 +132,21 @@ def main():
         result["eager"] = run_eager(version_dir, graph, requests)
     except Exception as e:  # noqa: BLE001
         result["eager_load_error"] = f"{type(e).__name__}: {error_text(e)}"
-    result["modules"] = sorted(({m.split(".")[0] for m in sys.modules} - WITH_TENSORFLOW) & PROJECT)
-    print(json.dumps(result))
+    return result
+
+
+def main():
+    job = json.load(sys.stdin)
+    models = job["models"] if "models" in job else [{"path": sys.argv[1], "requests": job["requests"]}]
+    graphs = [serving_graph(model["path"]) for model in models]
+    # Every graph's non-core ops are found before any op module is imported, so each is
+    # attributed to its module whichever model needed it first.
+    owners = register_ops(set().union(*(op_types(graph) for graph in graphs)))
+    results = [check(model["path"], graph, owners, model["requests"]) for model, graph in zip(models, graphs)]
+    modules = sorted(({m.split(".")[0] for m in sys.modules} - WITH_TENSORFLOW) & PROJECT)
+    for result in results:
+        result["modules"] = modules
+    print(json.dumps({"models": results} if "models" in job else results[0]))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,8 @@ MODEL_CARD_FILE = "model_card.json"
 MODEL_CARD_MD_FILE = "model_card.md"
 PROMOTION_FILE = "promotion.json"
 """The promotion gate's last decision: the new and the served version's figures and the verdict."""
+REMOVED_ITEMS_FILE = "removed_items.json"
+"""Item ids no exported model returns (``tfrec index --remove``), and the last changes."""
 
 # ---------------------------------------------------------------- the batch folder (tfrec batch)
 RECOMMENDATIONS_PREFIX = "recommendations"

@@ -153,12 +153,12 @@ def test_model_base_path_and_a_failing_version_is_never_published(tiny, trained_
     export_models(tiny, trained_model_dir, None, out, version=3, model_base_path="/models", verify=False)
     assert 'base_path: "/models/tfrec_query"' in (out / "models.config").read_text()
 
-    def failing(name, path, *args, **kwargs):
-        return ModelCheck(name, str(path), problems=["graph-mode load: refused"])
+    def failing(versions, *args, **kwargs):
+        return [ModelCheck(name, str(path), problems=["graph-mode load: refused"]) for name, path in versions.items()]
 
-    monkeypatch.setattr(export, "check_version", failing)
+    monkeypatch.setattr(export, "check_versions", failing)
     with pytest.raises(TfrecError, match="failed its serving check"):
-        export_models(tiny, trained_model_dir, None, out, version=4)
+        export_models(tiny, trained_model_dir, None, out, version=4, force=True)  # no gate: the check fails first
     assert not list(out.glob("*/4")), "a failing version was left in place"
     assert not [p for p in out.rglob(".*") if p.is_dir()], "a staging folder was left behind"
 

@@ -78,3 +78,19 @@ def test_explanations_name_the_closest_history_item():
 def test_first_occurrences_keeps_one_of_each_item():
     items = tf.constant([[4, 2, 4, -1, 2, 7]], tf.int64)
     np.testing.assert_array_equal(first_occurrences(items), [[True, True, False, False, False, True]])
+
+
+def test_removed_items_come_last_as_blanks_and_explain_nothing():
+    removed = np.array([name in ("mug-blue", "lamp-2") for name in IDS])
+    catalogue = ServingCatalogue(np.array(IDS), VECTORS, np.array(CATEGORIES), removed)
+    similar = SimilarModel(catalogue, default_k=3)
+    out = similar.serve(item_id=tf.constant(["mug-red"]), k=tf.constant(6), exclude_ids=tf.constant(["lamp-1"]),
+                        category=tf.constant(""))
+    # the kept items by score, then the excluded ones (itself, lamp-1), then the removed ones as ""
+    assert _ids(out["item_ids"]) == [["mug-green", "lamp-3", "mug-red", "lamp-1", "", ""]]
+    assert out["scores"].numpy()[0][2:].tolist() == pytest.approx([EXCLUDED] * 4)
+    history = tf.constant([[1, 3, 2]], tf.int64)  # two of the three history items are removed
+    because, score = catalogue.explain(history, tf.constant([[0, 5]], tf.int64))
+    assert _ids(because) == [["lamp-1", "lamp-1"]]
+    because, _ = catalogue.explain(tf.constant([[1, 3]], tf.int64), tf.constant([[0]], tf.int64))
+    assert _ids(because) == [[""]]  # only removed items in the history: no explanation

@@ -49,6 +49,11 @@ An argument that neither tfrec nor Beam knows is an error (exit code 2).
 """
 
 
+WARM_START_HELP = ("start training from a previous model folder or run folder (train.warm_start): items in both "
+                   "catalogues keep their learned rows, new ones start from their text, at most "
+                   "train.warm_start_epochs epochs; the model settings must be the previous model's")
+
+
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--config", required=required, metavar="FILE",
                         help="YAML configuration (see configs/online_retail.yaml)")
@@ -72,9 +77,18 @@ def _preprocess(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _warm_start(args: argparse.Namespace) -> None:
+    """``--warm-start PREVIOUS`` is ``--set train.warm_start=PREVIOUS``."""
+    import json
+
+    if args.warm_start:
+        args.overrides.append(f"train.warm_start={json.dumps(args.warm_start)}")
+
+
 def _train(args: argparse.Namespace, _: list[str]) -> int:
     from tfrec.training.trainer import train
 
+    _warm_start(args)
     train(_load(args), args.data, args.output, resume=not args.fresh)
     return 0
 
@@ -87,9 +101,35 @@ def _evaluate(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _index(args: argparse.Namespace, _: list[str]) -> int:
+    from tfrec.errors import TfrecError
+
+    if args.remove or args.restore:
+        return _change_catalogue(args)
+    missing = [flag for flag, value in (("--config", args.config), ("--model", args.model),
+                                        ("--output", args.output)) if not value]
+    if missing or args.export:
+        raise TfrecError(f"tfrec index needs {', '.join(missing) or '--config, --model and --output'} "
+                         "(or --export with --remove or --restore)")
     from serving.index import build_index
 
     build_index(_load(args), args.model, args.output, add_items=args.add)
+    return 0
+
+
+def _change_catalogue(args: argparse.Namespace) -> int:
+    from serving.catalogue_changes import change_catalogue, read_ids
+    from tfrec.errors import TfrecError
+
+    if not args.export or args.add or args.model or args.output:
+        raise TfrecError("--remove and --restore change an export: give --export DIR, without --add, --model "
+                         "or --output")
+    done = change_catalogue(args.export, remove=read_ids(args.remove), restore=read_ids(args.restore))
+    if done["version"] is None:
+        print(f"nothing changed: {done['removed_total']} item(s) were removed already, none to restore")
+    else:
+        print(f"version {done['version']} published in {done['seconds']:.1f}s: {len(done['removed'])} removed, "
+              f"{len(done['restored'])} restored, {done['removed_total']} removed in all; checked in graph mode: "
+              f"{', '.join(done['checked'])}")
     return 0
 
 
@@ -151,6 +191,7 @@ def _batch(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
     from tfrec.app.run import run_all
 
+    _warm_start(args)
     run_all(_load(args), args.output, force=args.force, beam_args=beam_args)
     return 0
 
@@ -192,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
     p.add_argument("--output", required=True, help="model folder to write")
     p.add_argument("--fresh", action="store_true", help="discard checkpoints left by an earlier run")
+    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
 
     p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
             "Ranks the full catalogue for every validation and test user under the `all` and "
@@ -200,14 +242,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
     p.add_argument("--model", required=True, help="output folder of `tfrec train`")
 
-    p = add("index", _index, "build and check the ScaNN index",
+    p = add("index", _index, "build and check the ScaNN index; remove or restore products",
             "Computes item vectors for the catalogue, builds a ScaNN index and measures it "
-            "against exact top-K (index_report.json).")
-    _config_args(p)
-    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
-    p.add_argument("--output", required=True, help="index folder to write")
+            "against exact top-K (index_report.json). With --export and --remove or --restore, "
+            "publishes a new export version in seconds that never returns the removed products "
+            "(exact, ScaNN, similar, search), checked in graph mode first; nothing is retrained.")
+    _config_args(p, required=False)
+    p.add_argument("--model", help="output folder of `tfrec train`")
+    p.add_argument("--output", help="index folder to write")
     p.add_argument("--add", metavar="ITEMS_FILE",
                    help="add new products (same columns as the catalogue) to an existing index")
+    p.add_argument("--export", metavar="DIR", help="with --remove / --restore: the export folder to change")
+    p.add_argument("--remove", metavar="IDS",
+                   help="item ids no model may return any more (sold out, delisted): ID,ID,... or @FILE "
+                        "(one id per line)")
+    p.add_argument("--restore", metavar="IDS", help="removed item ids to return again: ID,ID,... or @FILE")
 
     p = add("export", _export, "write SavedModels in TF Serving's layout",
             "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
@@ -303,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--output", required=True, help="run folder, e.g. runs/online_retail")
     p.add_argument("--force", action="store_true", help="redo every stage")
+    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
     return parser
 
 

@@ -279,6 +279,13 @@ class TrainConfig(_Section):
     """Targets per example: a larger group is split into several examples with one history."""
     epochs: int = Field(12, ge=1)
     """Most epochs (early stopping may end sooner)."""
+    warm_start: str | None = None
+    """A previous model folder (or run folder) to start from (``--warm-start``): items in both
+    catalogues keep their learned rows, new items start as a cold item is served (from text),
+    gone ones are dropped; the ``model`` settings must be the previous model's. None: from scratch."""
+    warm_start_epochs: int | None = Field(2, ge=1)
+    """Most epochs of a warm-started run, instead of ``epochs``: it begins from a trained model,
+    so it needs few (early stopping still applies; null: ``epochs``)."""
     steps_per_epoch: int | None = Field(None, gt=0)
     """None: one pass over the training examples per epoch."""
     learning_rate: float = Field(1e-3, gt=0.0)

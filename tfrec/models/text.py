@@ -21,7 +21,7 @@ import importlib.resources
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import keras
@@ -273,14 +273,26 @@ def scratch_pipeline(config: TextEncoderConfig, vocabulary: list[str],
     return TextPipeline(tokenize, encoder, fingerprint, tokenizer)
 
 
-def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | os.PathLike) -> np.ndarray:
-    """Encodes texts once; later calls with the same encoder and texts read the cache."""
+def cached_text_vectors(pipeline: TextPipeline, texts: Sequence[str], cache_dir: str | os.PathLike,
+                        known: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+    """Encodes texts once; later calls with the same encoder and texts read the cache.
+
+    ``known`` holds vectors this same encoder gave earlier (a warm start's previous model):
+    only the texts it lacks are encoded.
+    """
     key = hashlib.sha256(("\x00".join(texts) + pipeline.fingerprint).encode()).hexdigest()[:16]
     path = fileio.join(cache_dir, f"text_vectors-{key}.npy")
     if fileio.exists(path):
         return np.load(io.BytesIO(fileio.read_bytes(path)))
-    log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
-    vectors = pipeline.encode(texts)
+    if known:
+        new = sorted({text for text in texts if text not in known})
+        log.info(f"Encoding {len(new):,} new item texts with the text encoder, reusing {len(texts) - len(new):,} "
+                 f"(cached in {path})")
+        encoded = dict(zip(new, pipeline.encode(new))) if new else {}
+        vectors = np.stack([known[text] if text in known else encoded[text] for text in texts]).astype(np.float32)
+    else:
+        log.info(f"Encoding {len(texts):,} item texts with the text encoder (cached in {path})")
+        vectors = pipeline.encode(texts)
     buffer = io.BytesIO()
     np.save(buffer, vectors)
     fileio.write_bytes(path, buffer.getvalue())

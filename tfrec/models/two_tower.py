@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -172,8 +173,13 @@ def serving_text_pipeline(config: Config, model_dir: str | os.PathLike, model: T
 
 
 def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLike,
-                pipeline: TextPipeline | None = None) -> TwoTowerModel:
-    """A fresh model for ``catalogue``, with its text content stored in the item tower."""
+                pipeline: TextPipeline | None = None,
+                known_text_vectors: Mapping[str, np.ndarray] | None = None) -> TwoTowerModel:
+    """A fresh model for ``catalogue``, with its text content stored in the item tower.
+
+    ``known_text_vectors``: text -> vector from this same (frozen) encoder, e.g. a warm
+    start's previous model; only the other texts are encoded.
+    """
     model_dir = os.fspath(model_dir)
     m = config.model
     unresolved = [key for key in ("members", "embedding_dim") if getattr(m, key) == "auto"]
@@ -224,7 +230,8 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
     model.build()
     codes = categorical_codes(catalogue, vocabularies) if vocabularies else None
     if frozen:
-        vectors = cached_text_vectors(pipeline, list(catalogue.texts), fileio.join(model_dir, TEXT_CACHE_DIR))
+        vectors = cached_text_vectors(pipeline, list(catalogue.texts), fileio.join(model_dir, TEXT_CACHE_DIR),
+                                      known=known_text_vectors)
         item_tower.set_catalogue(text_vectors=vectors, categorical=codes)
     else:
         tokens = pipeline.tokenize(tf.constant(list(catalogue.texts))).numpy()

@@ -66,6 +66,7 @@ from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
 from tfrec.training.optimizers import LazyAdam
 from tfrec.training.text_weight import fit_text_weight
+from tfrec.training.warm_start import PreviousModel, WarmStart
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,8 @@ class TrainingState:
     saved_history: tf.Variable
     manager: tf.train.CheckpointManager
     history: list[dict]
+    warm_start: WarmStart | None = None
+    """What a warm start carried over from the previous model (None: from scratch)."""
 
     @property
     def trainable_variables(self) -> list[tf.Variable]:
@@ -347,7 +350,7 @@ class TrainingState:
 
 
 def build_training_state(config: Config, data: TrainingData, strategy: tf.distribute.Strategy,
-                         work_dir: str, resume: bool = True) -> TrainingState:
+                         work_dir: str, resume: bool = True, previous: PreviousModel | None = None) -> TrainingState:
     """Builds the model and optimizer under ``strategy`` and restores the last checkpoint.
 
     Args:
@@ -357,13 +360,16 @@ def build_training_state(config: Config, data: TrainingData, strategy: tf.distri
         work_dir: the folder of ``checkpoints/`` (the model folder on the chief).
         resume: continue from a checkpoint of the same data and settings; without it
             any checkpoint is discarded.
+        previous: the model a warm start begins from (its weights, mapped onto this catalogue);
+            None: fresh weights.
 
     Returns:
         The ``TrainingState``: fresh, or as the last checkpoint left it.
     """
     cfg = config.train
     with strategy.scope():
-        model = build_model(config, data.catalogue, work_dir)
+        model, warm = (build_model(config, data.catalogue, work_dir), None) if previous is None else (
+            previous.build(config, data.catalogue, work_dir))
         optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam
         optimizer = optimizer_class(learning_rate_schedule(cfg, data.steps_per_epoch),
                                     weight_decay=cfg.weight_decay or None)
@@ -378,7 +384,11 @@ def build_training_state(config: Config, data: TrainingData, strategy: tf.distri
     checkpoint_dir = _checkpoint_dir(work_dir, resume_fingerprint(config, data.stats), resume)
     state = TrainingState(model=model, optimizer=optimizer, sampler=sampler, epoch=epoch, best=best,
                           bad_epochs=bad_epochs, saved_history=saved_history,
-                          manager=tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2), history=[])
+                          manager=tf.train.CheckpointManager(checkpoint, checkpoint_dir, max_to_keep=2), history=[],
+                          warm_start=warm)
+    if warm is not None:
+        log.info(f"Warm start: {warm.items_kept:,} items keep their learned rows, {warm.items_added:,} new ones "
+                 f"start from their text, {warm.items_dropped:,} gone are dropped")
     if state.manager.latest_checkpoint:
         checkpoint.restore(state.manager.latest_checkpoint).assert_existing_objects_matched()
         state.history = json.loads(state.saved_history.numpy().decode("utf-8"))[: int(state.epoch.numpy())]
@@ -580,6 +590,7 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
         "examples_per_second": float(np.median([h["examples_per_second"] for h in history])) if history else None,
         "seconds_this_run": seconds,
         "examples_this_run": trained_examples,
+        **({"warm_start": state.warm_start.to_dict()} if state.warm_start is not None else {}),
     }
 
 
@@ -609,6 +620,10 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
         The training summary (as written to ``train_summary.json``).
     """
     data_dir, output_dir = os.fspath(data_dir), os.fspath(output_dir)
+    previous = PreviousModel.open(config.train.warm_start) if config.train.warm_start else None
+    if previous is not None:  # checked before anything is written
+        config = previous.adapt(config)
+        log.info(f"Warm start from {previous.folder} (at most {config.train.epochs} epoch(s))")
     keras.utils.set_random_seed(config.train.seed)
     tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.train.strategy)
@@ -617,15 +632,16 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     work_dir = output_dir if chief else tempfile.mkdtemp(prefix="tfrec-worker-")
     fileio.makedirs(work_dir)
     log.info(f"== train: {data_dir} -> {output_dir} ({strategy.num_replicas_in_sync} replica(s))")
-    derived = derived_settings(config, load_stats(data_dir))
-    config = resolve(config, load_stats(data_dir))  # the run's config.yaml spells out what was derived
+    stats = load_stats(data_dir)
+    derived = derived_settings(config, stats)  # a warm start took the previous model's values already
+    config = resolve(config, stats)  # the run's config.yaml spells out what was derived
     if derived:
         log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
+    data = load_training_data(config, data_dir)
     if chief:
         copy_catalogue(data_dir, output_dir)
         save_config(config, fileio.join(output_dir, CONFIG_FILE))
-    data = load_training_data(config, data_dir)
-    state = build_training_state(config, data, strategy, work_dir, resume)
+    state = build_training_state(config, data, strategy, work_dir, resume, previous)
     started = time.time()
     trained_examples = run_epochs(config, data, state, strategy, work_dir,
                                   fileio.join(output_dir, HISTORY_FILE) if chief else None)

@@ -1,0 +1,107 @@
+"""Warm start: a model for the next day's catalogue begins from the previous model's weights."""
+
+import json
+import shutil
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import tensorflow as tf
+import yaml
+
+from serving.model_card import build_model_card
+from tests.conftest import RETAIL_DATA, tiny_config
+from tfrec.app.cli import main
+from tfrec.config import load_config
+from tfrec.data import load_catalogue
+from tfrec.models import load_model, text_pipeline
+from tfrec.models.text import cached_text_vectors
+from tfrec.training.trainer import train
+from tfrec.training.warm_start import ArchitectureMismatch, PreviousModel
+
+
+@pytest.fixture(scope="module")
+def next_day_data(sample_config, tmp_path_factory):
+    """Other customers of the same shop: most products are shared, some are new, some gone."""
+    from pipelines.preprocess import run_preprocess
+
+    frame = pd.read_csv(RETAIL_DATA, dtype=str, keep_default_na=False)
+    chosen = frame["CustomerID"].map(lambda c: bool(c) and zlib.crc32(c.encode()) % 8 == 1)
+    folder = tmp_path_factory.mktemp("next_day")
+    frame[chosen].to_csv(folder / "interactions.csv.gz", index=False)
+    config = tiny_config(sample_config, f"data.interactions.paths={json.dumps([str(folder / 'interactions.csv.gz')])}")
+    run_preprocess(config, folder / "data")
+    return config, folder / "data"
+
+
+def test_items_in_both_keep_their_rows_and_new_ones_start_as_cold_items(trained_model_dir, next_day_data, tmp_path):
+    config, data = next_day_data
+    previous = load_model(trained_model_dir)
+    before, after = load_catalogue(trained_model_dir / "catalogue"), load_catalogue(data)
+    start = PreviousModel.open(trained_model_dir)
+    model, warm = start.build(start.adapt(config), after, str(tmp_path))
+
+    old_rows = before.index_of()
+    shared = [i for i, item in enumerate(after.ids) if item in old_rows]
+    new = [i for i, item in enumerate(after.ids) if item not in old_rows]
+    assert shared and new and len(shared) < len(before)
+    assert (warm.items_kept, warm.items_added, warm.items_dropped) == (
+        len(shared), len(new), len(before) - len(shared))
+    rows_before = previous.item_tower.id_embedding[0].embeddings.numpy()
+    rows_after = model.item_tower.id_embedding[0].embeddings.numpy()
+    assert rows_after.shape == (len(after), rows_before.shape[1])
+    np.testing.assert_array_equal(rows_after[shared], rows_before[[old_rows[after.ids[i]] for i in shared]])
+    np.testing.assert_array_equal(rows_after[new], 0.0)
+    for name in ("user_tower", "repeat_term"):  # every other weight carries over as it was
+        for a, b in zip(getattr(model, name).weights, getattr(previous, name).weights, strict=True):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # A new item's vector is the one a cold item gets when served: from its text, with no id vector.
+    tower = model.item_tower
+    index = tf.constant(new[:5])
+    cold = tower.embed(tower.text_features(index), tf.fill([5], -1), tower.categorical_codes(index))
+    np.testing.assert_allclose(tower(index).numpy(), cold.numpy(), atol=1e-6)
+
+
+def test_a_warm_run_trains_few_epochs_and_records_its_start(trained_model_dir, next_day_data, tmp_path):
+    config, data = next_day_data
+    run = tmp_path / "run"
+    shutil.copytree(trained_model_dir, run / "model")  # a run folder is accepted too: its model/ is used
+    warm = tiny_config(config, f"train.warm_start={json.dumps(str(run))}", "train.warm_start_epochs=1",
+                       "train.epochs=5")
+    summary = train(warm, data, tmp_path / "model")
+    assert summary["epochs_run"] == 1
+    assert summary["warm_start"]["source"] == str(run / "model") and summary["warm_start"]["items_added"] > 0
+    recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
+    assert recorded["train"]["warm_start"] == str(run / "model") and recorded["train"]["epochs"] == 1
+    card = build_model_card(load_config(tmp_path / "model" / "config.yaml"), tmp_path / "model", None,
+                            tmp_path / "export", 1, models={})
+    assert f"Warm-started from `{run / 'model'}`" in card["model_parameters"]["model_architecture"]
+    assert card["config"]["train"]["warm_start"] == str(run / "model")
+
+
+def test_a_different_architecture_is_refused_naming_the_keys(trained_model_dir, next_day_data, tmp_path, capsys):
+    config, data = next_day_data
+    other = tiny_config(config, "model.embedding_dim=24", "model.user_tower.num_layers=2")
+    with pytest.raises(ArchitectureMismatch) as refused:
+        PreviousModel.open(trained_model_dir).adapt(other)
+    assert "model.embedding_dim: 16 before, 24 now" in str(refused.value)
+    assert "model.user_tower.num_layers: 1 before, 2 now" in str(refused.value)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(config.to_yaml(), encoding="utf-8")
+    assert main(["train", "--config", str(config_file), "--data", str(data), "--output", str(tmp_path / "m"),
+                 "--warm-start", str(trained_model_dir), "--set", "model.embedding_dim=24"]) == 2
+    assert "the architecture differs in model.embedding_dim" in capsys.readouterr().err
+    assert main(["train", "--config", str(config_file), "--data", str(data), "--output", str(tmp_path / "m"),
+                 "--warm-start", str(tmp_path)]) == 2
+    assert "neither a model folder" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_texts_already_encoded_are_reused(tiny, trained_model_dir, tmp_path):
+    pipeline = text_pipeline(tiny, trained_model_dir)
+    texts = ["RED ENAMEL MUG", "BLUE ENAMEL MUG", "RED ENAMEL MUG"]
+    known = {"RED ENAMEL MUG": np.full(pipeline.encoder.output_dim, 7.0, np.float32)}
+    vectors = cached_text_vectors(pipeline, texts, tmp_path, known=known)
+    np.testing.assert_array_equal(vectors[[0, 2]], 7.0)
+    np.testing.assert_allclose(vectors[1], pipeline.encode(["BLUE ENAMEL MUG"], verbose=False)[0], atol=1e-5)
