@@ -106,20 +106,19 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     metrics, curves = {}, {}
     for name, whole in (("valid", valid), ("test", test)):
         started = time.time()
-        curves[name], per_user = {}, {}
         split = sample_users(whole, config.eval.max_users, config.train.seed)
         if len(split) < len(whole):
             log.info(f"{name}: measuring a random sample of {len(split):,} of {len(whole):,} users (eval.max_users)")
         segments = name == "test"  # what the report and the model card show; validation picks epochs
-        metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
-                                       config.eval.ks, config.eval.batch_size, curves=curves[name],
-                                       item_vectors=text_vectors, per_user=per_user,
-                                       target_segments=target_segments(catalogue.counts) if segments else None,
-                                       score_budget=config.eval.score_budget)
+        result = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
+                                config.eval.ks, config.eval.batch_size, item_vectors=text_vectors, keep_per_user=True,
+                                target_segments=target_segments(catalogue.counts) if segments else None,
+                                score_budget=config.eval.score_budget)
+        metrics[name], curves[name] = result.metrics, result.curves
         metrics[name]["users_total"] = len(whole)
         ranked = time.time()
-        metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
-                                       config.eval.min_segment_users, segments=segments)
+        metrics[name] |= analyse_split(result.per_user, split, config.eval.bootstrap_resamples,
+                                       config.train.seed, config.eval.min_segment_users, segments=segments)
         seconds = time.time() - ranked
         metrics[name]["bootstrap"] |= {"seconds": seconds, "evaluation_seconds": ranked - started}
         log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,

@@ -49,7 +49,7 @@ from tfrec.data import (
 from tfrec.data.sequences import batch_pairs, causal_sequences, sequence_batches
 from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
-from tfrec.evaluation.ranking import SCORE_BUDGET, evaluate_split, model_scorer
+from tfrec.evaluation.ranking import evaluate_split, model_scorer
 from tfrec.layout import (
     BEST_WEIGHTS,
     CATALOGUE_DIR,
@@ -63,6 +63,7 @@ from tfrec.layout import (
 )
 from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
+from tfrec.topk import SCORE_BUDGET
 from tfrec.training.optimizers import LazyAdam
 from tfrec.training.warm_start import PreviousModel, WarmStart
 
@@ -134,7 +135,7 @@ def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch
     """Exact validation metrics of the model alone (two-tower similarity)."""
     scorer = model_scorer(model, model.item_vectors(), repeat=False)
     return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size,
-                          score_budget=score_budget)
+                          score_budget=score_budget).metrics
 
 
 def query_vectors(model: TwoTowerModel, histories: np.ndarray, item_vectors: tf.Tensor,
