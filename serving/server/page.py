@@ -31,11 +31,11 @@ from urllib.parse import parse_qs, urlsplit
 import tensorflow as tf
 
 from serving.items import read_items
-from serving.server.checks import Limits
 from serving.server.codec import dumps
 from serving.server.samples import SampleCustomer, sample_customers
 from serving.server.status import invalid, over_limit
 from tfrec import fileio
+from tfrec.config import ServeConfig
 from tfrec.layout import ITEM_TEXTS_FILE, MODEL_CARD_FILE
 
 STATIC_FILES = ("index.html", "page.js", "page.css", "icon.svg")
@@ -120,7 +120,7 @@ class Page:
         log: where warnings go.
     """
 
-    def __init__(self, export_dir: str, limits: Limits, served: Callable[[], dict[str, int]],
+    def __init__(self, export_dir: str, limits: ServeConfig, served: Callable[[], dict[str, int]],
                  examples: str | os.PathLike | None = None, log: Callable[[str], None] = print):
         self.export_dir, self.limits, self.served, self.log = export_dir, limits, served, log
         self.examples = os.fspath(examples) if examples is not None else None

@@ -158,13 +158,16 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    import json
+
     from serving.server import serve
     from tfrec.config import serve_settings
 
-    settings = _load(args).serve if args.config else serve_settings(args.overrides)
+    # The flags are overrides like any other, so that they are checked as the config's keys are.
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
-    options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
-    serve(args.export, page=not args.no_page, examples=args.examples, **options)
+    args.overrides += [f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
+    settings = _load(args).serve if args.config else serve_settings(args.overrides)
+    serve(args.export, settings, page=not args.no_page, examples=args.examples)
     return 0
 
 
