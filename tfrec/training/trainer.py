@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -491,9 +492,12 @@ def run_epochs(config: Config, data: TrainingData, state: TrainingState, strateg
         e = int(state.epoch.numpy())
         reseed(state.model, cfg.seed + e)
         batches = data.epoch_batches(cfg.shuffle_buffer, cfg.seed + e).with_options(_SHARD_BY_DATA)
-        log.info(f"Epoch {e + 1}/{cfg.epochs}")
+        # A terminal gets Keras' per-step bar; a file or a pipe gets one line per epoch (``_end_epoch``).
+        bar = history_path is not None and sys.stdout.isatty()
+        if bar:
+            log.info(f"Epoch {e + 1}/{cfg.epochs}")
         loss, seconds = _train_epoch(train_step, strategy.experimental_distribute_dataset(batches),
-                                     data.steps_per_epoch, e, verbose=history_path is not None)
+                                     data.steps_per_epoch, e, bar)
         trained_examples += data.steps_per_epoch * data.batch_size
         record = _end_epoch(config, data, state, e, loss, seconds, work_dir)
         with writer.as_default(step=e + 1):
@@ -510,9 +514,9 @@ def run_epochs(config: Config, data: TrainingData, state: TrainingState, strateg
     return trained_examples
 
 
-def _train_epoch(train_step: Callable, batches, steps: int, epoch: int, verbose: bool) -> tuple[float, float]:
-    """Runs one epoch's steps; returns the mean loss and the seconds taken."""
-    progress = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if verbose else 0)
+def _train_epoch(train_step: Callable, batches, steps: int, epoch: int, bar: bool) -> tuple[float, float]:
+    """Runs one epoch's steps (with a per-step progress ``bar``); returns the mean loss and the seconds taken."""
+    progress = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if bar else 0)
     total, start = 0.0, time.time()
     for step, batch in enumerate(batches):
         loss = float(train_step(batch))
@@ -549,9 +553,9 @@ def _end_epoch(config: Config, data: TrainingData, state: TrainingState, e: int,
             state.model.save_weights(staged)
     else:
         state.bad_epochs.assign_add(1)
-    log.info(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
-             f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
-             f"[{record['examples_per_second']:,.0f} examples/s]")
+    log.info(f"Epoch {e + 1}/{config.train.epochs}: loss {loss:.4f}  valid (explore) {metric} {current:.4f}  "
+             f"recall@10 {explore['recall@10']:.4f}  ndcg@10 {explore['ndcg@10']:.4f}"
+             f"{'  (best)' if improved else ''}  {record['examples_per_second']:,.0f} examples/s  {seconds:.1f}s")
     return record
 
 
