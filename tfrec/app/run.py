@@ -124,6 +124,15 @@ def plan(config: Config, output: str, beam_args: list[str] | None = None, force:
 
 
 def run_all(config: Config, output: str | os.PathLike, force: bool = False, beam_args: list[str] | None = None) -> None:
+    """Runs every stage into ``output`` and writes the report (``tfrec run``).
+
+    Args:
+        config: the run's config.
+        output: the run folder: ``data/``, ``model/``, ``index/``, ``export/`` and ``report.md``.
+        force: redo every stage; otherwise a stage whose outputs exist for the same
+            config and inputs is skipped.
+        beam_args: Beam pipeline options for the preprocessing job.
+    """
     output = os.fspath(output)
     fileio.makedirs(output)
     started = time.time()

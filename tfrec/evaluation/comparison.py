@@ -80,7 +80,17 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
 
 
 def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
-    """Evaluates the trained model and the baselines; returns and writes the metrics."""
+    """Evaluates the trained model beside the baselines on the validation and test users.
+
+    Args:
+        config: the run's config (``eval`` is read).
+        data_dir: the data folder the model was trained on.
+        model_dir: the trained model folder; ``metrics.json`` and ``recall_curves.json``
+            are written into it.
+
+    Returns:
+        The metrics, ``{"valid": ..., "test": ...}``, as ``metrics.json`` holds them.
+    """
     data_dir, model_dir = os.fspath(data_dir), os.fspath(model_dir)
     log.info(f"== evaluate: {model_dir} on {data_dir}")
     model = load_model(model_dir)
