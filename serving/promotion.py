@@ -112,7 +112,7 @@ def decide(config: Config, comparison: dict, force: bool = False) -> dict:
     new, served = (_clean(comparison[protocol][s].get(metric)) for s in (NEW, SERVED))
     difference = comparison["vs_baselines"][protocol].get(SERVED, {}).get(metric)
     low, high = difference["ci"] if difference else (None, None)
-    threshold = -margin * served if served is not None else None
+    threshold = 0.0 - margin * served if served is not None else None
     worse = None not in (high, threshold) and high < threshold
     if worse:
         reason = (f"significantly worse than the served version on {protocol} {metric}: the 95% interval of the "
