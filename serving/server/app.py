@@ -24,7 +24,7 @@ from serving.saved_model import check_export_root, register_custom_ops
 from serving.server.grpc_service import add_services
 from serving.server.page import Page
 from serving.server.registry import ModelRegistry
-from serving.server.rest import ModelApi, Reply, RestServer, Route
+from serving.server.rest import ModelApi, RestServer, Route
 from serving.server.service import Service
 from tfrec import fileio
 from tfrec.config import ServeConfig
@@ -137,15 +137,7 @@ class ModelServer:
 
     def routes(self) -> list[Route]:
         """The REST routes, asked in turn: the page (``GET`` outside ``/v1/``), then TF Serving's API."""
-        routes: list[Route] = []
-        if self.page is not None:
-            page = self.page
-
-            def page_route(method: str, path: str, body: bytes) -> Reply | None:
-                return page.answer(path) if method == "GET" else None
-
-            routes.append(page_route)
-        return routes + [ModelApi(self.service)]
+        return [*([self.page] if self.page is not None else []), ModelApi(self.service)]
 
     def _bind_http(self) -> RestServer:
         port = 0 if self.port == ANY_PORT else self.port
