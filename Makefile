@@ -24,7 +24,7 @@ demo: install
 	@echo "Serve:   $(BIN)/tfrec serve --export $(RUN)/export --port 8501"
 
 test: install
-	$(BIN)/python -m pytest -q --durations=10 tests
+	$(BIN)/python -m pytest -q --durations=10 --doctest-modules tests tfrec pipelines serving
 
 lint: install
 	$(BIN)/ruff check tfrec pipelines serving tests bench

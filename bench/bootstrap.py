@@ -55,11 +55,10 @@ def main() -> None:
         evaluate_split(scorers, test, len(catalogue), catalogue.cold_start, **common)
         timings["plain"].append(time.perf_counter() - started)
         started = time.perf_counter()
-        per_user = {}
-        evaluate_split(scorers, test, len(catalogue), catalogue.cold_start, **common,
-                       target_segments=target_segments(catalogue.counts), per_user=per_user)
+        result = evaluate_split(scorers, test, len(catalogue), catalogue.cold_start, **common,
+                                target_segments=target_segments(catalogue.counts), keep_per_user=True)
         ranked = time.perf_counter()
-        analyse_split(per_user, test, config.eval.bootstrap_resamples, config.train.seed,
+        analyse_split(result.per_user, test, config.eval.bootstrap_resamples, config.train.seed,
                       config.eval.min_segment_users)
         done = time.perf_counter()
         timings["full_ranking"].append(ranked - started)

@@ -100,7 +100,7 @@ def without_text_term(config: Config, data: Path, model_dir: Path) -> dict | Non
     result = evaluate_split({"model": model_scorer(model, model.item_vectors())}, test, len(catalogue),
                             catalogue.cold_start, config.eval.ks, config.eval.batch_size,
                             score_budget=config.eval.score_budget)
-    return {metric: result["explore"]["model"][metric] for metric in METRICS}
+    return {metric: result.metrics["explore"]["model"][metric] for metric in METRICS}
 
 
 def run_seed(config: Config, data: Path, model_dir: Path, seed: int) -> dict:

@@ -6,3 +6,5 @@ in parts spread over the workers), ``rows`` (row validation), ``catalogue``, ``s
 (per-user splits) and ``stats``.
 """
 
+__all__ = ["catalogue", "options", "preprocess", "reading", "rows", "sequences", "sources", "stats"]
+"""The public modules (``from pipelines import *`` imports them); the job is ``preprocess.run_preprocess``."""

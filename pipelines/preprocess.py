@@ -242,7 +242,20 @@ def local_runner(options: PipelineOptions) -> beam.runners.PipelineRunner | None
 
 
 def run_preprocess(config: Config, output: str | os.PathLike, beam_args: Sequence[str] = ()) -> dict[str, Any]:
-    """Runs the job into ``output`` with Beam options ``beam_args``; returns ``stats.json``'s content."""
+    """Runs the preprocessing job: raw interactions and catalogue in, a data folder out.
+
+    Args:
+        config: the run's config (``data`` is read).
+        output: the data folder to write (local or a bucket): the splits, the catalogue,
+            the vocabularies, ``stats.json`` and the rejected rows.
+        beam_args: Beam pipeline options (``--runner=...`` and the runner's own).
+
+    Returns:
+        ``stats.json``'s content.
+
+    Raises:
+        TfrecError: when no interaction row was kept.
+    """
     output = str(output)
     options = pipeline_options(beam_args)
     runner = local_runner(options)

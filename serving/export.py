@@ -25,6 +25,7 @@ metrics with confidence intervals, limitations, signatures, package versions) an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ import shutil
 import tempfile
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -53,7 +55,7 @@ from serving.signatures import (
 from serving.verify import check_versions, format_checks
 from tfrec import fileio
 from tfrec.config import Config
-from tfrec.data import load_catalogue
+from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
 from tfrec.layout import (
     CATALOGUE_DIR,
@@ -71,6 +73,7 @@ QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH = (
 STOCK_SERVABLE = (QUERY, CANDIDATE, RETRIEVE, SIMILAR, SEARCH)
 TEXT_MODELS = (CANDIDATE, SEARCH)
 log = logging.getLogger(__name__)
+
 
 def next_version(export_dir: str) -> int:
     """One more than the highest version of any model in the export folder (1 for a new one)."""
@@ -134,32 +137,26 @@ def models_config(model_base_path: str, names: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
-                  export_dir: str | os.PathLike,
-                  version: int | None = None, model_base_path: str | None = None,
-                  verify: bool = True, data_dir: str | os.PathLike | None = None,
-                  force: bool = False) -> dict[str, str]:
-    """Writes every model of the table above as ``export_dir/<name>/<version>``; returns their paths.
+@dataclasses.dataclass
+class ExportSource:
+    """What the exported models are built from: the trained model and the catalogue they serve."""
 
-    Each model is staged, checked in graph mode and eagerly in a fresh process
-    (``tfrec verify``), and only then renamed into place: a version that fails the check
-    is never left where a model server would load it. ``model_base_path`` is where the
-    model server will see ``export_dir`` (default: ``export_dir`` itself).
+    model: keras.Model
+    catalogue: IndexCatalogue | Catalogue
+    """The index's catalogue (trained items plus any added since), or the model's."""
+    vectors: np.ndarray
+    """The served item vectors, one row per catalogue item."""
+    removed: np.ndarray
+    """Which catalogue items no model may return (``tfrec index --remove``), a boolean mask."""
+    fields: list[str]
+    """The catalogue's categorical fields."""
+    category_field: str | None
+    """The field the ``category`` filter reads."""
 
-    When ``export_dir`` already serves a version, the promotion gate (``serving.promotion``)
-    ranks both on ``data_dir``'s test split between the check and the rename, and raises
-    ``PromotionRefused`` (publishing nothing) when the new one is significantly worse,
-    unless ``force``.
-    """
-    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
-    index_dir = os.fspath(index_dir) if index_dir else None
-    started = time.time()
-    log.info("export: %s -> %s", model_dir, export_dir)
-    for folder in [export_dir, *(fileio.join(export_dir, name) for name in fileio.listdir(export_dir))]:
-        fileio.remove_stale_temporaries(folder)
-    served = served_version(export_dir, RETRIEVE)
-    if served is not None:
-        require_data(export_dir, served, data_dir, force)
+
+def load_export_source(config: Config, model_dir: str, index_dir: str | None, export_dir: str) -> ExportSource:
+    """Loads the model of ``model_dir`` and the catalogue to serve: the index's, else the model's;
+    items removed from ``export_dir`` stay removed."""
     model = load_model(model_dir)
     fields = list(config.data.items.categorical_fields)
     category_field = config.export.category_field or (fields[0] if fields else None)
@@ -176,11 +173,17 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     removed = np.isin(np.asarray(catalogue.ids, dtype=object).astype(str), read_removed(export_dir))
     if removed.any():
         log.info("  %d item(s) stay removed (%s): no model returns them", int(removed.sum()), REMOVED_ITEMS_FILE)
-    shared = ServingCatalogue(catalogue.ids, vectors,
-                              catalogue.categorical[category_field] if category_field else None, removed)
+    return ExportSource(model, catalogue, vectors, removed, fields, category_field)
+
+
+def build_modules(config: Config, model_dir: str, index_dir: str | None, source: ExportSource) -> dict[str, tf.Module]:
+    """One ``tf.Module`` per exported model (the table above), by name."""
+    model, catalogue, settings = source.model, source.catalogue, config.export
+    shared = ServingCatalogue(catalogue.ids, source.vectors,
+                              catalogue.categorical[source.category_field] if source.category_field else None,
+                              source.removed)
     vocabularies = json.loads(fileio.read_text(fileio.join(model_dir, CATEGORICAL_VOCAB_FILE)))
     pipeline = serving_text_pipeline(config, model_dir, model)
-    settings = config.export
     k, max_history = settings.k, settings.max_history
     candidate = CandidateModel(model, shared, pipeline, vocabularies)
     modules: dict[str, tf.Module] = {
@@ -195,7 +198,81 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
 
         modules[RETRIEVE_SCANN] = RetrieveScannModel(model, shared, index_dir, k, settings.exclude_history,
                                                      max_history)
+    return modules
 
+
+def verify_staged(staged: dict[str, str], source: ExportSource) -> None:
+    """Checks every staged model in graph mode and eagerly in a fresh process (``tfrec verify``).
+
+    Raises:
+        TfrecError: naming each failed check, when any fails.
+    """
+    sample_ids, sample_texts = list(source.catalogue.ids[:6]), list(source.catalogue.texts[:2])
+    checks = check_versions(staged, sample_ids, sample_texts, len(source.fields))
+    if any(not c.ok for c in checks):
+        raise TfrecError("the new version failed its serving check and was not written:\n" + format_checks(checks))
+
+
+def write_model_card(config: Config, model_dir: str, index_dir: str | None, export_dir: str, version: int,
+                     paths: dict[str, str], source: ExportSource) -> None:
+    """Writes ``model_card.json`` and ``model_card.md`` for the published ``version``."""
+    models = {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
+              for name, p in paths.items()}
+    card = build_model_card(config, model_dir, index_dir, export_dir, version, models,
+                            {name: model["signature"] for name, model in models.items()})
+    # embedding_dim: the served vectors' size (members * the config's embedding_dim).
+    card |= {"embedding_dim": int(source.vectors.shape[1]), "members": source.model.item_tower.members,
+             "items": len(source.catalogue), "categorical_fields": source.fields,
+             "category_field": source.category_field}
+    fileio.write_json(fileio.join(export_dir, MODEL_CARD_FILE), card)
+    fileio.write_text(fileio.join(export_dir, MODEL_CARD_MD_FILE), render_model_card_md(card))
+
+
+def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
+                  export_dir: str | os.PathLike,
+                  version: int | None = None, model_base_path: str | None = None,
+                  verify: bool = True, data_dir: str | os.PathLike | None = None,
+                  force: bool = False) -> dict[str, str]:
+    """Writes every model of the table above as ``export_dir/<name>/<version>``.
+
+    The stages: each model is staged (``stage``), checked (``verify_staged``), passed
+    through the promotion gate when a version is already served, renamed into place
+    (``publish``), and described (``models.config``, ``items.tsv``, ``write_model_card``).
+    A version that fails its check is never left where a model server would load it.
+
+    Args:
+        config: the run's config (``export`` is read, and ``data``/``model`` for the card).
+        model_dir: the trained model folder.
+        index_dir: a ScaNN index folder; with it ``tfrec_retrieve_scann`` is exported
+            too and the index's catalogue (items added since training included) is served.
+        export_dir: the export folder (local or a bucket URL).
+        version: the version number; default one more than the highest there.
+        model_base_path: where the model server will see ``export_dir``, for
+            ``models.config`` (default: ``export_dir`` itself).
+        verify: check each staged model in a fresh process before publishing it.
+        data_dir: the data folder whose test split the promotion gate ranks both
+            versions on; needed when ``export_dir`` already serves a version.
+        force: publish even when the promotion gate finds the new version worse.
+
+    Returns:
+        The published version's folder of each model, by name.
+
+    Raises:
+        PromotionRefused: when the new version is significantly worse than the served one
+            (and not ``force``); nothing is published.
+        TfrecError: when a check fails or a version folder already exists.
+    """
+    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
+    index_dir = os.fspath(index_dir) if index_dir else None
+    started = time.time()
+    log.info("export: %s -> %s", model_dir, export_dir)
+    for folder in [export_dir, *(fileio.join(export_dir, name) for name in fileio.listdir(export_dir))]:
+        fileio.remove_stale_temporaries(folder)
+    served = served_version(export_dir, RETRIEVE)
+    if served is not None:
+        require_data(export_dir, served, data_dir, force)
+    source = load_export_source(config, model_dir, index_dir, export_dir)
+    modules = build_modules(config, model_dir, index_dir, source)
     version = version or next_version(export_dir)
     paths = {name: fileio.join(export_dir, name, str(version)) for name in modules}
     staged: dict[str, str] = {}
@@ -203,12 +280,7 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
         for name, module in modules.items():
             staged[name] = stage(module, paths[name], scann=name == RETRIEVE_SCANN)
         if verify:
-            sample_ids, sample_texts = list(catalogue.ids[:6]), list(catalogue.texts[:2])
-            checks = check_versions(staged, sample_ids, sample_texts, len(fields))
-            failed = [c for c in checks if not c.ok]
-            if failed:
-                raise TfrecError("the new version failed its serving check and was not written:\n"
-                                 + format_checks(checks))
+            verify_staged(staged, source)
         if served is not None:
             promotion_gate(config, export_dir, staged[RETRIEVE], served, version,
                            os.fspath(data_dir) if data_dir else None, model_dir, force)
@@ -221,17 +293,8 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
 
     base_path = model_base_path or (export_dir if fileio.is_url(export_dir) else os.path.abspath(export_dir))
     fileio.write_text(fileio.join(export_dir, MODELS_CONFIG_FILE), models_config(base_path, list(modules)))
-    write_items(export_dir, catalogue.ids, catalogue.texts)
-    models = {name: {"path": str(p), "needs": _needs(name), "signature": describe_signature(p)}
-              for name, p in paths.items()}
-    card = build_model_card(config, model_dir, index_dir, export_dir, version, models,
-                            {name: model["signature"] for name, model in models.items()})
-    # embedding_dim: the served vectors' size (members * the config's embedding_dim).
-    card |= {"embedding_dim": int(vectors.shape[1]), "members": model.item_tower.members,
-             "items": len(catalogue), "categorical_fields": fields,
-             "category_field": category_field}
-    fileio.write_json(fileio.join(export_dir, MODEL_CARD_FILE), card)
-    fileio.write_text(fileio.join(export_dir, MODEL_CARD_MD_FILE), render_model_card_md(card))
+    write_items(export_dir, source.catalogue.ids, source.catalogue.texts)
+    write_model_card(config, model_dir, index_dir, export_dir, version, paths, source)
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
              time.time() - started, fileio.join(export_dir, MODELS_CONFIG_FILE))
     return paths

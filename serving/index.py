@@ -241,7 +241,18 @@ def _write_folder(output: str, catalogue: IndexCatalogue, searcher, params: dict
 
 def build_index(config: Config, model_dir: str | os.PathLike, output: str | os.PathLike,
                 add_items: str | os.PathLike | None = None) -> dict:
-    """Builds (or, with ``add_items``, extends and rebuilds) the index; returns its report."""
+    """Builds the ScaNN index of a trained model's catalogue, tuned against exact search.
+
+    Args:
+        config: the run's config (``index`` is read).
+        model_dir: the trained model folder.
+        output: the index folder to write (with ``add_items``: the index to extend).
+        add_items: a file of new products (the catalogue's columns) to add to the index
+            at ``output``, which is then rebuilt.
+
+    Returns:
+        The index report (``index_report.json``'s content).
+    """
     model_dir, output = os.fspath(model_dir), os.fspath(output)
     started = time.time()
     fileio.remove_stale_temporaries(os.path.dirname(output.rstrip("/")) or ".")

@@ -32,7 +32,6 @@ import tensorflow as tf
 from serving.searcher import (
     RECALL_AT,
     TIMING_REPEATS,
-    ExactSearch,
     build_searcher,
     index_params,
     recall_against,
@@ -41,6 +40,7 @@ from serving.searcher import (
 )
 from tfrec.config import IndexConfig
 from tfrec.errors import TfrecError
+from tfrec.topk import ExactTopK
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Tuner:
         self.n, self.k, self.at = len(vectors), min(settings.k, len(vectors)), min(RECALL_AT, len(vectors))
         self.queries = tf.constant(queries, tf.float32)
         self.subset = self.queries[:RECALL_QUERIES]
-        self.exact = ExactSearch(vectors)
+        self.exact = ExactTopK(vectors)
         # Exact search is timed on the subset (at scale each pass is slow); its answers on all are the truth.
         seconds, top = timed(lambda: self.exact(self.subset, self.k), TIMING_REPEATS)
         self.exact_qps = int(self.subset.shape[0]) / seconds

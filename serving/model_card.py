@@ -151,29 +151,42 @@ def _warm_start_text(training: dict | None) -> str:
             f"{warm['items_added']:,} new ones started from their text, {warm['items_dropped']:,} gone were dropped.")
 
 
-def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
-                     export_dir: str | os.PathLike,
-                     version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
-    """The model card of one export. ``models``: name -> ``{"path", "needs", "signature"}``;
-    ``signatures``: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
-    "outputs": {...}}`` (``serving.export.describe_signature``; default: each model's ``signature``)."""
+USERS = ("ML platform teams serving 'recommended for you', 'similar products' and product search for this shop.",)
+USE_CASES = (
+    "Candidate generation: the top 20 to 100 products for a customer, to show directly or to pass to "
+    "a ranking stage with the shop's business rules.",
+    "Similar products (tfrec_similar) and text search (tfrec_search) over this catalogue.",
+    "Vectors for new products from their text (tfrec_candidate), before anyone has bought them.",
+)
+OUT_OF_SCOPE_USES = (
+    "Other shops, or this shop after a large change of assortment, without retraining and evaluating.",
+    "Decisions with legal or financial effect on a person (credit, pricing, eligibility): the scores "
+    "rank products, they do not judge customers.",
+    "Inferring anything about a customer (age, gender, income) from their history or vectors.",
+    "Predicting quantities, prices or demand: the model ranks, it does not forecast.",
+)
+TRADEOFFS = (
+    "tfrec_retrieve is exact and servable by stock TF Serving; tfrec_retrieve_scann is faster on large "
+    "catalogues but approximate and needs ScaNN's ops.",
+    "The repeat-aware term makes lists better at what customers re-buy and worse at discovery; requests "
+    "can set exclude_history, and model.repeat_term turns it off.",
+)
+ETHICAL_CONSIDERATIONS = (
+    {"name": "A request's history is personal data.",
+     "mitigation_strategy": "The exported models hold no user ids or histories; the history travels "
+                            "only in the request. Log requests accordingly."},
+    {"name": "Popularity feedback loops: shown products get bought and shown more.",
+     "mitigation_strategy": "Watch coverage@10 and the tail segment in each evaluation; the explore "
+                            "protocol measures discovery."},
+)
 
-    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
-    index_dir = os.fspath(index_dir) if index_dir else None
-    stats = _read(fileio.join(model_dir, CATALOGUE_DIR, STATS_FILE)) or {}
-    derived = derived_settings(config, stats)
-    config = resolve(config, stats)  # the values the model was trained with, ``auto`` settings chosen
-    metrics = _read(fileio.join(model_dir, METRICS_FILE))
-    training = _read(fileio.join(model_dir, TRAIN_SUMMARY_FILE))
-    index = _read(fileio.join(index_dir, INDEX_REPORT_FILE)) if index_dir else None
-    if signatures is None:
-        signatures = {name: model["signature"] for name, model in models.items() if "signature" in model}
-    data = config.data
-    encoder = config.model.text_encoder
-    tower = config.model.user_tower
+
+def _architecture(config, training: dict | None) -> str:
+    """The model's architecture in one paragraph, from the config (and the training summary)."""
+    data, encoder, tower = config.data, config.model.text_encoder, config.model.user_tower
     ensemble = (f": an ensemble of {config.model.members} members of {config.model.embedding_dim}-d, "
                 "each trained on its own softmax" if config.model.members > 1 else "")
-    architecture = (
+    return (
         f"Two towers scored by dot product ({config.model.members * config.model.embedding_dim}-d{ensemble}"
         f"). Item tower: the product text "
         f"({', '.join(data.items.text_fields)}) through a {encoder.kind} keras-hub text encoder"
@@ -188,9 +201,14 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         + _text_term(training)
         + _warm_start_text(training)
     )
+
+
+def _datasets(config, stats: dict, metrics: dict | None) -> list[dict]:
+    """The card's ``data`` entries: the training data and, when measured, the evaluation."""
+    data = config.data
     population = {k: stats.get(k) for k in ("users", "users_evaluated", "users_train_only", "users_dropped", "items",
                                             "cold_start_items", "interactions", "groups")}
-    training_data = {
+    datasets = [{
         "name": "training and evaluation data",
         "source": list(data.interactions.paths) + (list(data.catalogue.paths) if data.catalogue else []),
         "time_range": stats.get("time_range"),
@@ -199,18 +217,65 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         "rows": {k: stats.get(k) for k in ("rows_read", "rows_kept", "rows_rejected", "rejected_by_reason")},
         "normalize_ids": stats.get("normalize_ids"),
         "split": "per customer by time: the last basket is test, the one before validation, the rest training",
-    }
-    evaluation = None
+    }]
     if metrics:
         boot = metrics["test"].get("bootstrap", {})
-        evaluation = {
+        datasets.append({
             "name": "evaluation",
             "description": f"{metrics['test']['users']:,} test customers (their last basket) and "
                            f"{metrics['valid']['users']:,} validation customers, ranked against the full catalogue "
                            f"of {stats.get('items', 0):,} products beside {len(config.eval.baselines)} baselines; "
                            f"95% intervals from {boot.get('resamples', 0):,} paired bootstrap resamples of users.",
-        }
-    card = {
+        })
+    return datasets
+
+
+def _considerations(config, metrics: dict | None, stats: dict, index: dict | None) -> dict:
+    """Intended users and uses, uses out of scope, limitations (measured), tradeoffs and ethics."""
+    def described(texts) -> list[dict]:
+        return [{"description": text} for text in texts]
+
+    return {
+        "users": described(USERS),
+        "use_cases": described(USE_CASES),
+        "out_of_scope_uses": described(OUT_OF_SCOPE_USES),
+        "limitations": _limitations(metrics, stats, index, config),
+        "tradeoffs": described(TRADEOFFS),
+        "ethical_considerations": [dict(entry) for entry in ETHICAL_CONSIDERATIONS],
+    }
+
+
+def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
+                     export_dir: str | os.PathLike,
+                     version: int, models: dict[str, dict], signatures: dict[str, dict] | None = None) -> dict:
+    """The model card of one export.
+
+    Args:
+        config: the run's config.
+        model_dir: the trained model folder (its stats, metrics and training summary are read).
+        index_dir: the ScaNN index folder, or ``None`` (its report gives the index's recall).
+        export_dir: the export folder the card describes.
+        version: the exported version.
+        models: name -> ``{"path", "needs", "signature"}`` of each exported model.
+        signatures: name -> ``{"inputs": {name: {"dtype", "shape", "default", "meaning"}},
+            "outputs": {...}}`` (``serving.export.describe_signature``); default: each
+            model's ``signature``.
+
+    Returns:
+        The card as a JSON-ready dict: the Model Card Toolkit's sections, ``signatures``,
+        and the flat keys kept for earlier readers.
+    """
+    model_dir, export_dir = os.fspath(model_dir), os.fspath(export_dir)
+    index_dir = os.fspath(index_dir) if index_dir else None
+    stats = _read(fileio.join(model_dir, CATALOGUE_DIR, STATS_FILE)) or {}
+    derived = derived_settings(config, stats)
+    config = resolve(config, stats)  # the values the model was trained with, ``auto`` settings chosen
+    metrics = _read(fileio.join(model_dir, METRICS_FILE))
+    training = _read(fileio.join(model_dir, TRAIN_SUMMARY_FILE))
+    index = _read(fileio.join(index_dir, INDEX_REPORT_FILE)) if index_dir else None
+    if signatures is None:
+        signatures = {name: model["signature"] for name, model in models.items() if "signature" in model}
+    return {
         "model_details": {
             "name": f"tfrec {config.name}",
             "overview": "Two-tower retrieval for a shop: given a customer's purchase or view history, returns the "
@@ -220,45 +285,13 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
             "path": str(export_dir),
         },
         "model_parameters": {
-            "model_architecture": architecture,
-            "data": [d for d in (training_data, evaluation) if d],
+            "model_architecture": _architecture(config, training),
+            "data": _datasets(config, stats, metrics),
             "input_format": "a customer's history: item ids, oldest first (tfrec_retrieve's `history`)",
             "output_format": "item ids and scores, best first (tfrec_retrieve's `item_ids`, `scores`)",
         },
         "quantitative_analysis": {"performance_metrics": _performance(metrics) if metrics else []},
-        "considerations": {
-            "users": [{"description": "ML platform teams serving 'recommended for you', 'similar products' and "
-                                      "product search for this shop."}],
-            "use_cases": [{"description": d} for d in (
-                "Candidate generation: the top 20 to 100 products for a customer, to show directly or to pass to "
-                "a ranking stage with the shop's business rules.",
-                "Similar products (tfrec_similar) and text search (tfrec_search) over this catalogue.",
-                "Vectors for new products from their text (tfrec_candidate), before anyone has bought them.",
-            )],
-            "out_of_scope_uses": [{"description": d} for d in (
-                "Other shops, or this shop after a large change of assortment, without retraining and evaluating.",
-                "Decisions with legal or financial effect on a person (credit, pricing, eligibility): the scores "
-                "rank products, they do not judge customers.",
-                "Inferring anything about a customer (age, gender, income) from their history or vectors.",
-                "Predicting quantities, prices or demand: the model ranks, it does not forecast.",
-            )],
-            "limitations": _limitations(metrics, stats, index, config),
-            "tradeoffs": [{"description": d} for d in (
-                "tfrec_retrieve is exact and servable by stock TF Serving; tfrec_retrieve_scann is faster on large "
-                "catalogues but approximate and needs ScaNN's ops.",
-                "The repeat-aware term makes lists better at what customers re-buy and worse at discovery; requests "
-                "can set exclude_history, and model.repeat_term turns it off.",
-            )],
-            "ethical_considerations": [{
-                "name": "A request's history is personal data.",
-                "mitigation_strategy": "The exported models hold no user ids or histories; the history travels "
-                                       "only in the request. Log requests accordingly.",
-            }, {
-                "name": "Popularity feedback loops: shown products get bought and shown more.",
-                "mitigation_strategy": "Watch coverage@10 and the tail segment in each evaluation; the explore "
-                                       "protocol measures discovery.",
-            }],
-        },
+        "considerations": _considerations(config, metrics, stats, index),
         "signatures": {name: {"purpose": PURPOSE.get(name, ""), "needs": models[name].get("needs", []), **sig}
                        for name, sig in signatures.items() if name in models},
         # Flat keys kept for earlier readers.
@@ -273,7 +306,6 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         "derived": derived,
         "packages": package_versions(),
     }
-    return card
 
 
 # --------------------------------------------------------------------- markdown

@@ -97,11 +97,10 @@ def compare_versions(config: Config, data_dir: str, new_dir: str, served_dir: st
     max_history = config.export.max_history
     scorers = {NEW: retrieve_scorer(new_dir, catalogue.ids, max_history),
                SERVED: retrieve_scorer(served_dir, catalogue.ids, max_history)}
-    per_user: dict = {}
-    result = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start, config.eval.ks,
-                            config.eval.batch_size, per_user=per_user, score_budget=config.eval.score_budget)
-    result |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
-                            config.eval.min_segment_users, segments=False)
+    ranked = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start, config.eval.ks,
+                            config.eval.batch_size, keep_per_user=True, score_budget=config.eval.score_budget)
+    result = ranked.metrics | analyse_split(ranked.per_user, split, config.eval.bootstrap_resamples,
+                                            config.train.seed, config.eval.min_segment_users, segments=False)
     result["items"], result["users_total"] = len(catalogue), len(whole)
     return result
 
@@ -113,7 +112,7 @@ def decide(config: Config, comparison: dict, force: bool = False) -> dict:
     new, served = (_clean(comparison[protocol][s].get(metric)) for s in (NEW, SERVED))
     difference = comparison["vs_baselines"][protocol].get(SERVED, {}).get(metric)
     low, high = difference["ci"] if difference else (None, None)
-    threshold = -margin * served if served is not None else None
+    threshold = 0.0 - margin * served if served is not None else None
     worse = None not in (high, threshold) and high < threshold
     if worse:
         reason = (f"significantly worse than the served version on {protocol} {metric}: the 95% interval of the "

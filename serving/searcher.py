@@ -2,8 +2,8 @@
 
 The primitives both ``tfrec index`` (``serving.index``) and its tuner
 (``serving.index_tuning``) use: building a seeded ScaNN searcher from one point of the
-settings space, searching it, exact brute-force top-K in bounded memory, recall of one
-result list against another, and timing by the median of repeats.
+settings space, searching it, recall of one result list against another, and timing by
+the median of repeats. The exact top-K they are measured against is ``tfrec.topk``'s.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ TRAINING_SAMPLE = 100_000
 """Items the tree and the hashing are trained on."""
 MIN_PARTITION = 50
 """ScaNN's default smallest tree partition (lowered for trees with few items per leaf)."""
-EXACT_SCORES_AT_ONCE = 1 << 27
-"""Scores exact search holds at once (512 MB of float32): queries are scored in chunks."""
 TIMING_REPEATS = 3
 """A speed is the median of this many timed passes."""
 
@@ -105,25 +103,6 @@ def search(searcher, queries, k: int, params: dict[str, Any]) -> np.ndarray:
             leaves_to_search=params["num_leaves_to_search"] if params["num_leaves"] > 1 else None,
         )
     return result.indices.numpy()
-
-
-class ExactSearch:
-    """Exact top-``k`` by dot product (TF matmul + top_k), in query chunks that bound its memory."""
-
-    def __init__(self, vectors: np.ndarray):
-        self.vectors = tf.constant(vectors, tf.float32)
-        self.rows = max(1, EXACT_SCORES_AT_ONCE // len(vectors))
-
-    def __call__(self, queries, k: int) -> np.ndarray:
-        queries = tf.convert_to_tensor(queries, tf.float32)
-        return np.concatenate([
-            tf.math.top_k(tf.matmul(queries[i:i + self.rows], self.vectors, transpose_b=True), k).indices.numpy()
-            for i in range(0, int(queries.shape[0]), self.rows)])
-
-
-def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
-    """Exact top-``k`` by dot product, ``[Q, k]``."""
-    return ExactSearch(vectors)(queries, k)
 
 
 def recall_against(approximate: np.ndarray, exact: np.ndarray) -> float:

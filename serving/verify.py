@@ -225,7 +225,15 @@ def _judge(check: ModelCheck, version_dir: str | Path, answer: dict) -> ModelChe
 
 
 def verify_export(export_dir: str | Path, version: int | None = None) -> list[ModelCheck]:
-    """Checks every model of an export folder (its newest version, or ``version``)."""
+    """Checks every model of an export folder in TF Serving's graph-mode loader, in a fresh process.
+
+    Args:
+        export_dir: the export folder.
+        version: the version to check; ``None``: each model's newest.
+
+    Returns:
+        One ``ModelCheck`` per model.
+    """
     from serving.items import read_items
 
     export_dir = os.fspath(export_dir)

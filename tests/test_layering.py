@@ -136,3 +136,31 @@ def test_tfrs_and_tf_keras_come_with_the_dev_extra_only():
     for name in ("tensorflow-recommenders", "tf-keras"):
         found = [r for r in requirements if r.startswith(name)]
         assert found and all("extra == \"dev\"" in r for r in found), found
+
+
+def test_the_server_front_ends_do_not_import_the_server_that_builds_them():
+    # Type-checking imports count here: the front ends know the service, never the server.
+    for front_end in ("rest", "grpc_service", "service"):
+        path = ROOT / "serving" / "server" / f"{front_end}.py"
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        assert not {name for name in imported if name.startswith("serving.server.app")}, front_end
+        assert "serving.server.service" in imported or front_end == "service", front_end
+
+
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_library_function_is_longer_than_80_lines():
+    long = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{module}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []

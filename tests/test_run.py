@@ -108,6 +108,10 @@ def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_conf
         assert f"{stage}: up to date, skipped" in result.stdout, stage
     assert "export: done" in result.stdout and "report: done" in result.stdout
     assert (out / "export" / "tfrec_retrieve" / "2").exists()
+    # the same model against itself: the promotion gate publishes it, and the report says so
+    promotion = json.loads((out / "export" / "promotion.json").read_text())
+    assert promotion["decision"] == "published" and promotion["version"] == 2 and promotion["served_version"] == 1
+    assert "## Promotion gate" in (out / "report.md").read_text()
 
 
 def test_a_sampled_evaluation_says_so_in_the_report(run, sample_config, tmp_path):

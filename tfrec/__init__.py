@@ -6,3 +6,7 @@ process makes it.
 """
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "app", "config", "data", "errors", "evaluation", "features", "fileio", "layout", "models",
+           "tasks", "topk", "training"]
+"""The version and the public subpackages and modules (``from tfrec import *`` imports them)."""

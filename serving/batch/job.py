@@ -245,10 +245,16 @@ def run_batch(config: Config, export_dir: str | os.PathLike, output: str | os.Pa
     """Runs the job with Beam options ``beam_args``; returns (and writes) ``batch_summary.json``'s content.
 
     Args:
-      config: the run's config (raw interaction files: ``data``; history cap: ``export.max_history``).
-      export_dir: the output folder of ``tfrec export``.
-      output: the folder to write the records into (local or a bucket).
-      data_dir: a data folder whose ``split`` holds the histories; None: read ``data.interactions``.
+        config: the run's config (raw interaction files: ``data``; history cap: ``export.max_history``).
+        export_dir: the output folder of ``tfrec export``.
+        output: the folder to write the records into (local or a bucket).
+        data_dir: a data folder whose ``split`` holds the histories; None: read ``data.interactions``.
+        split: with ``data_dir``: ``valid`` or ``test``.
+        options: results per customer, exclusions, output format and shards.
+        beam_args: Beam pipeline options (``--runner=...`` and the runner's own).
+
+    Returns:
+        ``batch_summary.json``'s content.
     """
     if options.output_format not in FORMATS:
         raise TfrecError(f"unknown output format {options.output_format!r}; expected one of {sorted(FORMATS)}")

@@ -11,15 +11,22 @@ One module per role:
 - ``checks``: request checks against a signature, and the limits a request must keep;
 - ``registry``: the models of the export folder and the version in service (latest policy);
 - ``codec``: TF Serving's JSON encoding of tensors (shared with ``serving/client.py``);
-- ``rest`` and ``grpc_service``: the two APIs; ``status``: their shared error codes;
-- ``app``: ``ModelServer``, which ties them together; ``main``: the ``tfrec serve`` command.
+- ``service``: the protocol-neutral request path (version, model and signature, limits,
+  status, metadata) both APIs answer through;
+- ``rest`` and ``grpc_service``: the two APIs, each over the service; ``status``: their
+  shared error codes; ``page``: the page at ``GET /``;
+- ``app``: ``ModelServer``, which binds the ports, runs the threads and polls for new
+  versions; ``main``: the ``tfrec serve`` command.
+
+The limits are the config's ``serve`` section (``tfrec.config.ServeConfig``).
 """
 
-from serving.server.app import ModelServer
-from serving.server.checks import Limits, Signature, TensorSpec
+from serving.server.app import ANY_PORT, ModelServer
+from serving.server.checks import Signature, TensorSpec
 from serving.server.main import serve
 from serving.server.registry import ModelRegistry, Servable, load_servable
+from serving.server.service import Service
 from serving.server.status import ServingError
 
-__all__ = ["Limits", "ModelRegistry", "ModelServer", "Servable", "ServingError", "Signature", "TensorSpec",
-           "load_servable", "serve"]
+__all__ = ["ANY_PORT", "ModelRegistry", "ModelServer", "Servable", "Service", "ServingError", "Signature",
+           "TensorSpec", "load_servable", "serve"]

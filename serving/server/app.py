@@ -1,15 +1,16 @@
-"""``ModelServer``: one export folder served over REST and gRPC, and the request path both share.
+"""``ModelServer``: one export folder served over REST and gRPC: binding, threads and polling.
 
-``port`` / ``grpc_port`` 0 picks a free port (see ``rest_url`` / ``grpc_target``);
-``grpc_port=None`` turns gRPC off. ``limits`` bound what a request and a client may
-cost (see ``checks.Limits``); they come from the config's ``serve`` section. ``page``
-answers ``GET /`` with the page to look at recommendations (``serving.server.page``),
-its sample customers read from the data folder ``examples``.
+The requests themselves are answered by the protocol-neutral ``Service``
+(``serving.server.service``): the server builds it and hands it to both front ends
+(``rest``, ``grpc_service``), neither of which knows the server. ``grpc_port`` 0 turns gRPC
+off; ``ANY_PORT`` (for REST, also 0) binds a free port (see ``rest_url`` / ``grpc_target``).
+``limits`` (the config's ``serve`` section) bound what a request and a client may cost.
+``page`` answers ``GET /`` with the page to look at recommendations
+(``serving.server.page``), its sample customers read from the data folder ``examples``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import os
 import threading
@@ -18,47 +19,64 @@ from concurrent import futures
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import json_format
-from tensorflow.core.protobuf import error_codes_pb2
-from tensorflow_serving.apis import get_model_status_pb2
 
 from serving.saved_model import check_export_root, register_custom_ops
-from serving.server import codec
-from serving.server.checks import Limits, Signature
 from serving.server.grpc_service import add_services
 from serving.server.page import Page
-from serving.server.registry import ModelRegistry, Servable
-from serving.server.rest import RestServer
-from serving.server.status import UNIMPLEMENTED, ServingError, invalid
+from serving.server.registry import ModelRegistry
+from serving.server.rest import ModelApi, RestServer, Route
+from serving.server.service import Service
 from tfrec import fileio
+from tfrec.config import ServeConfig
 from tfrec.errors import TfrecError
 
 if TYPE_CHECKING:
     from typing import Self
 
-_VERB_KIND = {"classify": "classification", "regress": "regression"}
+ANY_PORT = -1
+"""A port argument asking for any free port (tests, benchmarks); read the bound one from the server."""
 _GRPC_WORKERS = 16
 
 
 class ModelServer:
-    """Serves an export folder over REST and gRPC until ``stop()``; usable as a context manager."""
+    """Serves an export folder over REST and gRPC until ``stop()``; usable as a context manager.
+
+    Args:
+        export_dir: the export folder (``EXPORT/<name>/<version>/``).
+        host: the address to bind.
+        port: the REST port (0 or ``ANY_PORT``: a free one).
+        grpc_port: the gRPC port; 0 turns gRPC off, ``ANY_PORT`` binds a free one.
+        poll_seconds: how often to look for new versions.
+        max_batch: overrides ``limits.max_batch``.
+        log: where loading, failures and warnings are reported.
+        limits: the ``serve`` settings whose limits bound requests and clients (default: the defaults).
+        page: answer ``GET /`` with the page to look at recommendations.
+        examples: a data folder whose test customers the page offers as samples.
+    """
 
     def __init__(self, export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501,
-                 grpc_port: int | None = 8500, poll_seconds: float = 2.0, max_batch: int | None = None,
-                 log: Callable[[str], None] = print, limits: Limits | None = None, page: bool = True,
+                 grpc_port: int = 8500, poll_seconds: float = 2.0, max_batch: int | None = None,
+                 log: Callable[[str], None] = print, limits: ServeConfig | None = None, page: bool = True,
                  examples: str | os.PathLike | None = None):
         self.export_dir = os.fspath(export_dir)
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.poll_seconds = poll_seconds
-        limits = limits or Limits()
-        self.limits = dataclasses.replace(limits, max_batch=max_batch) if max_batch is not None else limits
+        limits = limits or ServeConfig()
+        if max_batch is not None:
+            limits = ServeConfig(**(limits.model_dump() | {"max_batch": max_batch}))
+        self.limits = limits
         self.log = log
-        self.registry = ModelRegistry(self.export_dir, log)
-        self.page = Page(self.export_dir, self.limits, self._versions, examples, log) if page else None
+        self.service = Service(self.export_dir, self.limits, log)
+        self.page = Page(self.export_dir, self.limits, self.service.versions, examples, log) if page else None
         self._http: RestServer | None = None
         self._grpc: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
         self._stopping = threading.Event()
+
+    @property
+    def registry(self) -> ModelRegistry:
+        """The served models (the service's registry)."""
+        return self.service.registry
 
     @property
     def max_batch(self) -> int:
@@ -68,10 +86,9 @@ class ModelServer:
 
     def start(self) -> ModelServer:
         check_export_root(self.export_dir)
-        self.limits.validate()
         try:  # ports first, so that a port in use fails before minutes of loading
             self._http = self._bind_http()
-            if self.grpc_port is not None:
+            if self.grpc_port:
                 self._grpc = self._bind_grpc()
             if self.page is not None:
                 self.page.load()
@@ -118,9 +135,14 @@ class ModelServer:
             except Exception as e:  # noqa: BLE001 (the poller must survive a bad folder state)
                 self.log(f"warning: looking for new versions failed: {e}")
 
+    def routes(self) -> list[Route]:
+        """The REST routes, asked in turn: the page (``GET`` outside ``/v1/``), then TF Serving's API."""
+        return [*([self.page] if self.page is not None else []), ModelApi(self.service)]
+
     def _bind_http(self) -> RestServer:
+        port = 0 if self.port == ANY_PORT else self.port
         try:
-            return RestServer((self.host, self.port), self, self.limits, self.page)
+            return RestServer((self.host, port), self.routes(), self.limits)
         except OSError as e:
             raise TfrecError(f"cannot listen for REST on {self.host}:{self.port}: {e.strerror or e}; "
                              f"pick another --port") from e
@@ -132,8 +154,9 @@ class ModelServer:
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_receive_message_length", self.limits.max_body_bytes),
                      ("grpc.max_send_message_length", 64 * 1024 * 1024)])
-        add_services(server, self)
-        address = f"[{self.host}]:{self.grpc_port}" if ":" in self.host else f"{self.host}:{self.grpc_port}"
+        add_services(server, self.service)
+        port = 0 if self.grpc_port == ANY_PORT else self.grpc_port
+        address = f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}"
         try:
             bound = server.add_insecure_port(address)
         except RuntimeError:  # grpcio's way of saying it could not bind
@@ -143,9 +166,6 @@ class ModelServer:
                              f"this machine's; pick another --grpc-port (0 turns gRPC off)")
         self.grpc_port = bound
         return server
-
-    def _versions(self) -> dict[str, int]:
-        return {name: servable.version for name, servable in self.registry.serving().items()}
 
     # -- addresses
 
@@ -192,92 +212,6 @@ class ModelServer:
             lines.append(f"warning: listening on {self.host}, beyond this machine, with no authentication")
         lines.append(f"Looking for new versions every {self.poll_seconds:g}s; Ctrl-C stops.")
         return "\n".join(lines)
-
-    # -- requests, shared by REST and gRPC
-
-    @staticmethod
-    def version_of(model: str, version: str | None, label: str | None) -> int | None:
-        """The version a request names (None: the one in service); labels are refused as TF Serving does
-        when none are configured."""
-        if label:
-            raise invalid(f"Unrecognized servable version label: {label} (tfrec serve keeps no version labels; "
-                          f"ask for /versions/<number> or leave the version out for {model}'s newest)")
-        if version is None:
-            return None
-        if not version.isdigit():
-            raise invalid(f"Failed to convert version: {version} to numeric.")
-        return int(version)
-
-    def resolve(self, model: str, version: int | None, signature_name: str | None) -> tuple[Servable, Signature]:
-        servable = self.registry.get(model, version)
-        return servable, servable.signature(signature_name)
-
-    @staticmethod
-    def not_predict_error(signature: Signature, verb: str) -> ServingError:
-        """What TF Serving answers for ``:classify`` / ``:regress`` on a signature of another kind."""
-        wanted = f"tensorflow/serving/{verb}"
-        if signature.method_name != wanted:
-            kind = _VERB_KIND.get(verb, verb)
-            return invalid(f"Expected {kind} signature method_name to be {wanted}. Was: {signature.method_name} "
-                           f"({signature.model} has predict signatures: use :predict)")
-        return ServingError(UNIMPLEMENTED, f"this server runs predict signatures only, not :{verb}")
-
-    def rest_call(self, model: str, version: int | None, verb: str, body: bytes) -> dict:
-        if verb == "predict":
-            return self.rest_predict(model, version, body)
-        if verb in _VERB_KIND:
-            request = codec.parse_body(body)
-            name = request.get("signature_name")
-            _, signature = self.resolve(model, version, name if isinstance(name, str) else None)
-            raise self.not_predict_error(signature, verb)
-        raise invalid(f"Malformed request: POST :{verb} (this server answers :predict, :classify and :regress)")
-
-    def rest_predict(self, model: str, version: int | None, body: bytes) -> dict:
-        request = codec.parse_body(body)
-        unknown = sorted(set(request) - {"signature_name", "inputs", "instances"})
-        if unknown:
-            raise invalid(f"unknown key '{unknown[0]}': a predict request holds \"inputs\" (columnar form) or "
-                          f"\"instances\" (row form), and optionally \"signature_name\"")
-        if ("inputs" in request) == ("instances" in request):
-            raise invalid("a predict request holds exactly one of \"inputs\" (columnar form) and \"instances\" "
-                          "(row form)")
-        name = request.get("signature_name")
-        if name is not None and not isinstance(name, str):
-            raise invalid("'signature_name' key must be a string value.")
-        _, signature = self.resolve(model, version, name)
-        columnar = "inputs" in request
-        values = (codec.columnar_values(signature, request["inputs"]) if columnar
-                  else codec.row_values(signature, request["instances"]))
-        signature.admit({key: codec.json_shape(value) for key, value in values.items()}, self.limits)
-        arrays = {key: codec.array_from_json(signature.inputs[key], value) for key, value in values.items()}
-        del request, values  # the parsed body can be large: let it go before the model runs
-        outputs = signature.call(arrays)
-        if columnar:
-            return {"outputs": codec.columnar_outputs(outputs)}
-        return {"predictions": codec.row_outputs(outputs)}
-
-    def rest_status(self, model: str, version: int | None) -> dict:
-        proto = self.status_proto(model, version)
-        return json_format.MessageToDict(proto, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
-
-    def rest_metadata(self, model: str, version: int | None) -> dict:
-        servable = self.registry.get(model, version)
-        return {
-            "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
-            "metadata": {"signature_def": json_format.MessageToDict(servable.metadata(),
-                                                                    preserving_proto_field_name=True)},
-        }
-
-    def status_proto(self, model: str, version: int | None) -> get_model_status_pb2.GetModelStatusResponse:
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in self.registry.status(model, version):
-            entry = response.model_version_status.add()
-            entry.version = number
-            entry.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
-            entry.status.error_code = error_codes_pb2.Code.Value(status.error_code)
-            entry.status.error_message = status.error_message
-        return response
 
 
 def _is_loopback(host: str) -> bool:

@@ -5,7 +5,7 @@ server will refuse:
 
 1. ``Signature.admit``: input names, and each input's *declared* shape (from the JSON
    nesting, or the gRPC TensorProto's ``tensor_shape``) against the SignatureDef and the
-   server's ``Limits`` (batch size, history length, values per input), and one batch
+   server's limits (``ServeConfig``: batch size, history length, values per input), and one batch
    size shared by every per-example input. Only then are arrays built.
 2. ``Signature.call``: the values (no NaN or infinity; for a model whose whole request
    is one item id, ids of its catalogue), then the model, whose own InvalidArgument
@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from serving.server.status import RESOURCE_EXHAUSTED, ServingError, invalid, over_limit, tf_error_text
-from tfrec.errors import TfrecError
+from tfrec.config import ServeConfig
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 HISTORY_INPUT = "history"
@@ -32,28 +32,6 @@ REQUEST_WIDE_INPUTS = frozenset({"exclude_ids"})
 """List inputs that hold one list for the whole request, not one entry per example."""
 ID_INPUT = "item_id"
 """An input of item ids; when it is a model's only required input, the ids must be known."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request and one client may cost the server (the ``serve`` section of the config)."""
-
-    max_batch: int = 256
-    max_history: int = 1000
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_connections: int = 64
-    request_timeout_seconds: float = 30.0
-    idle_timeout_seconds: float = 60.0
-
-    @property
-    def max_values(self) -> int:
-        """The most values one input may hold: a full batch of the longest histories."""
-        return self.max_batch * self.max_history
-
-    def validate(self) -> None:
-        for name, value in vars(self).items():
-            if not value > 0:
-                raise TfrecError(f"serve.{name} must be above 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -154,7 +132,7 @@ class Signature:
 
     # -- step 1: declared shapes, before any array is built
 
-    def admit(self, shapes: Mapping[str, tuple[int, ...]], limits: Limits) -> int:
+    def admit(self, shapes: Mapping[str, tuple[int, ...]], limits: ServeConfig) -> int:
         """Checks the request's input names and declared shapes against the signature and ``limits``.
 
         Returns the batch size. Runs on shapes alone, so a request that declares a huge
@@ -172,7 +150,7 @@ class Signature:
                                  "serve.max_batch × serve.max_history")
         return self._batch(shapes, limits)
 
-    def _batch(self, shapes: Mapping[str, tuple[int, ...]], limits: Limits) -> int:
+    def _batch(self, shapes: Mapping[str, tuple[int, ...]], limits: ServeConfig) -> int:
         sizes = {}
         for name, shape in shapes.items():
             if not shape or not self.per_example(name):

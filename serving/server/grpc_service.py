@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,17 +26,15 @@ from tensorflow_serving.apis import (
 )
 
 from serving.server.checks import TensorSpec
+from serving.server.service import Service
 from serving.server.status import ServingError, invalid
-
-if TYPE_CHECKING:
-    from serving.server.app import ModelServer
 
 SIGNATURE_DEF_FIELD = "signature_def"
 
 
-def _spec_version(app: ModelServer, spec) -> int | None:
+def _spec_version(spec) -> int | None:
     version = str(spec.version.value) if spec.HasField("version") else None
-    return app.version_of(spec.name, version, spec.version_label or None)
+    return Service.version_of(spec.name, version, spec.version_label or None)
 
 
 def proto_shape(name: str, proto) -> tuple[int, ...]:
@@ -69,17 +67,18 @@ def _grpc_call(context: grpc.ServicerContext, answer: Callable[[], Any]) -> Any:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, app: ModelServer):
-        self.app = app
+    """``tensorflow.serving.PredictionService`` over a ``Service``."""
+
+    def __init__(self, service: Service):
+        self.service = service
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
         return _grpc_call(context, lambda: self._predict(request))
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         spec = request.model_spec
-        servable, signature = self.app.resolve(spec.name, _spec_version(self.app, spec), spec.signature_name)
-        signature.admit({name: proto_shape(name, proto) for name, proto in request.inputs.items()},
-                        self.app.limits)
+        servable, signature = self.service.resolve(spec.name, _spec_version(spec), spec.signature_name)
+        self.service.admit(signature, {name: proto_shape(name, proto) for name, proto in request.inputs.items()})
         arrays = {name: array_from_proto(signature.inputs[name], proto) for name, proto in request.inputs.items()}
         outputs = signature.call(arrays)
         wanted = list(request.output_filter) or list(outputs)
@@ -112,8 +111,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def _not_predict(self, request, verb: str):
         spec = request.model_spec
-        _, signature = self.app.resolve(spec.name, _spec_version(self.app, spec), spec.signature_name)
-        raise self.app.not_predict_error(signature, verb)
+        _, signature = self.service.resolve(spec.name, _spec_version(spec), spec.signature_name)
+        raise self.service.not_predict_error(signature, verb)
 
     def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
                          context) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -126,24 +125,27 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             if name != SIGNATURE_DEF_FIELD:
                 raise invalid(f"Metadata field {name} is not supported")
         spec = request.model_spec
-        servable = self.app.registry.get(spec.name, _spec_version(self.app, spec))
+        servable, signatures = self.service.metadata(spec.name, _spec_version(spec))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        response.metadata[SIGNATURE_DEF_FIELD].Pack(servable.metadata())
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signatures)
         return response
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, app: ModelServer):
-        self.app = app
+    """``tensorflow.serving.ModelService`` (version status) over a ``Service``."""
+
+    def __init__(self, service: Service):
+        self.service = service
 
     def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest,
                        context) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
-        return _grpc_call(context, lambda: self.app.status_proto(spec.name, _spec_version(self.app, spec)))
+        return _grpc_call(context, lambda: self.service.status(spec.name, _spec_version(spec)))
 
 
-def add_services(server: grpc.Server, app: ModelServer) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(app), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(app), server)
+def add_services(server: grpc.Server, service: Service) -> None:
+    """Adds TF Serving's two gRPC services, answering from ``service``, to ``server``."""
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(service), server)

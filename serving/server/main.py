@@ -7,22 +7,24 @@ import signal
 import threading
 
 from serving.server.app import ModelServer
-from serving.server.checks import Limits
+from tfrec.config import ServeConfig
 
 
-def serve(export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501, grpc_port: int = 8500,
-          poll_seconds: float = 2.0, page: bool = True, examples: str | os.PathLike | None = None,
-          **limits) -> None:
-    """Serves ``export_dir`` until Ctrl-C or SIGTERM (``grpc_port=0``: no gRPC).
+def serve(export_dir: str | os.PathLike, settings: ServeConfig | None = None, page: bool = True,
+          examples: str | os.PathLike | None = None) -> None:
+    """Serves ``export_dir`` until Ctrl-C or SIGTERM.
 
-    ``page``: answer ``GET /`` with the page to look at recommendations; ``examples``: a data
-    folder of ``tfrec preprocess`` whose test users the page offers as sample customers.
-
-    ``limits``: the ``serve`` section's limits (``max_batch``, ``max_history``, ``max_body_bytes``,
-    ``max_connections``, ``request_timeout_seconds``, ``idle_timeout_seconds``).
+    Args:
+        export_dir: the export folder.
+        settings: the config's ``serve`` section: address, ports (``grpc_port`` 0: no gRPC),
+            polling and limits (default: the defaults).
+        page: answer ``GET /`` with the page to look at recommendations.
+        examples: a data folder of ``tfrec preprocess`` whose test users the page offers as
+            sample customers.
     """
-    server = ModelServer(export_dir, host, port, grpc_port or None, poll_seconds, limits=Limits(**limits),
-                         page=page, examples=examples)
+    settings = settings or ServeConfig()
+    server = ModelServer(export_dir, settings.host, settings.port, settings.grpc_port, settings.poll_seconds,
+                         limits=settings, page=page, examples=examples)
     server.start()
     print(server.describe(), flush=True)
     stop = threading.Event()

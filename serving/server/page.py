@@ -23,7 +23,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from http import HTTPStatus
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
@@ -31,11 +30,12 @@ from urllib.parse import parse_qs, urlsplit
 import tensorflow as tf
 
 from serving.items import read_items
-from serving.server.checks import Limits
 from serving.server.codec import dumps
+from serving.server.rest import Reply
 from serving.server.samples import SampleCustomer, sample_customers
 from serving.server.status import invalid, over_limit
 from tfrec import fileio
+from tfrec.config import ServeConfig
 from tfrec.layout import ITEM_TEXTS_FILE, MODEL_CARD_FILE
 
 STATIC_FILES = ("index.html", "page.js", "page.css", "icon.svg")
@@ -49,16 +49,6 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-@dataclass(frozen=True)
-class PageAnswer:
-    """One answer of the page's routes: the REST server writes it as it is."""
-
-    status: HTTPStatus
-    content_type: str
-    body: bytes
-    headers: dict[str, str]
 
 
 class Titles:
@@ -120,7 +110,7 @@ class Page:
         log: where warnings go.
     """
 
-    def __init__(self, export_dir: str, limits: Limits, served: Callable[[], dict[str, int]],
+    def __init__(self, export_dir: str, limits: ServeConfig, served: Callable[[], dict[str, int]],
                  examples: str | os.PathLike | None = None, log: Callable[[str], None] = print):
         self.export_dir, self.limits, self.served, self.log = export_dir, limits, served, log
         self.examples = os.fspath(examples) if examples is not None else None
@@ -135,7 +125,11 @@ class Page:
             self.samples = sample_customers(self.examples, self.limits.max_history)
         self.titles.preload(self.log)
 
-    def answer(self, target: str) -> PageAnswer | None:
+    def __call__(self, method: str, target: str, body: bytes) -> Reply | None:
+        """The page as a REST route (``serving.server.rest.Route``): it answers ``GET`` only."""
+        return self.answer(target) if method == "GET" else None
+
+    def answer(self, target: str) -> Reply | None:
         """The answer to ``GET target`` (path and query), or None when the path is not the page's."""
         parts = urlsplit(target)
         path = parts.path
@@ -174,12 +168,12 @@ class Page:
                              "serve.max_history")
         return ids
 
-    def _file(self, name: str) -> PageAnswer:
+    def _file(self, name: str) -> Reply:
         content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         if content_type.startswith("text/") or content_type.endswith("javascript"):
             content_type += "; charset=utf-8"
-        return PageAnswer(HTTPStatus.OK, content_type, self._static[name], HEADERS)
+        return Reply(HTTPStatus.OK, content_type, self._static[name], HEADERS)
 
 
-def _json(payload: dict) -> PageAnswer:
-    return PageAnswer(HTTPStatus.OK, "application/json", dumps(payload), HEADERS)
+def _json(payload: dict) -> Reply:
+    return Reply(HTTPStatus.OK, "application/json", dumps(payload), HEADERS)

@@ -98,7 +98,12 @@ def _error_code(error: Exception) -> str:
 
 
 class ModelRegistry:
-    """The models of an export folder: the servable in service for each, and every version's status."""
+    """The models of an export folder: the servable in service for each, and every version's status.
+
+    Args:
+        export_dir: the export folder (``EXPORT/<name>/<version>/``); ``refresh`` reads it.
+        log: where loading and failures are reported (default: this module's logger).
+    """
 
     def __init__(self, export_dir: str | os.PathLike, log: Callable[[str], None] | None = None):
         self.export_dir = os.fspath(export_dir)

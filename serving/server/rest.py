@@ -16,29 +16,57 @@ a byte now and then holds a connection for a bounded time and never holds up oth
 The body's ``Content-Length`` must be a plain number within ``max_body_bytes``, checked
 before the body is read.
 
-With a ``page`` (``serving.server.page``), a ``GET`` outside ``/v1/`` is first offered to
-it: the page to look at recommendations, behind the same connection cap and timeouts.
+The server answers each request through its ``routes``, asked in turn: ``ModelApi`` (the
+routes above, over the protocol-neutral ``Service``) and, in front of it, the page to look
+at recommendations (``serving.server.page``), all behind the same connection cap and
+timeouts. Another set of paths is one more ``Route``: ``route(method, path, body)``
+returning a ``Reply``, or ``None`` for a path that is not its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import socket
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
-from serving.server.checks import Limits
+from google.protobuf import json_format
+
+from serving.server import codec
 from serving.server.codec import dumps
+from serving.server.service import Service
 from serving.server.status import NOT_FOUND, ServingError, invalid, over_limit
+from tfrec.config import ServeConfig
 
-if TYPE_CHECKING:
-    from serving.server.app import ModelServer
-    from serving.server.page import Page, PageAnswer
+
+@dataclasses.dataclass(frozen=True)
+class Reply:
+    """One answer to an HTTP request, written as it is."""
+
+    status: HTTPStatus
+    content_type: str
+    body: bytes
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def json_reply(status: HTTPStatus, payload: dict) -> Reply:
+    """A JSON answer (a model's output that is not JSON, such as NaN, becomes a 500)."""
+    try:
+        return Reply(status, "application/json", dumps(payload))
+    except ValueError as e:
+        return Reply(HTTPStatus.INTERNAL_SERVER_ERROR, "application/json",
+                     dumps({"error": f"the model's answer is not JSON: {e}"}))
+
+
+Route = Callable[[str, str, bytes], "Reply | None"]
+"""``route(method, path, body)``: the answer, or ``None`` when the path is not the route's.
+A ``ServingError`` it raises is answered as JSON with its status."""
 
 _ROUTE = re.compile(r"^/v1/models(?:/(?P<model>[^/:]+))?"
                     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
@@ -49,16 +77,105 @@ _DRAIN_BYTES, _DRAIN_SECONDS = 1 << 20, 1.0  # read and dropped after refusing a
 _WATCHDOG_SECONDS = 0.25
 
 
+class ModelApi:
+    """TF Serving's REST routes (the table above) over a ``Service``: a ``Route`` for paths under ``/v1/``."""
+
+    def __init__(self, service: Service):
+        self.service = service
+
+    def __call__(self, method: str, path: str, body: bytes) -> Reply | None:
+        path = path.split("?", 1)[0]
+        if not path.lower().startswith("/v1/"):
+            return None
+        match = _ROUTE.match(path)
+        if match is None:
+            raise invalid(f"Malformed request: {method} {path} (try POST /v1/models/<name>:predict "
+                          f"or GET /v1/models/<name>)")
+        model, verb = match["model"], match["verb"]
+        if not model:
+            raise invalid("Missing model name in request.")
+        version = self.service.version_of(model, match["version"], match["label"])
+        if verb is None:
+            _require(method, "GET", path)
+            if match["metadata"]:
+                return json_reply(HTTPStatus.OK, self.metadata(model, version))
+            return json_reply(HTTPStatus.OK, self.status(model, version))
+        _require(method, "POST", path)
+        if match["metadata"]:
+            raise invalid(f"Malformed request: {method} {path}")
+        return json_reply(HTTPStatus.OK, self.call(model, version, verb, body))
+
+    def call(self, model: str, version: int | None, verb: str, body: bytes) -> dict:
+        """``POST ...:<verb>``: ``:predict`` runs; ``:classify`` / ``:regress`` are answered as TF Serving does."""
+        if verb == "predict":
+            return self.predict(model, version, body)
+        if verb in ("classify", "regress"):
+            request = codec.parse_body(body)
+            name = request.get("signature_name")
+            _, signature = self.service.resolve(model, version, name if isinstance(name, str) else None)
+            raise self.service.not_predict_error(signature, verb)
+        raise invalid(f"Malformed request: POST :{verb} (this server answers :predict, :classify and :regress)")
+
+    def predict(self, model: str, version: int | None, body: bytes) -> dict:
+        """A predict request in columnar (``inputs``) or row (``instances``) form, answered in the same form."""
+        request = codec.parse_body(body)
+        unknown = sorted(set(request) - {"signature_name", "inputs", "instances"})
+        if unknown:
+            raise invalid(f"unknown key '{unknown[0]}': a predict request holds \"inputs\" (columnar form) or "
+                          f"\"instances\" (row form), and optionally \"signature_name\"")
+        if ("inputs" in request) == ("instances" in request):
+            raise invalid("a predict request holds exactly one of \"inputs\" (columnar form) and \"instances\" "
+                          "(row form)")
+        name = request.get("signature_name")
+        if name is not None and not isinstance(name, str):
+            raise invalid("'signature_name' key must be a string value.")
+        _, signature = self.service.resolve(model, version, name)
+        columnar = "inputs" in request
+        values = (codec.columnar_values(signature, request["inputs"]) if columnar
+                  else codec.row_values(signature, request["instances"]))
+        self.service.admit(signature, {key: codec.json_shape(value) for key, value in values.items()})
+        arrays = {key: codec.array_from_json(signature.inputs[key], value) for key, value in values.items()}
+        del request, values  # the parsed body can be large: let it go before the model runs
+        outputs = signature.call(arrays)
+        if columnar:
+            return {"outputs": codec.columnar_outputs(outputs)}
+        return {"predictions": codec.row_outputs(outputs)}
+
+    def status(self, model: str, version: int | None) -> dict:
+        return json_format.MessageToDict(self.service.status(model, version), preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
+
+    def metadata(self, model: str, version: int | None) -> dict:
+        servable, signatures = self.service.metadata(model, version)
+        return {
+            "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+            "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
+        }
+
+
+def _require(method: str, wanted: str, path: str) -> None:
+    if method != wanted:
+        raise invalid(f"{path} takes {wanted}, not {method}")
+
+
+
 class RestServer(ThreadingHTTPServer):
-    """The HTTP server: a thread per connection, a connection cap, and a watchdog for slow clients."""
+    """The HTTP server: a thread per connection, a connection cap, and a watchdog for slow clients.
+
+    Args:
+        address: ``(host, port)`` to bind (port 0: any free port).
+        routes: asked in turn for each request's answer (``Route``); a path none of them
+            answers is a 404.
+        limits: the ``serve`` settings (connections, body size, timeouts).
+    """
 
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 resets connections when many clients connect at once
 
-    def __init__(self, address: tuple[str, int], app: ModelServer, limits: Limits, page: Page | None = None):
+    def __init__(self, address: tuple[str, int], routes: Sequence[Route], limits: ServeConfig):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.app, self.limits, self.page = app, limits, page
+        self.routes, self.limits = list(routes), limits
         self._connections: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
         self._connections_lock = threading.Lock()
         self._closed = threading.Event()
@@ -175,7 +292,7 @@ class RestHandler(BaseHTTPRequestHandler):
         try:
             body = self._body()
         except ServingError as e:
-            self._send(e.http_status, {"error": e.message})
+            self._write(json_reply(e.http_status, {"error": e.message}))
             self._drain()
             return
         if body is None:  # the client went away, or was too slow
@@ -183,46 +300,22 @@ class RestHandler(BaseHTTPRequestHandler):
             return
         self.server.mark(self.connection, _WORKING)
         try:
-            page = self.server.page.answer(self.path) if self.server.page and method == "GET" else None
-            if page is not None:
-                self._send_page(page)
-                return
-            status, payload = self._route(method, body)
+            reply = self._route(method, body)
         except ServingError as e:
-            status, payload = e.http_status, {"error": e.message}
+            reply = json_reply(e.http_status, {"error": e.message})
         except Exception as e:  # noqa: BLE001 (report, keep serving)
             traceback.print_exc(file=sys.stderr)
-            status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"}
-        self._send(status, payload)
+            reply = json_reply(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {e}"})
+        self._write(reply)
 
-    def _route(self, method: str, body: bytes) -> tuple[HTTPStatus, dict]:
+    def _route(self, method: str, body: bytes) -> Reply:
+        for route in self.server.routes:
+            reply = route(method, self.path, body)
+            if reply is not None:
+                return reply
         path = self.path.split("?", 1)[0]
-        if not path.lower().startswith("/v1/"):
-            raise ServingError(NOT_FOUND, f"no such endpoint: {method} {path} (try POST /v1/models/<name>:predict "
-                                          f"or GET /v1/models/<name>)")
-        match = _ROUTE.match(path)
-        if match is None:
-            raise invalid(f"Malformed request: {method} {path} (try POST /v1/models/<name>:predict "
-                          f"or GET /v1/models/<name>)")
-        app = self.server.app
-        model, verb = match["model"], match["verb"]
-        if not model:
-            raise invalid("Missing model name in request.")
-        version = app.version_of(model, match["version"], match["label"])
-        if verb is None:
-            self._require(method, "GET", path)
-            if match["metadata"]:
-                return HTTPStatus.OK, app.rest_metadata(model, version)
-            return HTTPStatus.OK, app.rest_status(model, version)
-        self._require(method, "POST", path)
-        if match["metadata"]:
-            raise invalid(f"Malformed request: {method} {path}")
-        return HTTPStatus.OK, app.rest_call(model, version, verb, body)
-
-    @staticmethod
-    def _require(method: str, wanted: str, path: str) -> None:
-        if method != wanted:
-            raise invalid(f"{path} takes {wanted}, not {method}")
+        raise ServingError(NOT_FOUND, f"no such endpoint: {method} {path} (try POST /v1/models/<name>:predict "
+                                      f"or GET /v1/models/<name>)")
 
     def _body(self) -> bytes | None:
         """The request's body, its declared size checked first; None when the client stops sending."""
@@ -263,26 +356,16 @@ class RestHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def _send(self, status: HTTPStatus, payload: dict) -> None:
+    def _write(self, reply: Reply) -> None:
         try:
-            data = dumps(payload)
-        except ValueError as e:  # NaN in an output: not JSON
-            status, data = HTTPStatus.INTERNAL_SERVER_ERROR, dumps({"error": f"the model's answer is not JSON: {e}"})
-        self._write(status, "application/json", data)
-
-    def _send_page(self, answer: PageAnswer) -> None:
-        self._write(answer.status, answer.content_type, answer.body, answer.headers)
-
-    def _write(self, status: HTTPStatus, content_type: str, data: bytes, headers: dict[str, str] | None = None) -> None:
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            self.send_header("Content-Length", str(len(reply.body)))
+            for name, value in reply.headers.items():
                 self.send_header(name, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            self.wfile.write(reply.body)
         except OSError:
             self.close_connection = True

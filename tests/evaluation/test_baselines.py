@@ -4,7 +4,7 @@ import numpy as np
 
 from tfrec.data import EvalSplit
 from tfrec.evaluation.baselines import Als, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
-from tfrec.evaluation.ranking import top_k_indices
+from tfrec.topk import top_k_indices
 
 N = 6
 TRAIN = EvalSplit(

@@ -5,7 +5,8 @@ import pytest
 
 from tfrec.data import EvalSplit
 from tfrec.evaluation.metrics import RankingMetrics, first_relevant_rank, intra_list_similarity
-from tfrec.evaluation.ranking import evaluate_split, top_k_indices
+from tfrec.evaluation.ranking import evaluate_split
+from tfrec.topk import top_k_indices
 
 
 def test_top_k_breaks_ties_by_lower_index():
@@ -69,7 +70,7 @@ def test_protocols_and_repeat_share():
     def scorer(histories):
         return np.tile(np.arange(6, 0, -1, dtype=float), (len(histories), 1))
 
-    r = evaluate_split({"s": scorer}, split, 6, cold, ks=(1, 2))
+    r = evaluate_split({"s": scorer}, split, 6, cold, ks=(1, 2)).metrics
     assert np.isclose(r["repeat_share"], 2 / 3)
     # all: user a gets item 0 at rank 0 (recall 1/2 at 1), user b's item 2 is at rank 2.
     assert np.isclose(r["all"]["s"]["recall@1"], (0.5 + 0) / 2)

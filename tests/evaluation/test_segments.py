@@ -40,11 +40,10 @@ def _popular(histories):
 
 
 def _evaluate(split, min_users=30):
-    per_user = {}
     counts = np.array([50, 30, 10, 5, 5, 0])
     result = evaluate_split({"model": _Oracle(split), "most_popular": _popular}, split, NUM_ITEMS, counts == 0,
-                            ks=(1, 2, 3), batch_size=16, target_segments=target_segments(counts), per_user=per_user)
-    return result, analyse_split(per_user, split, num_resamples=400, seed=0, min_users=min_users)
+                            ks=(1, 2, 3), batch_size=16, target_segments=target_segments(counts), keep_per_user=True)
+    return result.metrics, analyse_split(result.per_user, split, num_resamples=400, seed=0, min_users=min_users)
 
 
 class _Oracle:

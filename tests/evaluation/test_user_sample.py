@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from tfrec.data import EvalSplit, sample_users
-from tfrec.evaluation.ranking import evaluate_split, rows_per_batch
+from tfrec.evaluation.ranking import evaluate_split
+from tfrec.topk import rows_per_batch
 
 NUM_ITEMS = 40
 
@@ -57,11 +58,10 @@ def test_results_do_not_depend_on_the_score_budget():
     vectors = np.random.default_rng(2).normal(size=(NUM_ITEMS, 8)).astype(np.float32)
 
     def run(budget):
-        per_user, curves = {}, {}
         result = evaluate_split({"model": _scores}, split, NUM_ITEMS, np.zeros(NUM_ITEMS, bool), ks=(5, 10),
-                                batch_size=64, curves=curves, item_vectors=vectors, per_user=per_user,
+                                batch_size=64, item_vectors=vectors, keep_per_user=True,
                                 score_budget=budget)
-        return result, curves, per_user
+        return result.metrics, result.curves, result.per_user
 
     whole, small = run(1 << 24), run(3 * NUM_ITEMS)  # batches of 64 users, and of 3
     # Rankings are equal; means differ at most by the order of their float sums, and the

@@ -10,7 +10,7 @@ import pytest
 from serving.batch.job import BatchOptions, run_batch
 from serving.client import RestClient
 from serving.export import RETRIEVE
-from serving.server import ModelServer
+from serving.server import ANY_PORT, ModelServer
 from tfrec.app.cli import main
 from tfrec.data import load_catalogue, load_eval_split, load_stats
 
@@ -46,7 +46,7 @@ def assert_same(record: dict, answer: dict) -> None:
 
 @pytest.fixture(scope="module")
 def rest(export_dir):
-    with ModelServer(export_dir, port=0, grpc_port=0, max_batch=REQUEST_ROWS) as server, \
+    with ModelServer(export_dir, port=ANY_PORT, grpc_port=ANY_PORT, max_batch=REQUEST_ROWS) as server, \
             RestClient(server.rest_url) as client:
         yield client
 

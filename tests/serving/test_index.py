@@ -16,10 +16,11 @@ from serving.index import (
     save_searcher,
 )
 from serving.index_tuning import Tuner, leaf_counts, leaves_to_search, reorders, tune_searcher
-from serving.searcher import build_searcher, exact_top_k, index_params, recall_against, search
+from serving.searcher import build_searcher, index_params, recall_against, search
 from tests.conftest import tiny_config
 from tfrec.config import IndexConfig
 from tfrec.errors import TfrecError
+from tfrec.topk import exact_top_k
 
 
 def _unit(rng, n, d):

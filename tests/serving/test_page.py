@@ -23,8 +23,9 @@ import requests
 
 from serving.export import RETRIEVE, SEARCH, SIMILAR
 from serving.items import read_items, write_items
-from serving.server import Limits, ModelServer
+from serving.server import ANY_PORT, ModelServer
 from serving.server.samples import sample_customers
+from tfrec.config import ServeConfig
 
 CHROMIUM = os.environ.get("TFREC_CHROMIUM", "/usr/bin/chromium")
 MAX_HISTORY = 50  # the server's limit: also the most ids one titles lookup may name
@@ -83,7 +84,7 @@ def shown_export(export_dir, history, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(shown_export, sample_data_dir):
-    with ModelServer(shown_export, port=0, grpc_port=None, limits=Limits(max_history=MAX_HISTORY),
+    with ModelServer(shown_export, port=ANY_PORT, grpc_port=0, limits=ServeConfig(max_history=MAX_HISTORY),
                      examples=sample_data_dir, log=lambda _: None) as running:
         yield running
 
@@ -198,7 +199,7 @@ def wait_for(condition, what: str, timeout: float = 120.0) -> None:
 def test_without_the_page_only_the_model_api_answers(shown_export, tmp_path):
     export = tmp_path / "export"
     shutil.copytree(shown_export / SIMILAR, export / SIMILAR)
-    with ModelServer(export, port=0, grpc_port=None, page=False, log=lambda _: None) as running:
+    with ModelServer(export, port=ANY_PORT, grpc_port=0, page=False, log=lambda _: None) as running:
         assert requests.get(f"{running.rest_url}/", timeout=30).status_code == 404
         assert requests.get(f"{running.rest_url}/page/info", timeout=30).status_code == 404
         assert requests.get(f"{running.rest_url}/v1/models/{SIMILAR}", timeout=30).status_code == 200

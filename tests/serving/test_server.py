@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import QUERY, RETRIEVE, RETRIEVE_SCANN, SIMILAR
-from serving.server import ModelServer
+from serving.server import ANY_PORT, ModelServer
 from serving.server.process import ServerProcess
 
 MAX_BATCH = 32
@@ -69,7 +69,8 @@ def served(export_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(served):
-    with ModelServer(served, port=0, grpc_port=0, poll_seconds=POLL_SECONDS, max_batch=MAX_BATCH) as running:
+    with ModelServer(served, port=ANY_PORT, grpc_port=ANY_PORT, poll_seconds=POLL_SECONDS,
+                     max_batch=MAX_BATCH) as running:
         yield running
 
 

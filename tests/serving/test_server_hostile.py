@@ -20,11 +20,12 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 
 from serving.client import GrpcClient, RestClient, ServingClientError
 from serving.export import CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR
-from serving.server import Limits, ModelServer
+from serving.server import ANY_PORT, ModelServer
+from tfrec.config import ServeConfig
 from tfrec.errors import TfrecError
 
-LIMITS = Limits(max_batch=8, max_history=50, max_body_bytes=64 * 1024, max_connections=12,
-                request_timeout_seconds=1.5, idle_timeout_seconds=3.0)
+LIMITS = ServeConfig(max_batch=8, max_history=50, max_body_bytes=64 * 1024, max_connections=12,
+                     request_timeout_seconds=1.5, idle_timeout_seconds=3.0)
 SLOW_CLIENTS = 6  # fewer than max_connections: the others still get in
 
 
@@ -42,7 +43,8 @@ def served(export_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(served):
-    with ModelServer(served, port=0, grpc_port=0, poll_seconds=0.2, limits=LIMITS, log=lambda _: None) as running:
+    with ModelServer(served, port=ANY_PORT, grpc_port=ANY_PORT, poll_seconds=0.2, limits=LIMITS,
+                     log=lambda _: None) as running:
         yield running
 
 
@@ -337,7 +339,7 @@ def test_a_deleted_version_falls_back_to_the_newest_remaining_one(served, ids, t
     export = tmp_path / "export"
     for version in ("1", "2"):
         shutil.copytree(served / SIMILAR / "1", export / SIMILAR / version)
-    with ModelServer(export, port=0, grpc_port=None, poll_seconds=0.1, log=lambda _: None) as running, \
+    with ModelServer(export, port=ANY_PORT, grpc_port=0, poll_seconds=0.1, log=lambda _: None) as running, \
             RestClient(running.rest_url) as client:
         assert running.registry.get(SIMILAR).version == 2
         shutil.rmtree(export / SIMILAR / "2")
@@ -351,6 +353,6 @@ def test_a_deleted_version_falls_back_to_the_newest_remaining_one(served, ids, t
 
 def test_serving_one_models_folder_or_one_version_fails_fast_naming_the_export_root(served):
     with pytest.raises(TfrecError, match=rf"is one model's folder .*pass the export root, {served}"):
-        ModelServer(served / SIMILAR, port=0, grpc_port=None).start()
+        ModelServer(served / SIMILAR, port=ANY_PORT, grpc_port=0).start()
     with pytest.raises(TfrecError, match=rf"is one version of one model .*pass the export root, {served}"):
-        ModelServer(served / SIMILAR / "1", port=0, grpc_port=None).start()
+        ModelServer(served / SIMILAR / "1", port=ANY_PORT, grpc_port=0).start()

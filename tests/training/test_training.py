@@ -67,6 +67,13 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     assert "Resumed from" in resumed.stdout
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
+    # Its output went to a pipe: one line per epoch (loss, validation, speed, time), no progress-bar redraws.
+    assert "\r" not in resumed.stdout and "\u2501" not in resumed.stdout + resumed.stderr
+    lines = [line for line in resumed.stdout.splitlines() if line.startswith("Epoch ")]
+    resumed_epochs = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert resumed_epochs and resumed_epochs == sorted(set(resumed_epochs)) and resumed_epochs[-1] == 3, lines
+    assert all(" loss " in line and "valid (explore) recall@20" in line and "examples/s" in line
+               and line.endswith("s") for line in lines), lines
     summary = json.loads((out / "train_summary.json").read_text())
 
     # The interrupted-and-resumed run ends where an uninterrupted one does.

@@ -7,6 +7,7 @@ overrides; stages are imported only when their subcommand runs, so ``--help`` is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -157,13 +158,16 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    import json
+
     from serving.server import serve
     from tfrec.config import serve_settings
 
-    settings = _load(args).serve if args.config else serve_settings(args.overrides)
+    # The flags are overrides like any other, so that they are checked as the config's keys are.
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
-    options = settings.model_dump() | {key: value for key, value in given.items() if value is not None}
-    serve(args.export, page=not args.no_page, examples=args.examples, **options)
+    args.overrides += [f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
+    settings = _load(args).serve if args.config else serve_settings(args.overrides)
+    serve(args.export, settings, page=not args.no_page, examples=args.examples)
     return 0
 
 
@@ -199,7 +203,246 @@ def _run(args: argparse.Namespace, beam_args: list[str]) -> int:
 # ------------------------------------------------------------------------ parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """One argument of a subcommand: ``argparse``'s ``add_argument(*names, **options)``."""
+
+    names: tuple[str, ...]
+    options: dict
+
+    def add_to(self, parser) -> None:
+        parser.add_argument(*self.names, **self.options)
+
+
+def flag(*names: str, **options) -> Flag:
+    return Flag(names, options)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """Flags of which a command line may give at most one."""
+
+    flags: tuple[Flag, ...]
+
+    def add_to(self, parser) -> None:
+        group = parser.add_mutually_exclusive_group()
+        for member in self.flags:
+            member.add_to(group)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFlags:
+    """``--config FILE`` and the repeatable ``--set KEY=VALUE``."""
+
+    required: bool = True
+
+    def add_to(self, parser) -> None:
+        _config_args(parser, self.required)
+
+
+CONFIG, OPTIONAL_CONFIG = ConfigFlags(), ConfigFlags(required=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its handler, help texts and flags (in ``--help`` order).
+
+    Args:
+        name: the subcommand, e.g. ``train``.
+        handler: ``handler(args, beam_args) -> exit code``.
+        help: the line in ``tfrec --help``.
+        description: the paragraph of ``tfrec NAME --help``.
+        flags: ``Flag``, ``OneOf`` and ``ConfigFlags`` entries.
+        beam: unknown arguments pass on to Apache Beam (its runner flags are listed).
+        output: the argument naming the folder the command writes, removed again when a
+            failure leaves it empty.
+    """
+
+    name: str
+    handler: Callable[[argparse.Namespace, list[str]], int]
+    help: str
+    description: str
+    flags: tuple = ()
+    beam: bool = False
+    output: str | None = None
+
+
+COMMANDS = (
+    Command(
+        "preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
+        "Runs the Apache Beam preprocessing job. Beam's pipeline options (the runner flags "
+        "below) are passed on to Beam.",
+        beam=True, output="output", flags=(
+            CONFIG,
+            flag("--output", required=True, help="data directory to write (local or gs://)"),
+        )),
+    Command(
+        "train", _train, "train the two-tower model",
+        "Trains with in-batch softmax, checkpointing every epoch; re-running the same "
+        "command after an interruption resumes from the last checkpoint.",
+        output="output", flags=(
+            CONFIG,
+            flag("--data", required=True, help="output folder of `tfrec preprocess`"),
+            flag("--output", required=True, help="model folder to write"),
+            flag("--fresh", action="store_true", help="discard checkpoints left by an earlier run"),
+            flag("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP),
+        )),
+    Command(
+        "evaluate", _evaluate, "exact evaluation of the model beside the baselines",
+        "Ranks the full catalogue for every validation and test user under the `all` and "
+        "`explore` protocols and writes MODEL/metrics.json.",
+        flags=(
+            CONFIG,
+            flag("--data", required=True, help="output folder of `tfrec preprocess`"),
+            flag("--model", required=True, help="output folder of `tfrec train`"),
+        )),
+    Command(
+        "index", _index, "build and check the ScaNN index; remove or restore products",
+        "Computes item vectors for the catalogue, builds a ScaNN index and measures it "
+        "against exact top-K (index_report.json). With --export and --remove or --restore, "
+        "publishes a new export version in seconds that never returns the removed products "
+        "(exact, ScaNN, similar, search), checked in graph mode first; nothing is retrained.",
+        output="output", flags=(
+            OPTIONAL_CONFIG,
+            flag("--model", help="output folder of `tfrec train`"),
+            flag("--output", help="index folder to write"),
+            flag("--add", metavar="ITEMS_FILE",
+                 help="add new products (same columns as the catalogue) to an existing index"),
+            flag("--export", metavar="DIR", help="with --remove / --restore: the export folder to change"),
+            flag("--remove", metavar="IDS",
+                 help="item ids no model may return any more (sold out, delisted): ID,ID,... or @FILE "
+                      "(one id per line)"),
+            flag("--restore", metavar="IDS", help="removed item ids to return again: ID,ID,... or @FILE"),
+        )),
+    Command(
+        "export", _export, "write SavedModels in TF Serving's layout",
+        "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
+        "retrieve_scann models, plus models.config and model_card.json. Into a folder that already "
+        "serves a version, the promotion gate decides first (--data; promotion.json).",
+        output="output", flags=(
+            CONFIG,
+            flag("--model", required=True, help="output folder of `tfrec train`"),
+            flag("--index", required=True, help="output folder of `tfrec index`"),
+            flag("--output", required=True, help="export folder (TF Serving base)"),
+            flag("--version", type=int, default=None, help="version number (default: next free)"),
+            flag("--model-base-path", metavar="PATH",
+                 help="the export folder as the model server will see it, written into models.config "
+                      "(e.g. /models inside TF Serving's container, or a gs:// URL; default: --output)"),
+            flag("--data", metavar="DIR",
+                 help="the data folder the model was trained on: when --output already serves a version, "
+                      "both are ranked on its test split and the new one is published only if it is not "
+                      "significantly worse on export.promotion_metric (else exit code 3)"),
+            flag("--force", action="store_true",
+                 help="publish even a version the promotion gate refuses (promotion.json records it)"),
+        )),
+    Command(
+        "verify", _verify, "check that every exported model serves in TF Serving's loader",
+        "For each model of an export (its newest version, or --version), loads the SavedModel in a "
+        "fresh process that imports only TensorFlow (plus TF-Text or ScaNN where the graph needs "
+        "their ops), in graph mode (TF Serving's and saved_model_cli's path) and eagerly, and sends "
+        "both the same requests: one with only the main input, one with every option. Prints per "
+        "model: loads in graph mode, answers with defaults, same results as eager, the ops beyond "
+        "core TensorFlow the graph needs, and the oldest stock TF Serving that serves it. Exit code "
+        "1 when any model fails. `tfrec export` runs the same check before a version goes live.",
+        flags=(
+            flag("--export", required=True, help="output folder of `tfrec export`"),
+            flag("--version", type=int, default=None, help="version to check (default: each model's newest)"),
+            flag("--json", action="store_true", help="print JSON instead of a table"),
+        )),
+    Command(
+        "serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
+        "A local model server for machines without TF Serving (and for the ScaNN model). "
+        "Serves the newest version of each model and picks up new versions while running. "
+        "Settings come from the flags, else from the config's `serve` section (or --set serve.KEY=VALUE, "
+        "with or without --config), else the defaults; see the README for the request limits.",
+        flags=(
+            flag("--export", required=True, help="output folder of `tfrec export`"),
+            OPTIONAL_CONFIG,
+            flag("--host", help="address to bind (default: serve.host, 127.0.0.1)"),
+            flag("--port", type=int, help="REST port (default: serve.port, 8501)"),
+            flag("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)"),
+            flag("--poll-seconds", type=float, help="how often to look for new versions (default 2)"),
+            flag("--max-batch", type=int, help="largest batch a request may carry (default 256)"),
+            flag("--examples", metavar="DATA_DIR",
+                 help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
+                      "samples (the export itself holds no customer ids)"),
+            flag("--no-page", action="store_true", help="answer only the model API, not the page at /"),
+        )),
+    Command(
+        "recommend", _recommend, "recommendations, similar items or text search from the CLI",
+        "Loads an export and prints a table of item ids, product texts and scores.",
+        flags=(
+            flag("--export", required=True, help="output folder of `tfrec export`"),
+            flag("--history", help="comma-separated item ids, oldest first (recommendations for them)"),
+            flag("--similar-to", metavar="ITEM_ID", help="items most similar to this one"),
+            flag("--query", help="free text, e.g. 'red enamel mug' (blended with --history if given)"),
+            flag("-k", type=int, default=10, help="results to show (default 10)"),
+            flag("--explain", action="store_true", help="show the history item behind each result"),
+            flag("--exclude-history", action="store_true", help="leave out items already in the history"),
+            flag("--exclude", default="", help="comma-separated item ids to leave out"),
+            flag("--category", default=None, help="only items of this category value"),
+            flag("--scann", action="store_true", help="use the ScaNN model instead of exact search"),
+            flag("--json", action="store_true", help="print JSON instead of a table"),
+        )),
+    Command(
+        "batch", _batch, "top-k recommendations for every customer, as a Beam job",
+        "Runs the exported tfrec_retrieve model (its newest version, or --version) over every customer's "
+        "history with Beam's RunInference and writes one record per customer: user_id, item_ids, scores, "
+        "because_ids, because_scores. Histories come from a data folder's split (--data), or from raw "
+        "interaction files read as `tfrec preprocess` reads them (the config's data.interactions, or "
+        "--interactions). OUTPUT/batch_summary.json is written last. Beam's pipeline options (the runner "
+        "flags below) are passed on to Beam.",
+        beam=True, output="output", flags=(
+            CONFIG,
+            flag("--export", required=True, help="output folder of `tfrec export`"),
+            flag("--output", required=True, help="folder to write the records into (local or gs://)"),
+            OneOf((
+                flag("--data", help="output folder of `tfrec preprocess`: histories from its --split"),
+                flag("--interactions", nargs="+", metavar="PATTERN",
+                     help="raw interaction files (default: the config's data.interactions.paths)"),
+            )),
+            flag("--split", choices=("valid", "test"), default="test",
+                 help="with --data: the split whose histories to read (default test)"),
+            flag("-k", type=int, default=None, help="results per customer (default: export.k)"),
+            flag("--exclude-history", action=argparse.BooleanOptionalAction, default=None,
+                 help="leave out items the customer already has (default: export.exclude_history)"),
+            flag("--exclude", default="", help="comma-separated item ids never to recommend"),
+            flag("--format", choices=("jsonl", "parquet"), default="jsonl", help="output format (default jsonl)"),
+            flag("--batch-size", type=int, default=256, help="most customers per model call (default 256)"),
+            flag("--version", type=int, default=None, help="tfrec_retrieve version to run (default: newest)"),
+            flag("--num-shards", type=int, default=0, help="output files (default 0: the runner chooses)"),
+        )),
+    Command(
+        "run", _run, "preprocess, train, evaluate, index and export in one go",
+        "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
+        "A stage whose outputs exist for the same config and inputs is skipped. Beam's pipeline "
+        "options (the runner flags below) are passed on to the preprocessing job.",
+        beam=True, output="output", flags=(
+            CONFIG,
+            flag("--output", required=True, help="run folder, e.g. runs/online_retail"),
+            flag("--force", action="store_true", help="redo every stage"),
+            flag("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP),
+        )),
+)
+"""Every subcommand, in ``tfrec --help`` order: adding one is adding an entry (and its handler)."""
+
+_COMMANDS = {command.name: command for command in COMMANDS}
+
+
+def _add_command(sub, command: Command) -> None:
+    parser = sub.add_parser(command.name, help=command.help, description=command.description,
+                            epilog=RUNNER_FLAGS if command.beam else None,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(handler=command.handler)
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="also print debugging detail")
+    talk.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
+    for entry in command.flags:
+        entry.add_to(parser)
+
+
+def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:
+    """The ``tfrec`` parser, one subparser per entry of ``commands``."""
     parser = argparse.ArgumentParser(
         prog="tfrec",
         description="Two-tower retrieval for shops: Beam preprocessing, training, exact "
@@ -209,158 +452,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, handler: Callable, help_: str, description: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=description,
-                           epilog=RUNNER_FLAGS if name in _PASS_THROUGH else None,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.set_defaults(handler=handler)
-        talk = p.add_mutually_exclusive_group()
-        talk.add_argument("-v", "--verbose", action="store_true", help="also print debugging detail")
-        talk.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors")
-        return p
-
-    p = add("preprocess", _preprocess, "raw logs -> TFRecords, vocabularies, stats, rejected rows",
-            "Runs the Apache Beam preprocessing job. Beam's pipeline options (the runner flags "
-            "below) are passed on to Beam.")
-    _config_args(p)
-    p.add_argument("--output", required=True, help="data directory to write (local or gs://)")
-
-    p = add("train", _train, "train the two-tower model",
-            "Trains with in-batch softmax, checkpointing every epoch; re-running the same "
-            "command after an interruption resumes from the last checkpoint.")
-    _config_args(p)
-    p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
-    p.add_argument("--output", required=True, help="model folder to write")
-    p.add_argument("--fresh", action="store_true", help="discard checkpoints left by an earlier run")
-    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
-
-    p = add("evaluate", _evaluate, "exact evaluation of the model beside the baselines",
-            "Ranks the full catalogue for every validation and test user under the `all` and "
-            "`explore` protocols and writes MODEL/metrics.json.")
-    _config_args(p)
-    p.add_argument("--data", required=True, help="output folder of `tfrec preprocess`")
-    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
-
-    p = add("index", _index, "build and check the ScaNN index; remove or restore products",
-            "Computes item vectors for the catalogue, builds a ScaNN index and measures it "
-            "against exact top-K (index_report.json). With --export and --remove or --restore, "
-            "publishes a new export version in seconds that never returns the removed products "
-            "(exact, ScaNN, similar, search), checked in graph mode first; nothing is retrained.")
-    _config_args(p, required=False)
-    p.add_argument("--model", help="output folder of `tfrec train`")
-    p.add_argument("--output", help="index folder to write")
-    p.add_argument("--add", metavar="ITEMS_FILE",
-                   help="add new products (same columns as the catalogue) to an existing index")
-    p.add_argument("--export", metavar="DIR", help="with --remove / --restore: the export folder to change")
-    p.add_argument("--remove", metavar="IDS",
-                   help="item ids no model may return any more (sold out, delisted): ID,ID,... or @FILE "
-                        "(one id per line)")
-    p.add_argument("--restore", metavar="IDS", help="removed item ids to return again: ID,ID,... or @FILE")
-
-    p = add("export", _export, "write SavedModels in TF Serving's layout",
-            "Writes EXPORT/<model>/<version>/ for the query, candidate, retrieve and "
-            "retrieve_scann models, plus models.config and model_card.json. Into a folder that already "
-            "serves a version, the promotion gate decides first (--data; promotion.json).")
-    _config_args(p)
-    p.add_argument("--model", required=True, help="output folder of `tfrec train`")
-    p.add_argument("--index", required=True, help="output folder of `tfrec index`")
-    p.add_argument("--output", required=True, help="export folder (TF Serving base)")
-    p.add_argument("--version", type=int, default=None, help="version number (default: next free)")
-    p.add_argument("--model-base-path", metavar="PATH",
-                   help="the export folder as the model server will see it, written into models.config "
-                        "(e.g. /models inside TF Serving's container, or a gs:// URL; default: --output)")
-    p.add_argument("--data", metavar="DIR",
-                   help="the data folder the model was trained on: when --output already serves a version, "
-                        "both are ranked on its test split and the new one is published only if it is not "
-                        "significantly worse on export.promotion_metric (else exit code 3)")
-    p.add_argument("--force", action="store_true",
-                   help="publish even a version the promotion gate refuses (promotion.json records it)")
-
-    p = add("verify", _verify, "check that every exported model serves in TF Serving's loader",
-            "For each model of an export (its newest version, or --version), loads the SavedModel in a "
-            "fresh process that imports only TensorFlow (plus TF-Text or ScaNN where the graph needs "
-            "their ops), in graph mode (TF Serving's and saved_model_cli's path) and eagerly, and sends "
-            "both the same requests: one with only the main input, one with every option. Prints per "
-            "model: loads in graph mode, answers with defaults, same results as eager, the ops beyond "
-            "core TensorFlow the graph needs, and the oldest stock TF Serving that serves it. Exit code "
-            "1 when any model fails. `tfrec export` runs the same check before a version goes live.")
-    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
-    p.add_argument("--version", type=int, default=None, help="version to check (default: each model's newest)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = add("serve", _serve, "serve an export over TF Serving's REST and gRPC APIs",
-            "A local model server for machines without TF Serving (and for the ScaNN model). "
-            "Serves the newest version of each model and picks up new versions while running. "
-            "Settings come from the flags, else from the config's `serve` section (or --set serve.KEY=VALUE, "
-            "with or without --config), else the defaults; see the README for the request limits.")
-    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
-    _config_args(p, required=False)
-    p.add_argument("--host", help="address to bind (default: serve.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="REST port (default: serve.port, 8501)")
-    p.add_argument("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)")
-    p.add_argument("--poll-seconds", type=float, help="how often to look for new versions (default 2)")
-    p.add_argument("--max-batch", type=int, help="largest batch a request may carry (default 256)")
-    p.add_argument("--examples", metavar="DATA_DIR",
-                   help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
-                        "samples (the export itself holds no customer ids)")
-    p.add_argument("--no-page", action="store_true", help="answer only the model API, not the page at /")
-
-    p = add("recommend", _recommend, "recommendations, similar items or text search from the CLI",
-            "Loads an export and prints a table of item ids, product texts and scores.")
-    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
-    p.add_argument("--history", help="comma-separated item ids, oldest first (recommendations for them)")
-    p.add_argument("--similar-to", metavar="ITEM_ID", help="items most similar to this one")
-    p.add_argument("--query", help="free text, e.g. 'red enamel mug' (blended with --history if given)")
-    p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
-    p.add_argument("--explain", action="store_true", help="show the history item behind each result")
-    p.add_argument("--exclude-history", action="store_true", help="leave out items already in the history")
-    p.add_argument("--exclude", default="", help="comma-separated item ids to leave out")
-    p.add_argument("--category", default=None, help="only items of this category value")
-    p.add_argument("--scann", action="store_true", help="use the ScaNN model instead of exact search")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-
-    p = add("batch", _batch, "top-k recommendations for every customer, as a Beam job",
-            "Runs the exported tfrec_retrieve model (its newest version, or --version) over every customer's "
-            "history with Beam's RunInference and writes one record per customer: user_id, item_ids, scores, "
-            "because_ids, because_scores. Histories come from a data folder's split (--data), or from raw "
-            "interaction files read as `tfrec preprocess` reads them (the config's data.interactions, or "
-            "--interactions). OUTPUT/batch_summary.json is written last. Beam's pipeline options (the runner "
-            "flags below) are passed on to Beam.")
-    _config_args(p)
-    p.add_argument("--export", required=True, help="output folder of `tfrec export`")
-    p.add_argument("--output", required=True, help="folder to write the records into (local or gs://)")
-    source = p.add_mutually_exclusive_group()
-    source.add_argument("--data", help="output folder of `tfrec preprocess`: histories from its --split")
-    source.add_argument("--interactions", nargs="+", metavar="PATTERN",
-                        help="raw interaction files (default: the config's data.interactions.paths)")
-    p.add_argument("--split", choices=("valid", "test"), default="test",
-                   help="with --data: the split whose histories to read (default test)")
-    p.add_argument("-k", type=int, default=None, help="results per customer (default: export.k)")
-    p.add_argument("--exclude-history", action=argparse.BooleanOptionalAction, default=None,
-                   help="leave out items the customer already has (default: export.exclude_history)")
-    p.add_argument("--exclude", default="", help="comma-separated item ids never to recommend")
-    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl", help="output format (default jsonl)")
-    p.add_argument("--batch-size", type=int, default=256, help="most customers per model call (default 256)")
-    p.add_argument("--version", type=int, default=None, help="tfrec_retrieve version to run (default: newest)")
-    p.add_argument("--num-shards", type=int, default=0, help="output files (default 0: the runner chooses)")
-
-    p = add("run", _run, "preprocess, train, evaluate, index and export in one go",
-            "Runs every stage into OUTPUT/{data,model,index,export} and writes OUTPUT/report.md. "
-            "A stage whose outputs exist for the same config and inputs is skipped. Beam's pipeline "
-            "options (the runner flags below) are passed on to the preprocessing job.")
-    _config_args(p)
-    p.add_argument("--output", required=True, help="run folder, e.g. runs/online_retail")
-    p.add_argument("--force", action="store_true", help="redo every stage")
-    p.add_argument("--warm-start", metavar="PREVIOUS", help=WARM_START_HELP)
+    for command in commands:
+        _add_command(sub, command)
     return parser
-
-
-# Subcommands that pass unknown arguments through (to Beam).
-_PASS_THROUGH = {"preprocess", "batch", "run"}
-# The argument naming the folder each stage writes (removed again when a failure leaves it empty).
-_OUTPUT = {"preprocess": "output", "train": "output", "index": "output", "export": "output", "batch": "output",
-           "run": "output"}
 
 
 def _exit_codes() -> str:
@@ -398,7 +492,8 @@ def configure_logging(level: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in _PASS_THROUGH:
+    command = _COMMANDS[args.command]
+    if extra and not command.beam:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         from pipelines.options import unknown_beam_args
@@ -410,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     from tfrec.fileio import no_empty_folders_on_failure
 
     configure_logging(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
-    output = getattr(args, _OUTPUT[args.command]) if args.command in _OUTPUT else None
+    output = getattr(args, command.output) if command.output else None
     try:
         if output is None:
             return args.handler(args, extra)

@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from tfrec import fileio
 from tfrec.config import Config
+from tfrec.errors import PromotionRefused
 from tfrec.fileio import no_empty_folders_on_failure
 from tfrec.layout import (
     DATA_DIR,
@@ -123,10 +124,20 @@ def plan(config: Config, output: str, beam_args: list[str] | None = None, force:
 
 
 def run_all(config: Config, output: str | os.PathLike, force: bool = False, beam_args: list[str] | None = None) -> None:
+    """Runs every stage into ``output`` and writes the report (``tfrec run``).
+
+    Args:
+        config: the run's config.
+        output: the run folder: ``data/``, ``model/``, ``index/``, ``export/`` and ``report.md``.
+        force: redo every stage; otherwise a stage whose outputs exist for the same
+            config and inputs is skipped.
+        beam_args: Beam pipeline options for the preprocessing job.
+    """
     output = os.fspath(output)
     fileio.makedirs(output)
     started = time.time()
     stages = plan(config, output, beam_args, force)
+    refused = None
     for number, stage in enumerate(stages, 1):
         header = f"[{number}/{len(stages)}] {stage.name}"
         if not force and stage.done():
@@ -134,11 +145,18 @@ def run_all(config: Config, output: str | os.PathLike, force: bool = False, beam
             continue
         print(f"\n{'=' * 72}\n{header} -> {stage.folder}\n{'=' * 72}", flush=True)
         stage_start = time.time()
-        with no_empty_folders_on_failure(stage.folder):
-            fileio.makedirs(stage.folder)
-            stage.action()
+        try:
+            with no_empty_folders_on_failure(stage.folder):
+                fileio.makedirs(stage.folder)
+                stage.action()
+        except PromotionRefused as e:  # the report still shows the decision; the run then fails with it
+            refused = e
+            print(f"{header}: refused by the promotion gate; the served version stays", flush=True)
+            continue
         stage.record()
         print(f"{header}: done in {time.time() - stage_start:.0f}s", flush=True)
+    if refused is not None:
+        raise refused
     print(f"\nRun complete in {time.time() - started:.0f}s: {output}")
     print(f"  report:  {fileio.join(output, REPORT_FILE)}")
     print(f"  serve:   tfrec serve --export {fileio.join(output, EXPORT_DIR)}")

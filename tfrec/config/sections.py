@@ -430,9 +430,13 @@ class ExportConfig(_Section):
 
 
 class ServeConfig(_Section):
+    """``tfrec serve``: where it listens, and the limits of what one request and one client
+    may cost (the server's only source of them)."""
+
     host: str = "127.0.0.1"
     """Address ``tfrec serve`` binds."""
-    port: int = Field(8501, gt=0, lt=65536)
+    # 0 lets the system pick a free port (`tfrec serve --port 0`); gRPC's 0 means no gRPC.
+    port: int = Field(8501, ge=0, lt=65536)
     """REST port (TF Serving's default)."""
     grpc_port: int = Field(8500, ge=0, lt=65536)
     """0 turns the gRPC endpoint off."""
@@ -451,6 +455,11 @@ class ServeConfig(_Section):
     """Time an idle keep-alive connection is kept open."""
     poll_seconds: float = Field(2.0, gt=0.0)
     """How often the server looks for new versions."""
+
+    @property
+    def max_values(self) -> int:
+        """The most values one request input may hold: a full batch of the longest histories."""
+        return self.max_batch * self.max_history
 
 
 class Config(_Section):

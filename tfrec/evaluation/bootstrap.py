@@ -37,6 +37,12 @@ class PairedBootstrap:
 
     ``means`` over any user set and any values re-uses the same resamples, which is what
     makes differences between its results paired.
+
+    Args:
+        num_users: the users resampled (indices ``0 .. num_users - 1``).
+        num_resamples: how many resamples.
+        seed: fixes the resamples.
+        level: the intervals' confidence level.
     """
 
     def __init__(self, num_users: int, num_resamples: int = 1000, seed: int = 0, level: float = 0.95):

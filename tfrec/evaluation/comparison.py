@@ -80,7 +80,17 @@ def make_baselines(config: Config, catalogue: Catalogue, train: EvalSplit, text_
 
 
 def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.PathLike) -> dict:
-    """Evaluates the trained model and the baselines; returns and writes the metrics."""
+    """Evaluates the trained model beside the baselines on the validation and test users.
+
+    Args:
+        config: the run's config (``eval`` is read).
+        data_dir: the data folder the model was trained on.
+        model_dir: the trained model folder; ``metrics.json`` and ``recall_curves.json``
+            are written into it.
+
+    Returns:
+        The metrics, ``{"valid": ..., "test": ...}``, as ``metrics.json`` holds them.
+    """
     data_dir, model_dir = os.fspath(data_dir), os.fspath(model_dir)
     log.info(f"== evaluate: {model_dir} on {data_dir}")
     model = load_model(model_dir)
@@ -106,20 +116,19 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     metrics, curves = {}, {}
     for name, whole in (("valid", valid), ("test", test)):
         started = time.time()
-        curves[name], per_user = {}, {}
         split = sample_users(whole, config.eval.max_users, config.train.seed)
         if len(split) < len(whole):
             log.info(f"{name}: measuring a random sample of {len(split):,} of {len(whole):,} users (eval.max_users)")
         segments = name == "test"  # what the report and the model card show; validation picks epochs
-        metrics[name] = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
-                                       config.eval.ks, config.eval.batch_size, curves=curves[name],
-                                       item_vectors=text_vectors, per_user=per_user,
-                                       target_segments=target_segments(catalogue.counts) if segments else None,
-                                       score_budget=config.eval.score_budget)
+        result = evaluate_split(scorers, split, len(catalogue), catalogue.cold_start,
+                                config.eval.ks, config.eval.batch_size, item_vectors=text_vectors, keep_per_user=True,
+                                target_segments=target_segments(catalogue.counts) if segments else None,
+                                score_budget=config.eval.score_budget)
+        metrics[name], curves[name] = result.metrics, result.curves
         metrics[name]["users_total"] = len(whole)
         ranked = time.time()
-        metrics[name] |= analyse_split(per_user, split, config.eval.bootstrap_resamples, config.train.seed,
-                                       config.eval.min_segment_users, segments=segments)
+        metrics[name] |= analyse_split(result.per_user, split, config.eval.bootstrap_resamples,
+                                       config.train.seed, config.eval.min_segment_users, segments=segments)
         seconds = time.time() - ranked
         metrics[name]["bootstrap"] |= {"seconds": seconds, "evaluation_seconds": ranked - started}
         log.info("%s: %d bootstrap resamples in %.2fs beside %.1fs of ranking (%.1f%%)", name,

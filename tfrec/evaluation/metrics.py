@@ -63,6 +63,15 @@ def _discounts(k: int) -> np.ndarray:
 class RankingMetrics:
     """Accumulates per-user metrics over batches.
 
+    Args:
+        num_items: the catalogue's size (for coverage).
+        ks: the cut-offs of recall, hit rate and coverage (the largest bounds the lists).
+        ndcg_ks: the cut-offs of NDCG.
+        item_vectors: with them, the lists' intra-list similarity is measured; they are
+            normalised into a copy.
+        unit_item_vectors: already unit rows (``unit_rows``), kept as given, so that many
+            metrics share one copy of a large catalogue's vectors.
+
     Example:
 
     >>> m = RankingMetrics(num_items=5, ks=(1, 2))
@@ -74,8 +83,6 @@ class RankingMetrics:
 
     def __init__(self, num_items: int, ks=(10, 20, 50, 100), ndcg_ks=(10, 20),
                  item_vectors: np.ndarray | None = None, unit_item_vectors: np.ndarray | None = None):
-        """``item_vectors`` are normalised into a copy; ``unit_item_vectors`` (from ``unit_rows``)
-        are kept as given, so that many metrics share one copy of a large catalogue's vectors."""
         self.num_items = num_items
         self.item_vectors = unit_item_vectors
         if item_vectors is not None:

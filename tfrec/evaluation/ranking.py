@@ -17,6 +17,7 @@ counted in it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -24,31 +25,102 @@ import tensorflow as tf
 
 from tfrec.data import EvalSplit, pad_histories
 from tfrec.evaluation.metrics import RankingMetrics, unit_rows
+from tfrec.topk import SCORE_BUDGET, rows_per_batch, top_k_indices
 
 ScoreFn = Callable[[list[np.ndarray]], np.ndarray]
 PROTOCOLS = ("all", "explore", "cold_start")
-SCORE_BUDGET = 1 << 24
-"""Default most scores (users x items) one scorer holds at once: 128 MB as float64."""
 
 
-def rows_per_batch(batch_size: int, num_items: int, score_budget: int = SCORE_BUDGET) -> int:
-    """Users per evaluation batch: ``batch_size``, or fewer so that users x items stays
-    within ``score_budget`` (at least one user)."""
-    return max(1, min(batch_size, score_budget // max(num_items, 1)))
+@dataclasses.dataclass
+class SplitResult:
+    """What ``evaluate_split`` measures on one split."""
+
+    metrics: dict
+    """``{protocol: {scorer: metrics}}``, ``"users"``, ``"repeat_share"`` and, with target
+    segments, ``"segments"``: ``{segment: {scorer: metrics}}``."""
+    curves: dict
+    """``{protocol: {scorer: [recall@1, ..., recall@max_k]}}``."""
+    per_user: dict | None = None
+    """``{protocol or segment: {scorer: (users, values)}}`` (``RankingMetrics.per_user``),
+    for bootstrapped confidence intervals; ``None`` unless asked for."""
 
 
-def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the ``k`` best items per row, by score then lower index.
+@dataclasses.dataclass
+class _Batch:
+    """One batch of users and their targets under each protocol and segment."""
 
-    ``tf.math.top_k`` ranks equal scores by lower index, which is the ranking rule; it
-    does every row at once, about twice as fast as a per-row partition and sort.
-    """
-    if np.isnan(scores).any():
-        rows = np.flatnonzero(np.isnan(scores).any(axis=1))
-        raise ValueError(f"{len(rows)} row(s) of scores hold NaN (first: row {rows[0]}): the scorer is broken, "
-                         f"e.g. a model whose training diverged, and no ranking of them is meaningful")
-    k = min(k, scores.shape[1])
-    return tf.math.top_k(scores, k=k, sorted=True).indices.numpy().astype(np.int64)
+    histories: list[np.ndarray]
+    targets: list[np.ndarray]
+    users: np.ndarray
+    new: list[np.ndarray]
+    """Targets not in the history (``explore``)."""
+    cold: list[np.ndarray]
+    """New targets never seen in training (``cold_start``)."""
+    segments: dict[str, list[np.ndarray]]
+
+    @classmethod
+    def of(cls, split: EvalSplit, rows: range, cold_items: np.ndarray,
+           segment_masks: Mapping[str, np.ndarray] | None) -> _Batch:
+        histories = [split.histories[i] for i in rows]
+        targets = [split.targets[i] for i in rows]
+        new = [np.setdiff1d(t, h) for t, h in zip(targets, histories)]
+        segments = {}
+        if segment_masks is not None:
+            segments = {"repeat": [np.intersect1d(t, h) for t, h in zip(targets, histories)], "new": new}
+            segments |= {s: [t[mask[t]] for t in targets] for s, mask in segment_masks.items()}
+        return cls(histories, targets, np.arange(rows.start, rows.stop), new,
+                   [t[cold_items[t]] for t in new], segments)
+
+
+class _SplitMeter:
+    """The metrics of every scorer under every protocol and segment, batch after batch."""
+
+    def __init__(self, names: list[str], num_items: int, ks, item_vectors: np.ndarray | None,
+                 segment_names: list[str], keep_per_user: bool):
+        unit = None if item_vectors is None else unit_rows(item_vectors)  # one copy shared by every scorer
+        self.protocols = {p: {name: RankingMetrics(num_items, ks, unit_item_vectors=unit) for name in names}
+                          for p in PROTOCOLS}
+        self.segments = {s: {name: RankingMetrics(num_items, ks) for name in names} for s in segment_names}
+        self.max_k, self.keep = max(ks), keep_per_user
+        self.targets_total = self.repeats = 0
+
+    def update(self, name: str, scores: np.ndarray, batch: _Batch) -> None:
+        """Ranks one scorer's ``scores`` of ``batch`` under each protocol and segment."""
+        def measure(metrics: RankingMetrics, top: np.ndarray, targets: list[np.ndarray]) -> None:
+            rows = [i for i, t in enumerate(targets) if len(t)]  # users with a target here
+            metrics.update(top[rows], [targets[i] for i in rows], scores[rows],
+                           batch.users[rows] if self.keep else None)
+
+        top = top_k_indices(scores, self.max_k)
+        self.protocols["all"][name].update(top, batch.targets, scores, batch.users if self.keep else None)
+        for segment, chosen in batch.segments.items():
+            measure(self.segments[segment][name], top, chosen)
+        for row, history in enumerate(batch.histories):
+            scores[row, history] = -np.inf
+        top = top_k_indices(scores, self.max_k)
+        measure(self.protocols["explore"][name], top, batch.new)
+        measure(self.protocols["cold_start"][name], top, batch.cold)
+
+    def count(self, batch: _Batch) -> None:
+        """Counts the batch's targets and how many of them repeat a history item."""
+        self.targets_total += sum(len(t) for t in batch.targets)
+        self.repeats += sum(len(t) - len(n) for t, n in zip(batch.targets, batch.new))
+
+    def result(self, users: int) -> SplitResult:
+        def results(groups: dict) -> dict:
+            return {group: {name: m.result() for name, m in by_name.items()} for group, by_name in groups.items()}
+
+        metrics = results(self.protocols)
+        if self.segments:
+            metrics["segments"] = results(self.segments)
+        metrics["users"] = users
+        metrics["repeat_share"] = self.repeats / max(self.targets_total, 1)
+        curves = {p: {name: m.recall_curve() for name, m in by_name.items()} for p, by_name in self.protocols.items()}
+        per_user = None
+        if self.keep:
+            per_user = {s: {name: m.per_user() for name, m in by_name.items()}
+                        for s, by_name in (self.protocols | self.segments).items()}
+        return SplitResult(metrics, curves, per_user)
 
 
 def evaluate_split(
@@ -59,80 +131,50 @@ def evaluate_split(
     ks=(10, 20, 50, 100),
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-    curves: dict | None = None,
     item_vectors: np.ndarray | None = None,
     target_segments: Mapping[str, np.ndarray] | None = None,
-    per_user: dict | None = None,
+    keep_per_user: bool = False,
     score_budget: int = SCORE_BUDGET,
-) -> dict:
+) -> SplitResult:
     """Metrics of every scorer under every protocol, plus the split's repeat share.
-
-    When ``curves`` is a dict it receives ``{protocol: {scorer: [recall@1, ..., recall@max_k]}}``;
-    with ``item_vectors`` the lists' intra-list similarity is measured with them. With
-    ``target_segments`` (name -> boolean item mask) the result has a ``"segments"`` entry,
-    ``{segment: {scorer: metrics}}``, for those and for ``repeat`` and ``new`` targets.
-    When ``per_user`` is a dict it receives ``{protocol or segment: {scorer: (users, values)}}``
-    (``RankingMetrics.per_user``), for bootstrapped confidence intervals.
 
     At most ``batch_size`` users are scored at once, and fewer when ``batch_size`` x
     ``num_items`` would pass ``score_budget`` scores, so memory per batch stays bounded
     with a large catalogue. Scores stay float32 when a scorer gives float32 (the ranking
     only compares them); other dtypes are ranked as float64.
+
+    Args:
+        scorers: name -> a function from a batch of histories to scores ``[B, num_items]``.
+        split: the users, their histories and held-out targets.
+        num_items: the catalogue's size.
+        cold_items: a boolean mask of the items never seen in training (``cold_start``).
+        ks: the cut-offs of the metrics.
+        batch_size: most users scored at once.
+        progress: called with the number of users done after each batch.
+        item_vectors: with them, the lists' intra-list similarity (``ils@k``) is measured.
+        target_segments: name -> boolean item mask; with it the metrics have a
+            ``"segments"`` entry for those and for ``repeat`` and ``new`` targets.
+        keep_per_user: keep every user's metric values (``SplitResult.per_user``).
+        score_budget: most scores held at once.
+
+    Returns:
+        A ``SplitResult``: the metrics, the recall curves and, when asked, per-user values.
     """
-    keep = per_user is not None
     batch_size = rows_per_batch(batch_size, num_items, score_budget)
-    unit = None if item_vectors is None else unit_rows(item_vectors)  # one copy shared by every scorer
-    metrics = {p: {name: RankingMetrics(num_items, ks, unit_item_vectors=unit) for name in scorers}
-               for p in PROTOCOLS}
-    segment_masks = dict(target_segments or {})
-    segment_names = ["repeat", "new", *segment_masks] if target_segments is not None else []
-    segments = {s: {name: RankingMetrics(num_items, ks) for name in scorers} for s in segment_names}
-    max_k = max(ks)
-    targets_total = repeats = 0
+    segment_names = ["repeat", "new", *(target_segments or {})] if target_segments is not None else []
+    meter = _SplitMeter(list(scorers), num_items, ks, item_vectors, segment_names, keep_per_user)
     for start in range(0, len(split), batch_size):
         rows = range(start, min(start + batch_size, len(split)))
-        histories = [split.histories[i] for i in rows]
-        targets = [split.targets[i] for i in rows]
-        new = [np.setdiff1d(t, h) for t, h in zip(targets, histories)]
-        cold = [t[cold_items[t]] for t in new]
-        targets_total += sum(len(t) for t in targets)
-        repeats += sum(len(t) - len(n) for t, n in zip(targets, new))
-        users = np.arange(rows.start, rows.stop)
-        explore_rows = [i for i, t in enumerate(new) if len(t)]
-        cold_rows = [i for i, t in enumerate(cold) if len(t)]
-        segment_targets = {}
-        if segment_names:
-            segment_targets = {"repeat": [np.intersect1d(t, h) for t, h in zip(targets, histories)], "new": new}
-            segment_targets |= {s: [t[mask[t]] for t in targets] for s, mask in segment_masks.items()}
+        batch = _Batch.of(split, rows, cold_items, target_segments)
+        meter.count(batch)
         for name, score in scorers.items():
-            scores = np.asarray(score(histories))
+            scores = np.asarray(score(batch.histories))
             if scores.dtype != np.float32:
                 scores = scores.astype(np.float64, copy=False)
-            top = top_k_indices(scores, max_k)
-            metrics["all"][name].update(top, targets, scores, users if keep else None)
-            for segment, chosen in segment_targets.items():
-                r = [i for i, t in enumerate(chosen) if len(t)]
-                segments[segment][name].update(top[r], [chosen[i] for i in r], scores[r], users[r] if keep else None)
-            for row, history in enumerate(histories):
-                scores[row, history] = -np.inf
-            top = top_k_indices(scores, max_k)
-            metrics["explore"][name].update(top[explore_rows], [new[i] for i in explore_rows], scores[explore_rows],
-                                            users[explore_rows] if keep else None)
-            metrics["cold_start"][name].update(top[cold_rows], [cold[i] for i in cold_rows], scores[cold_rows],
-                                               users[cold_rows] if keep else None)
+            meter.update(name, scores, batch)
         if progress:
             progress(rows[-1] + 1)
-    result = {p: {name: m.result() for name, m in by_name.items()} for p, by_name in metrics.items()}
-    if segment_names:
-        result["segments"] = {s: {name: m.result() for name, m in by_name.items()} for s, by_name in segments.items()}
-    if keep:
-        per_user.update({s: {name: m.per_user() for name, m in by_name.items()}
-                         for s, by_name in (metrics | segments).items()})
-    result["users"] = len(split)
-    result["repeat_share"] = repeats / max(targets_total, 1)
-    if curves is not None:
-        curves.update({p: {name: m.recall_curve() for name, m in by_name.items()} for p, by_name in metrics.items()})
-    return result
+    return meter.result(len(split))
 
 
 def format_table(result: dict, split: str, metric_names=("recall@10", "recall@20", "recall@50", "recall@100",

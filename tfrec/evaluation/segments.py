@@ -135,7 +135,7 @@ def analyse_split(per_user: dict, split: EvalSplit, num_resamples: int, seed: in
     """``ci``, ``vs_baselines``, ``vs_protocols`` and, with ``segments``, ``segments`` of one split
     (see the module doc).
 
-    ``per_user``: what ``evaluate_split(..., per_user=...)`` filled in (with target segments,
+    ``per_user``: ``evaluate_split(..., keep_per_user=True).per_user`` (with target segments,
     for ``segments``).
     """
     boot = PairedBootstrap(len(split), num_resamples, seed, level)

@@ -22,6 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tfrec.topk import rows_per_batch
+
 DEFAULT_RECENCY_SCALES = (2.0, 20.0, 200.0)
 
 
@@ -154,7 +156,7 @@ class RepeatTerm(keras.layers.Layer):
         rows_of = similarity if callable(similarity) else (lambda rows: similarity[rows])
         if score_budget is not None:
             num_items = int(np.shape(rows_of(np.zeros(1, np.int64)))[1])
-            batch_size = max(1, min(batch_size, score_budget // max(num_items, 1)))
+            batch_size = rows_per_batch(batch_size, num_items, score_budget)
         loss = np.nan
         for _ in range(steps):
             rows = rng.choice(len(targets), size=min(batch_size, len(targets)), replace=False)

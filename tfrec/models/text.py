@@ -21,6 +21,7 @@ import importlib.resources
 import io
 import logging
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -209,10 +210,11 @@ class TextPipeline:
         """The keras-hub layer behind ``tokenize`` (kept for export)."""
 
     def encode(self, texts: Sequence[str], batch_size: int = 256, verbose: bool = True) -> np.ndarray:
-        """Encodes texts in batches (inference mode), with a progress bar."""
+        """Encodes texts in batches (inference mode), with a progress bar when ``verbose`` and
+        standard output is a terminal."""
         texts = list(texts)
         out = np.zeros((len(texts), self.encoder.output_dim), np.float32)
-        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose else None
+        progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose and sys.stdout.isatty() else None
         run = tf.function(lambda t: self.encoder(self.tokenize(t), training=False))
         for start in range(0, len(texts), batch_size):
             batch = tf.constant(texts[start:start + batch_size])

@@ -14,7 +14,8 @@ import logging
 import numpy as np
 
 from tfrec.data import EvalSplit
-from tfrec.evaluation.ranking import SCORE_BUDGET, evaluate_split, model_scorer
+from tfrec.evaluation.ranking import evaluate_split, model_scorer
+from tfrec.topk import SCORE_BUDGET
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def fit_text_weight(model, split: EvalSplit, metric: str, batch_size: int = 256,
         scorer = model_scorer(model, item_vectors, repeat=False)
         result = evaluate_split({"model": scorer}, split, model.num_items, np.zeros(model.num_items, bool), ks,
                                 batch_size, score_budget=score_budget)
-        measured[weight] = float(result["explore"]["model"][metric])
+        measured[weight] = float(result.metrics["explore"]["model"][metric])
     best = max(measured, key=lambda w: (measured[w], -w))
     model.user_tower.text_weight.assign(best)
     log.info("Text term fitted on %d validation users: weight %.2f (explore %s %s)", len(split), best, metric,

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -50,7 +51,7 @@ from tfrec.data import (
 from tfrec.data.sequences import batch_pairs, causal_sequences, sequence_batches
 from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
-from tfrec.evaluation.ranking import SCORE_BUDGET, evaluate_split, model_scorer
+from tfrec.evaluation.ranking import evaluate_split, model_scorer
 from tfrec.layout import (
     BEST_WEIGHTS,
     CATALOGUE_DIR,
@@ -64,6 +65,7 @@ from tfrec.layout import (
 )
 from tfrec.models.two_tower import TwoTowerModel, build_model
 from tfrec.tasks import NegativeSampler, RetrievalTask, mixed_log_q
+from tfrec.topk import SCORE_BUDGET
 from tfrec.training.optimizers import LazyAdam
 from tfrec.training.text_weight import fit_text_weight
 from tfrec.training.warm_start import PreviousModel, WarmStart
@@ -136,7 +138,7 @@ def validate(model: TwoTowerModel, split: EvalSplit, cold: np.ndarray, ks, batch
     """Exact validation metrics of the model alone (two-tower similarity)."""
     scorer = model_scorer(model, model.item_vectors(), repeat=False)
     return evaluate_split({"model": scorer}, split, model.num_items, cold, ks, batch_size,
-                          score_budget=score_budget)
+                          score_budget=score_budget).metrics
 
 
 def query_vectors(model: TwoTowerModel, histories: np.ndarray, item_vectors: tf.Tensor,
@@ -495,9 +497,12 @@ def run_epochs(config: Config, data: TrainingData, state: TrainingState, strateg
         e = int(state.epoch.numpy())
         reseed(state.model, cfg.seed + e)
         batches = data.epoch_batches(cfg.shuffle_buffer, cfg.seed + e).with_options(_SHARD_BY_DATA)
-        log.info(f"Epoch {e + 1}/{cfg.epochs}")
+        # A terminal gets Keras' per-step bar; a file or a pipe gets one line per epoch (``_end_epoch``).
+        bar = history_path is not None and sys.stdout.isatty()
+        if bar:
+            log.info(f"Epoch {e + 1}/{cfg.epochs}")
         loss, seconds = _train_epoch(train_step, strategy.experimental_distribute_dataset(batches),
-                                     data.steps_per_epoch, e, verbose=history_path is not None)
+                                     data.steps_per_epoch, e, bar)
         trained_examples += data.steps_per_epoch * data.batch_size
         record = _end_epoch(config, data, state, e, loss, seconds, work_dir)
         with writer.as_default(step=e + 1):
@@ -514,9 +519,9 @@ def run_epochs(config: Config, data: TrainingData, state: TrainingState, strateg
     return trained_examples
 
 
-def _train_epoch(train_step: Callable, batches, steps: int, epoch: int, verbose: bool) -> tuple[float, float]:
-    """Runs one epoch's steps; returns the mean loss and the seconds taken."""
-    progress = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if verbose else 0)
+def _train_epoch(train_step: Callable, batches, steps: int, epoch: int, bar: bool) -> tuple[float, float]:
+    """Runs one epoch's steps (with a per-step progress ``bar``); returns the mean loss and the seconds taken."""
+    progress = keras.utils.Progbar(steps, stateful_metrics=["loss"], verbose=1 if bar else 0)
     total, start = 0.0, time.time()
     for step, batch in enumerate(batches):
         loss = float(train_step(batch))
@@ -553,9 +558,9 @@ def _end_epoch(config: Config, data: TrainingData, state: TrainingState, e: int,
             state.model.save_weights(staged)
     else:
         state.bad_epochs.assign_add(1)
-    log.info(f"  valid (explore) {metric} {current:.4f}  recall@10 {explore['recall@10']:.4f}  "
-             f"ndcg@10 {explore['ndcg@10']:.4f}{'  (best)' if improved else ''}  "
-             f"[{record['examples_per_second']:,.0f} examples/s]")
+    log.info(f"Epoch {e + 1}/{config.train.epochs}: loss {loss:.4f}  valid (explore) {metric} {current:.4f}  "
+             f"recall@10 {explore['recall@10']:.4f}  ndcg@10 {explore['ndcg@10']:.4f}"
+             f"{'  (best)' if improved else ''}  {record['examples_per_second']:,.0f} examples/s  {seconds:.1f}s")
     return record
 
 
