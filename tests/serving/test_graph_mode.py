@@ -210,6 +210,7 @@ def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, 
     from tfrec.training.trainer import train
 
     config = tiny_config(tiny, "model.text_encoder.kind=pretrained", "model.text_encoder.sequence_length=8",
+                         "model.text_term=true",
                          "model.members=2", "model.user_tower.causal=true", "train.epochs=1",
                          "train.steps_per_epoch=3", "train.validation_users=200",
                          "index.num_leaves=20", "index.num_leaves_to_search=5", "index.reorder=100")
