@@ -112,6 +112,8 @@ SLOW_FIRST = (
     "test_remote_filesystems.py",
     "training/test_training.py",
     "training/test_multi_worker.py",
+    "serving/test_catalogue_changes.py",
+    "training/test_warm_start.py",
     "serving/test_page.py",
     "serving/test_export.py",
 )

@@ -15,7 +15,7 @@ import tensorflow as tf
 from serving.export import CANDIDATE, QUERY, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, export_models
 from serving.items import read_items
 from serving.saved_model import read_signature_defs
-from serving.verify import ModelCheck, check_version, run_child, verify_export
+from serving.verify import ModelCheck, check_version, run_children, verify_export
 from tfrec.app.cli import main as cli_main
 from tfrec.errors import TfrecError
 
@@ -56,14 +56,14 @@ def _key(name: str, request: dict) -> str:
 
 
 def graph_answers(export_dir: Path, requests: list[tuple[str, dict]]) -> dict[str, dict]:
-    """Requests through the TF1 session loader (each also through the eager loader), one fresh
-    process per model for all of its requests; answers by :func:`_key`."""
+    """Requests through the TF1 session loader (each also through the eager loader), every model
+    in one fresh process, each in a graph of its own; answers by :func:`_key`."""
     by_model = {}
     for name, request in requests:
         by_model.setdefault(name, []).append(request)
     answers = {}
-    for name, sent in by_model.items():
-        answer = run_child(export_dir / name / "1", sent)
+    found = run_children({export_dir / name / "1": sent for name, sent in by_model.items()})
+    for (name, sent), answer in zip(by_model.items(), found, strict=True):
         assert answer["modules"] == []
         answers.update({_key(name, request): out for request, out in zip(sent, answer["graph"], strict=True)})
     return answers
