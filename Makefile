@@ -23,8 +23,12 @@ demo: install
 	@echo "Report:  $(RUN)/report.md"
 	@echo "Serve:   $(BIN)/tfrec serve --export $(RUN)/export --port 8501"
 
+# One worker per CPU (at most TEST_WORKERS); each test file runs whole on one worker, so a
+# file's fixtures are built once, and the session's shared fixtures once per worker.
+TEST_WORKERS ?= 4
 test: install
-	$(BIN)/python -m pytest -q --durations=10 --doctest-modules tests tfrec pipelines serving
+	$(BIN)/python -m pytest -q -n logical --maxprocesses=$(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=10 --doctest-modules tests tfrec pipelines serving
 
 lint: install
 	$(BIN)/ruff check tfrec pipelines serving tests bench

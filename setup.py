@@ -27,8 +27,9 @@ EXTRAS = {
     # TensorFlow Recommenders is the reference our Keras 3 retrieval loss is tested against
     # (tests/models/test_tfrs_parity.py); it needs tf-keras (Keras 2) beside it.
     # Playwright drives the system's Chromium (Debian's `chromium`) in the page's browser tests.
-    "dev": ["pytest>=8", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7", "tf-keras==2.20.1",
-            "playwright>=1.40"],
+    # pytest-xdist runs the suite on every core (`make test`).
+    "dev": ["pytest>=8", "pytest-xdist>=3.6", "ruff>=0.5", "hypothesis>=6", "tensorflow-recommenders==0.7.7",
+            "tf-keras==2.20.1", "playwright>=1.40"],
     "bench": ["implicit==0.7.3", "matplotlib>=3.7"],
     # Google Cloud: gs:// paths in the Beam job and the DataflowRunner (google-cloud-storage,
     # google-auth, the Dataflow client). TensorFlow reads gs:// by itself.

@@ -281,7 +281,8 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
             "overview": "Two-tower retrieval for a shop: given a customer's purchase or view history, returns the "
                         "products they are most likely to buy next, from the whole catalogue.",
             "version": {"name": str(version), "date": datetime.date.today().isoformat()},
-            "documentation": "README.md of the tfrec project; the run's report.md.",
+            "documentation": "docs/guides/serving.md and docs/reference/signatures.md of the tfrec project; "
+                             "the run's report.md.",
             "path": str(export_dir),
         },
         "model_parameters": {

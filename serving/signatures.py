@@ -48,7 +48,7 @@ _EMPTY = tf.constant([], tf.string)
 
 
 def input_meanings() -> dict[str, str]:
-    """What each signature input means, for the model card and the README."""
+    """What each signature input means, for the model card and docs/reference/signatures.md."""
     return {
         "history": "recent item ids of each user, oldest first, one row per user; pad shorter rows on the left "
                    "with \"\" (unknown ids are ignored too); only the most recent export.max_history items are read",

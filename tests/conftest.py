@@ -103,3 +103,32 @@ def export_dir(tiny, trained_model_dir, index_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
     export_models(tiny, trained_model_dir, index_dir, out, version=1)
     return out
+
+
+SLOW_FIRST = (
+    "serving/test_graph_mode.py",
+    "serving/test_promotion.py",
+    "test_run.py",
+    "test_remote_filesystems.py",
+    "training/test_training.py",
+    "training/test_multi_worker.py",
+    "serving/test_catalogue_changes.py",
+    "training/test_warm_start.py",
+    "serving/test_page.py",
+    "serving/test_export.py",
+)
+"""Test files that take minutes, slowest first. They run first, so that on several workers
+(`make test`: pytest-xdist, one file per worker at a time) the suite does not end waiting on one."""
+
+
+def pytest_collection_modifyitems(items):
+    tests = Path(__file__).resolve().parent
+
+    def rank(item) -> int:
+        path = Path(str(item.path)).resolve()
+        if tests not in path.parents:  # the library's docstring examples
+            return len(SLOW_FIRST)
+        name = path.relative_to(tests).as_posix()
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: every other file keeps its place

@@ -15,11 +15,22 @@ import tensorflow as tf
 from serving.export import CANDIDATE, QUERY, RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, export_models
 from serving.items import read_items
 from serving.saved_model import read_signature_defs
-from serving.verify import ModelCheck, check_version, run_child, verify_export
+from serving.verify import ModelCheck, check_version, run_children, verify_export
 from tfrec.app.cli import main as cli_main
 from tfrec.errors import TfrecError
 
 ALL_MODELS = (QUERY, CANDIDATE, RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH)
+
+
+REFUSALS = [
+    (SIMILAR, {"item_id": ["NOT-AN-ITEM"]}, "every item_id must be a catalogue item"),
+    (RETRIEVE_SCANN, {"history": [["X"]], "k": 101}, "index.k = 100"),
+    (CANDIDATE, {"text": ["a", "b"], "item_id": ["x"]}, "item_id must have one row per text"),
+    (CANDIDATE, {"text": ["a"], "categories": [["toys"]]}, "no categorical fields"),
+    (SEARCH, {"query": ["a", "b"], "history": [["x"]]}, "history must have one row per query"),
+    (SEARCH, {"query": ["a"], "history_weight": float("nan")}, "history_weight must be a finite number"),
+    (RETRIEVE, {"history": [["x"]], "category": "toys"}, "no category field"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +38,50 @@ def item_ids(export_dir):
     return list(read_items(export_dir))
 
 
-def graph_answer(export_dir: Path, name: str, request: dict) -> dict:
-    """One request through the TF1 session loader, checked against the eager loader."""
-    answer = run_child(export_dir / name / "1", [request])
-    assert answer["modules"] == []
-    return answer["graph"][0]
+def main_input_requests(item_ids: list[str]) -> list[tuple[str, dict]]:
+    history = [item_ids[:3]]
+    return [(QUERY, {"history": history}), (RETRIEVE, {"history": history}), (RETRIEVE_SCANN, {"history": history}),
+            (SIMILAR, {"item_id": item_ids[:1]}), (CANDIDATE, {"text": ["RED ENAMEL MUG"]}),
+            (SEARCH, {"query": ["red mug"]})]
+
+
+def long_histories(item_ids: list[str]) -> tuple[list[str], list[str]]:
+    """A history of ``export.max_history`` items, and a longer one that ends with it."""
+    recent = (item_ids * 400)[:1000]
+    return recent, [*(item_ids[::-1] * 300)[:1500], *recent]
+
+
+def _key(name: str, request: dict) -> str:
+    return json.dumps([name, request], sort_keys=True)
+
+
+def graph_answers(export_dir: Path, requests: list[tuple[str, dict]]) -> dict[str, dict]:
+    """Requests through the TF1 session loader (each also through the eager loader), every model
+    in one fresh process, each in a graph of its own; answers by :func:`_key`."""
+    by_model = {}
+    for name, request in requests:
+        by_model.setdefault(name, []).append(request)
+    answers = {}
+    found = run_children({export_dir / name / "1": sent for name, sent in by_model.items()})
+    for (name, sent), answer in zip(by_model.items(), found, strict=True):
+        assert answer["modules"] == []
+        answers.update({_key(name, request): out for request, out in zip(sent, answer["graph"], strict=True)})
+    return answers
+
+
+@pytest.fixture(scope="module")
+def answered(export_dir, item_ids):
+    """Every graph-mode request of this module's tests on the session's export, sent at once:
+    a process start costs more than the requests it answers."""
+    recent, longer = long_histories(item_ids)
+    requests = [*main_input_requests(item_ids), *[(name, request) for name, request, _ in REFUSALS],
+                (RETRIEVE, {"history": [recent]}), (RETRIEVE, {"history": [longer]})]
+    return graph_answers(export_dir, requests)
+
+
+def graph_answer(answered: dict[str, dict], name: str, request: dict) -> dict:
+    """The graph-mode answer of model ``name`` to ``request`` (one of those :func:`answered` sends)."""
+    return answered[_key(name, request)]
 
 
 def test_every_model_passes_verify(export_dir, capsys):
@@ -51,12 +101,9 @@ def test_every_model_passes_verify(export_dir, capsys):
     assert "graph-mode load" in table and "tfrec_retrieve_scann" in table
 
 
-def test_only_the_main_input_is_needed_in_graph_mode(export_dir, item_ids):
-    history = [item_ids[:3]]
-    for name, request in [(QUERY, {"history": history}), (RETRIEVE, {"history": history}),
-                          (RETRIEVE_SCANN, {"history": history}), (SIMILAR, {"item_id": item_ids[:1]}),
-                          (CANDIDATE, {"text": ["RED ENAMEL MUG"]}), (SEARCH, {"query": ["red mug"]})]:
-        out = graph_answer(export_dir, name, request)
+def test_only_the_main_input_is_needed_in_graph_mode(export_dir, item_ids, answered):
+    for name, request in main_input_requests(item_ids):
+        out = graph_answer(answered, name, request)
         assert "error" not in out, (name, out)
         if "item_ids" in out:
             assert len(out["item_ids"][0]) == 20  # export.k, the SignatureDef's default
@@ -110,26 +157,17 @@ def test_a_tf2_consumer_calls_serve_with_only_the_main_input(export_dir, item_id
         loaded.signatures["serving_default"](history=tf.constant([item_ids[:2]]))
 
 
-@pytest.mark.parametrize("name, request_, message", [
-    (SIMILAR, {"item_id": ["NOT-AN-ITEM"]}, "every item_id must be a catalogue item"),
-    (RETRIEVE_SCANN, {"history": [["X"]], "k": 101}, "index.k = 100"),
-    (CANDIDATE, {"text": ["a", "b"], "item_id": ["x"]}, "item_id must have one row per text"),
-    (CANDIDATE, {"text": ["a"], "categories": [["toys"]]}, "no categorical fields"),
-    (SEARCH, {"query": ["a", "b"], "history": [["x"]]}, "history must have one row per query"),
-    (SEARCH, {"query": ["a"], "history_weight": float("nan")}, "history_weight must be a finite number"),
-    (RETRIEVE, {"history": [["x"]], "category": "toys"}, "no category field"),
-])
-def test_models_refuse_what_they_cannot_answer(export_dir, name, request_, message):
-    out = graph_answer(export_dir, name, request_)
+@pytest.mark.parametrize("name, request_, message", REFUSALS)
+def test_models_refuse_what_they_cannot_answer(answered, name, request_, message):
+    out = graph_answer(answered, name, request_)
     assert "InvalidArgumentError" in out.get("error", ""), out
     assert message in out["error"]
 
 
-def test_a_long_history_is_cut_to_its_most_recent_items(export_dir, item_ids):
-    recent = (item_ids * 400)[:1000]  # export.max_history
-    longer = [*(item_ids[::-1] * 300)[:1500], *recent]
-    cut = graph_answer(export_dir, RETRIEVE, {"history": [recent]})
-    whole = graph_answer(export_dir, RETRIEVE, {"history": [longer]})
+def test_a_long_history_is_cut_to_its_most_recent_items(item_ids, answered):
+    recent, longer = long_histories(item_ids)  # export.max_history, and more
+    cut = graph_answer(answered, RETRIEVE, {"history": [recent]})
+    whole = graph_answer(answered, RETRIEVE, {"history": [longer]})
     assert whole["item_ids"] == cut["item_ids"]
     np.testing.assert_allclose(whole["scores"], cut["scores"], atol=1e-5)
 
@@ -163,7 +201,7 @@ def test_model_base_path_and_a_failing_version_is_never_published(tiny, trained_
     assert not [p for p in out.rglob(".*") if p.is_dir()], "a staging folder was left behind"
 
 
-def test_the_c_api_loader_answers_like_the_session_loader(export_dir, item_ids):
+def test_the_c_api_loader_answers_like_the_session_loader(export_dir, item_ids, answered):
     """TF_LoadSessionFromSavedModel, the loader of TF Serving and the C, C++, Java and Go
     bindings, through ctypes on the wheel's shared library, feeding only ``history``."""
     version = export_dir / QUERY / "1"
@@ -176,7 +214,7 @@ def test_the_c_api_loader_answers_like_the_session_loader(export_dir, item_ids):
     assert done.returncode == 0, done.stderr[-2000:]
     answer = json.loads(done.stdout.strip().splitlines()[-1])
     assert answer["python_tensorflow_imported"] is False
-    expected = graph_answer(export_dir, QUERY, {"history": [item_ids[:3]]})["query_vector"]
+    expected = graph_answer(answered, QUERY, {"history": [item_ids[:3]]})["query_vector"]
     np.testing.assert_allclose(answer["output"], expected, atol=1e-5)
 
 
@@ -195,7 +233,8 @@ def test_an_ensemble_with_relative_positions_serves_in_graph_mode(tiny, sample_d
     # export_models publishes nothing unless every staged model passes verify_export's checks.
     published = export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
     assert sorted(published) == sorted(ALL_MODELS)
-    query = graph_answer(tmp_path / "export", QUERY, {"history": [list(read_items(tmp_path / "export"))[:3]]})
+    request = {"history": [list(read_items(tmp_path / "export"))[:3]]}
+    query = graph_answers(tmp_path / "export", [(QUERY, request)])[_key(QUERY, request)]
     vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
     assert vector.shape == (2 * config.model.embedding_dim,)
     np.testing.assert_allclose(np.linalg.norm(vector), 1.0, rtol=1e-4)

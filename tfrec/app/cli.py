@@ -354,7 +354,7 @@ COMMANDS = (
         "A local model server for machines without TF Serving (and for the ScaNN model). "
         "Serves the newest version of each model and picks up new versions while running. "
         "Settings come from the flags, else from the config's `serve` section (or --set serve.KEY=VALUE, "
-        "with or without --config), else the defaults; see the README for the request limits.",
+        "with or without --config), else the defaults; see docs/guides/serving.md for the request limits.",
         flags=(
             flag("--export", required=True, help="output folder of `tfrec export`"),
             OPTIONAL_CONFIG,
