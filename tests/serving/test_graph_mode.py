@@ -262,7 +262,8 @@ def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, 
     published = export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
     assert sorted(published) == sorted(ALL_MODELS)
     history = list(read_items(tmp_path / "export"))[:3]
-    query = graph_answer(tmp_path / "export", QUERY, {"history": [history]})
+    request = {"history": [history]}
+    query = graph_answer(graph_answers(tmp_path / "export", [(QUERY, request)]), QUERY, request)
     vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
     trained = 2 * config.model.embedding_dim
     assert vector.shape == (trained + model.item_tower.text_dim,)
