@@ -80,6 +80,16 @@ def test_overrides_apply_yaml_values_and_are_validated():
         load_config(BUNDLED, ["data.interactions.filters.9.value=X"])
 
 
+def test_a_number_in_exponent_notation_is_a_number_in_overrides_and_files(tmp_path):
+    config = load_config(BUNDLED, ["train.learning_rate=3e-4", "train.weight_decay=1E-5"])
+    assert (config.train.learning_rate, config.train.weight_decay) == (3e-4, 1e-5)
+    raw = _bundled()
+    raw["train"]["learning_rate"] = "placeholder"
+    path = _write(tmp_path, raw)
+    path.write_text(path.read_text().replace("placeholder", "2e-3"))
+    assert load_config(path).train.learning_rate == 2e-3
+
+
 def test_missing_or_broken_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,27 @@ from pydantic import ValidationError
 from tfrec.config.sections import Config, ConfigError, ServeConfig
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's floats: ``1e-4`` is a number (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str) -> Any:
+    """Parses config YAML (``1e-4`` is a number, as a user means it)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = read_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
     return key.strip().split("."), value
@@ -95,7 +111,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
             text = fileio.read_text(path)
         else:
             text = Path(path).read_text(encoding="utf-8")
-        raw = yaml.safe_load(text)
+        raw = read_yaml(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as e:
