@@ -72,12 +72,27 @@ def test_a_warm_run_trains_few_epochs_and_records_its_start(trained_model_dir, n
     summary = train(warm, data, tmp_path / "model")
     assert summary["epochs_run"] == 1
     assert summary["warm_start"]["source"] == str(run / "model") and summary["warm_start"]["items_added"] > 0
+    assert 0.0 <= summary["warm_start"]["valid_before"] <= 1.0  # the start is measured before the first step
     recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
     assert recorded["train"]["warm_start"] == str(run / "model") and recorded["train"]["epochs"] == 1
+    assert (recorded["train"]["lr_schedule"], recorded["train"]["warmup_steps"]) == ("cosine", 0)  # it anneals
     card = build_model_card(load_config(tmp_path / "model" / "config.yaml"), tmp_path / "model", None,
                             tmp_path / "export", 1, models={})
     assert f"Warm-started from `{run / 'model'}`" in card["model_parameters"]["model_architecture"]
     assert card["config"]["train"]["warm_start"] == str(run / "model")
+
+
+def test_a_warm_run_keeps_the_previous_weights_when_no_epoch_beats_them(trained_model_dir, next_day_data, tmp_path):
+    config, data = next_day_data
+    warm = tiny_config(config, f"train.warm_start={json.dumps(str(trained_model_dir))}", "train.warm_start_epochs=1",
+                       "train.warm_start_learning_rate=1e-12")
+    summary = train(warm, data, tmp_path / "model")
+    assert summary["best_epoch"] == 0 and summary["epochs_run"] == 1
+    assert summary[f"best_valid_explore_{warm.train.early_stopping_metric}"] == summary["warm_start"]["valid_before"]
+    assert yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["train"]["learning_rate"] == 1e-12
+    previous, kept = load_model(trained_model_dir), load_model(tmp_path / "model")
+    for a, b in zip(kept.user_tower.trainable_weights, previous.user_tower.trainable_weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_a_different_architecture_is_refused_naming_the_keys(trained_model_dir, next_day_data, tmp_path, capsys):

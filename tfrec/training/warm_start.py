@@ -53,6 +53,8 @@ class WarmStart:
     items_dropped: int
     texts_reused: int = 0
     texts_encoded: int = 0
+    valid_before: float | None = None
+    """The early-stopping metric on validation before the first step."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,13 +202,18 @@ class PreviousModel:
 
     def adapt(self, config: Config) -> Config:
         """``config`` for a warm run: ``auto`` architecture settings take the previous model's values,
-        ``train.epochs`` becomes ``train.warm_start_epochs``, and the architecture is checked."""
+        ``train.epochs`` and ``train.learning_rate`` become ``train.warm_start_epochs`` and
+        ``train.warm_start_learning_rate`` (where set), the learning rate falls from it to zero over those
+        epochs (cosine, no warm-up: the weights are trained already), and the architecture is checked."""
         before = architecture(self.config)
         chosen = {key: before[key] for key, value in architecture(config.to_dict()).items()
                   if value == "auto" and key in before}
-        epochs = config.train.warm_start_epochs or config.train.epochs
+        train = config.train
         raw = config.to_dict()
-        for key, value in {**chosen, "train.epochs": epochs, "train.warm_start": self.folder}.items():
+        for key, value in {**chosen, "train.epochs": train.warm_start_epochs or train.epochs,
+                           "train.learning_rate": train.warm_start_learning_rate or train.learning_rate,
+                           "train.lr_schedule": "cosine", "train.warmup_steps": 0,
+                           "train.warm_start": self.folder}.items():
             node = raw
             *parents, last = key.split(".")
             for part in parents:
