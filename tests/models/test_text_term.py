@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from tests.layer_test_case import run_layer_test
-from tfrec.models import ItemTower, ScratchTextEncoder, UserTower
+from tfrec.data import EvalSplit
+from tfrec.evaluation.ranking import model_scorer
+from tfrec.models import ItemTower, ScratchTextEncoder, TwoTowerModel, UserTower
+from tfrec.training.text_weight import fit_text_weight, weighted_scorers
 
 NUM_ITEMS, TEXT_DIM, DIM, MEMBERS = 6, 5, 4, 2
 TEXT = np.random.default_rng(0).normal(size=(NUM_ITEMS, TEXT_DIM)).astype("float32")
@@ -12,10 +15,10 @@ UNIT_TEXT = TEXT / np.linalg.norm(TEXT, axis=-1, keepdims=True)
 HISTORY = np.array([[-1, 0, 3, 5], [1, 2, 4, 0]])
 
 
-def _item_tower(text_part=True):
-    tower = ItemTower(NUM_ITEMS, DIM, TEXT_DIM, hidden_dim=8, members=MEMBERS, text_part=text_part,
+def _item_tower(text_part=True, text=TEXT):
+    tower = ItemTower(len(text), DIM, TEXT_DIM, hidden_dim=8, members=MEMBERS, text_part=text_part,
                       seed=3, name="item_tower")
-    tower.set_catalogue(text_vectors=TEXT)
+    tower.set_catalogue(text_vectors=text)
     return tower
 
 
@@ -76,3 +79,33 @@ def test_a_trainable_text_encoder_has_no_fixed_text_part():
                                  num_heads=2, intermediate_dim=16)
     with pytest.raises(ValueError, match="text_part"):
         ItemTower(NUM_ITEMS, DIM, 8, text_encoder=encoder, token_length=3, text_part=True)
+
+
+def _split(num_users, num_items, seed=0):
+    rng = np.random.default_rng(seed)
+    histories = [rng.integers(0, num_items, rng.integers(1, 6)) for _ in range(num_users)]
+    return EvalSplit(user_ids=np.arange(num_users).astype(str), histories=histories,
+                     history_groups=[np.arange(len(h)) for h in histories],
+                     targets=[rng.integers(0, num_items, 1) for _ in range(num_users)])
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_the_text_weight_search_measures_what_the_model_at_each_weight_scores(causal):
+    text = np.random.default_rng(1).normal(size=(30, TEXT_DIM)).astype("float32")  # 10 items or more: NDCG@10
+    model = TwoTowerModel(_item_tower(text=text), _user_tower(causal))
+    split, weights = _split(40, len(text)), (0.0, 0.3, 0.6)
+    vectors = model.item_vectors()
+    batches = [split.histories[:16], split.histories[16:]]
+    expected = {}
+    for weight in weights:
+        model.user_tower.text_weight.assign(weight)
+        direct = model_scorer(model, vectors, repeat=False)
+        expected[weight] = [direct(batch) for batch in batches]
+    shared = weighted_scorers(model, vectors, weights)
+    for b, batch in enumerate(batches):  # every weight scores a batch before the next batch comes
+        for weight in weights:
+            np.testing.assert_allclose(shared[weight](batch), expected[weight][b], rtol=1e-5, atol=1e-6)
+    measured = fit_text_weight(model, split, "ndcg@10", batch_size=16, weights=weights)
+    assert set(measured) == set(weights)
+    best = max(measured, key=lambda w: (measured[w], -w))
+    assert float(model.user_tower.text_weight.numpy()) == pytest.approx(best)

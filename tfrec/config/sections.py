@@ -333,7 +333,8 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(3, ge=0)
     """Epochs without a better validation metric before stopping (0: never stop early)."""
     validation_users: int | None = Field(5000, gt=0)
-    """Validation users measured after each epoch (a fixed random sample; None: all). The
+    """Validation users measured after each epoch (a fixed random sample; None: all); the
+    text term's weight and the repeat-aware term are fitted on the same users. The
     evaluation after training always reads every user."""
     early_stopping_metric: str = "ndcg@10"
     """Validation metric (explore protocol) that picks the best epoch."""

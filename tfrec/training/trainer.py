@@ -37,7 +37,7 @@ import tensorflow as tf
 from tfrec import fileio, layout
 from tfrec.config import Config, save_config
 from tfrec.config.derived import derived_settings, resolve
-from tfrec.data import EvalSplit, load_eval_split, load_stats, pad_histories, sample_users
+from tfrec.data import EvalSplit, load_eval_split, load_stats, pad_histories
 from tfrec.errors import TfrecError
 from tfrec.layout import (
     BEST_WEIGHTS,
@@ -145,7 +145,8 @@ def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSp
 
 def finish_training(config: Config, data: TrainingData, state: TrainingState, work_dir: str) -> dict:
     """Loads the best epoch's weights, then fits the text term's weight and the repeat-aware
-    term on validation; returns what was fitted, for the training summary."""
+    term on the validation users measured each epoch (``train.validation_users`` of them);
+    returns what was fitted, for the training summary."""
     model = state.model
     model.load_weights(fileio.join(work_dir, BEST_WEIGHTS))
     fitted = {}
@@ -156,8 +157,7 @@ def finish_training(config: Config, data: TrainingData, state: TrainingState, wo
                   "text_weight_validation": {str(w): v for w, v in measured.items()}}
     repeat_term = model.repeat_term
     if repeat_term is not None:
-        nll = fit_repeat_term(model, sample_users(data.valid, config.eval.max_users, config.train.seed),
-                              score_budget=config.eval.score_budget)
+        nll = fit_repeat_term(model, data.epoch_valid, score_budget=config.eval.score_budget)
         weights = repeat_term.feature_weights.numpy().round(3).tolist()
         log.info(f"Repeat-aware term fitted on validation: scale {float(repeat_term.scale.numpy()):.2f}, "
                  f"weights {weights}, nll {nll:.3f}")
