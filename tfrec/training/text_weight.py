@@ -48,7 +48,8 @@ def weighted_scorers(model, item_vectors: tf.Tensor, weights) -> dict:
         return batch["queries"]
 
     def scorer(weight):
-        scale = tf.concat([tf.fill([tower.trained_dim], 2.0 * (1.0 - weight)), tf.fill([tower.text_dim], 2.0 * weight)], 0)
+        scale = tf.concat([tf.fill([tower.trained_dim], 2.0 * (1.0 - weight)),
+                           tf.fill([tower.text_dim], 2.0 * weight)], 0)
         return lambda histories: tf.matmul(halves(histories) * scale, item_vectors, transpose_b=True).numpy()
 
     return {weight: scorer(weight) for weight in weights}
