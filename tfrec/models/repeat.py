@@ -141,11 +141,21 @@ class RepeatTerm(keras.layers.Layer):
         optimizer = keras.optimizers.Adam(learning_rate)
         variables = [self.scale, self.feature_weights]
         rng = np.random.default_rng(seed)
+        rows_of = similarity if callable(similarity) else (lambda rows: similarity[rows])
+        num_items = int(np.shape(rows_of(np.zeros(1, np.int64)))[1])
+        if score_budget is not None:
+            batch_size = rows_per_batch(batch_size, num_items, score_budget)
+        # The histories' features do not change while fitting: computed once, a ragged row per user.
+        pairs, values = self.features(tf.constant(histories), num_items)
+        items = tf.RaggedTensor.from_value_rowids(pairs[:, 1], pairs[:, 0], nrows=len(histories))
+        values = tf.RaggedTensor.from_value_rowids(values, pairs[:, 0], nrows=len(histories))
 
-        @tf.function
-        def step(sim, hist, tgt):
+        @tf.function(reduce_retracing=True)
+        def step(sim, pair_rows, pair_items, pair_values, tgt):
             with tf.GradientTape() as tape:
-                log_probs = tf.nn.log_softmax(self(sim, hist), axis=-1)
+                term = tf.scatter_nd(tf.stack([pair_rows, pair_items], -1),
+                                     tf.linalg.matvec(pair_values, self.feature_weights), tf.shape(sim, tf.int64))
+                log_probs = tf.nn.log_softmax(self.scale * sim + term, axis=-1)
                 mask = tf.cast(tgt >= 0, tf.float32)
                 picked = tf.gather(log_probs, tf.maximum(tgt, 0), batch_dims=1)
                 per_user = -tf.reduce_sum(picked * mask, 1) / tf.reduce_sum(mask, 1)
@@ -153,15 +163,12 @@ class RepeatTerm(keras.layers.Layer):
             optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return loss
 
-        rows_of = similarity if callable(similarity) else (lambda rows: similarity[rows])
-        if score_budget is not None:
-            num_items = int(np.shape(rows_of(np.zeros(1, np.int64)))[1])
-            batch_size = rows_per_batch(batch_size, num_items, score_budget)
         loss = np.nan
         for _ in range(steps):
             rows = rng.choice(len(targets), size=min(batch_size, len(targets)), replace=False)
-            loss = float(step(tf.constant(rows_of(rows), tf.float32), tf.constant(histories[rows]),
-                              tf.constant(padded[rows])))
+            step_items, step_values = tf.gather(items, rows), tf.gather(values, rows)
+            loss = float(step(tf.constant(rows_of(rows), tf.float32), step_items.value_rowids(),
+                              step_items.flat_values, step_values.flat_values, tf.constant(padded[rows])))
         return loss
 
     def get_config(self):
