@@ -52,7 +52,8 @@ class UserSplit(NamedTuple):
 
     outcome: str
     train: list[tuple[list[int], list[int]]]
-    """(history, targets) windows, one per training group after the first."""
+    """(history, targets) windows, one per training group after the first: window ``j - 1``
+    targets group ``j``."""
     valid: EvalRecord | None
     test: EvalRecord | None
     interactions: int
@@ -168,8 +169,8 @@ class SplitUserFn(beam.DoFn):
     def process(self, element: tuple[str, Iterable[Event]], index: Mapping[str, int]):
         user, events = element
         split = split_user(events, self.sequences, index)
-        for history, targets in split.train:
-            yield beam.pvalue.TaggedOutput("train", features.train_example(user, history, targets))
+        for group, (history, targets) in enumerate(split.train, start=1):  # window j targets group j
+            yield beam.pvalue.TaggedOutput("train", features.train_example(user, history, targets, group))
         for name, record in (("valid", split.valid), ("test", split.test)):
             if record is not None:
                 yield beam.pvalue.TaggedOutput(name, features.eval_example(user, *record))

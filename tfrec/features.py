@@ -50,6 +50,9 @@ HISTORY = "history"
 HISTORY_GROUP = "history_group"
 """Evaluation records only: the group ordinal (0 = the user's first group) of each history item."""
 TARGETS = "targets"
+TARGET_GROUP = "target_group"
+"""Training records only: the group ordinal of the window's targets (1 = the user's second group;
+-1 in data written before it was recorded)."""
 
 
 
@@ -93,9 +96,10 @@ def item_example(
     return _serialize(features)
 
 
-def train_example(user_id: str, history: Sequence[int], targets: Sequence[int]) -> bytes:
+def train_example(user_id: str, history: Sequence[int], targets: Sequence[int], target_group: int) -> bytes:
     return _serialize(
-        {USER_ID: _bytes([user_id]), HISTORY: _ints(history), TARGETS: _ints(targets)}
+        {USER_ID: _bytes([user_id]), HISTORY: _ints(history), TARGETS: _ints(targets),
+         TARGET_GROUP: _ints([target_group])}
     )
 
 
@@ -134,6 +138,7 @@ def train_spec() -> dict[str, tf.io.FixedLenFeature | tf.io.RaggedFeature]:
         USER_ID: tf.io.FixedLenFeature([], tf.string),
         HISTORY: tf.io.RaggedFeature(tf.int64),
         TARGETS: tf.io.RaggedFeature(tf.int64),
+        TARGET_GROUP: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     }
 
 

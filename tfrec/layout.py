@@ -54,6 +54,8 @@ CURVES_FILE = "recall_curves.json"
 TEXT_CACHE_DIR = "text_cache"
 TEXT_VOCAB_FILE = "text_vocab.txt"
 CATEGORICAL_VOCAB_FILE = "categorical_vocab.json"
+TRAINED_GROUPS_FILE = "trained_groups.npz"
+"""Per user, the groups the model trained on: what a warm start from it need not train again."""
 
 # ---------------------------------------------------------------- the index folder
 SCANN_DIR = "scann"

@@ -102,8 +102,8 @@ def test_no_split_sees_its_future(expected, sample_config, sample_data_dir):
     for example in outputs.split(sample_data_dir, "train"):
         user_groups = groups[example["user_id"][0]]
         # The window of training group j: the items of groups < j -> the items of group j.
-        windows = [(flat(user_groups[:j])[-max_history:], user_groups[j]) for j in range(1, len(user_groups) - 2)]
-        assert (example["history"], example["targets"]) in windows, example
+        windows = [(flat(user_groups[:j])[-max_history:], user_groups[j], [j]) for j in range(1, len(user_groups) - 2)]
+        assert (example["history"], example["targets"], example["target_group"]) in windows, example
     for split, held_out in (("valid", -2), ("test", -1)):
         for example in outputs.split(sample_data_dir, split):
             user_groups = groups[example["user_id"][0]]

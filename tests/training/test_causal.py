@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
-from tfrec.data import train_examples
+from tests.pipelines import outputs
+from tfrec.data import load_eval_split, train_examples
 from tfrec.data.sequences import causal_sequences, pieces, query_positions
 from tfrec.models.towers import UserTower
+from tfrec.training.warm_start import write_trained_groups
 
 
 def test_query_positions_point_at_the_end_of_the_previous_group():
@@ -223,3 +225,49 @@ def test_a_sequence_s_own_targets_are_negatives_only_when_asked(sequence_negativ
     same_sequence = np.array([[0, 0, 0, 1]]).T == np.array([[0, 0, 0, 1]])
     masked = logits <= -1e8
     np.testing.assert_array_equal(masked, same_sequence & ~np.eye(4, dtype=bool) & (not sequence_negatives))
+
+
+def test_items_of_groups_before_the_first_group_are_history_only():
+    items, groups = np.array([5, 6, 7, 8, 9]), np.array([0, 1, 1, 2, 3])
+    (piece, _, targets), = pieces(items, groups, 8, first_group=2)
+    np.testing.assert_array_equal(targets, [8, 9])  # groups 2 and 3 only
+    np.testing.assert_array_equal(piece[piece >= 0], [5, 6, 7, 8])  # read up to the last query
+    assert pieces(items, groups, 8, first_group=4) == []
+
+
+def test_a_warm_runs_windows_and_sequences_hold_the_same_new_pairs(sample_data_dir, tmp_path):
+    """From each user's first new group on, the sequences and the windows train the same pairs,
+    and a warm start from a model of the same data finds no window of an evaluated user new."""
+    valid = load_eval_split(sample_data_dir, "valid")
+    rng = np.random.default_rng(0)
+    first = {user: int(rng.integers(1, groups.max() + 2)) for user, groups in
+             zip(valid.user_ids.tolist(), valid.history_groups)}
+    all_pairs = _pairs(*causal_sequences(sample_data_dir, 10))
+    new_pairs = _pairs(*causal_sequences(sample_data_dir, 10, first_new_group=first))
+    windows = collections.Counter()
+    for history, targets in train_examples(sample_data_dir, 10, 10_000, cache=False,
+                                           first_new_group=first).as_numpy_iterator():
+        history = history[history >= 0]
+        for target in targets[targets >= 0]:
+            windows[(tuple(history[-3:]), int(target))] += 1
+    assert 0 < sum(new_pairs.values()) < sum(all_pairs.values())
+    assert new_pairs == windows
+
+    path = str(tmp_path / "trained_groups.npz")
+    write_trained_groups(valid, path)
+    with np.load(path) as saved:
+        seen = dict(zip(saved["user_ids"].tolist(), saved["groups"].tolist()))
+    left = train_examples(sample_data_dir, 10, 10_000, cache=False, first_new_group=seen)
+    evaluated = set(valid.user_ids.tolist())
+    train_only = sum(1 for user in outputs.split(sample_data_dir, "train") if user["user_id"][0] not in evaluated)
+    assert sum(1 for _ in left) == train_only  # users it never saw are trained whole
+
+
+def _pairs(items, pair_query, pair_item) -> collections.Counter:
+    pairs = collections.Counter()
+    for row_items, queries, targets in zip(items, pair_query, pair_item):
+        for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
+            context = row_items[: q + 1]
+            context = context[context >= 0]
+            pairs[(tuple(context[-3:]), int(target))] += 1
+    return pairs

@@ -15,6 +15,7 @@ from tests.conftest import RETAIL_DATA, tiny_config
 from tfrec.app.cli import main
 from tfrec.config import load_config
 from tfrec.data import load_catalogue
+from tfrec.errors import TfrecError
 from tfrec.models import load_model, text_pipeline
 from tfrec.models.text import cached_text_vectors
 from tfrec.training.trainer import train
@@ -73,6 +74,8 @@ def test_a_warm_run_trains_few_epochs_and_records_its_start(trained_model_dir, n
     assert summary["epochs_run"] == 1
     assert summary["warm_start"]["source"] == str(run / "model") and summary["warm_start"]["items_added"] > 0
     assert 0.0 <= summary["warm_start"]["valid_before"] <= 1.0  # the start is measured before the first step
+    assert summary["warm_start"]["trained_on"] == "new windows"
+    assert (tmp_path / "model" / "trained_groups.npz").exists()  # what the next warm start leaves out
     recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())
     assert recorded["train"]["warm_start"] == str(run / "model") and recorded["train"]["epochs"] == 1
     assert (recorded["train"]["lr_schedule"], recorded["train"]["warmup_steps"]) == ("cosine", 0)  # it anneals
@@ -93,6 +96,15 @@ def test_a_warm_run_keeps_the_previous_weights_when_no_epoch_beats_them(trained_
     previous, kept = load_model(trained_model_dir), load_model(tmp_path / "model")
     for a, b in zip(kept.user_tower.trainable_weights, previous.user_tower.trainable_weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_warm_run_on_the_data_its_previous_model_read_finds_nothing_new(trained_model_dir, sample_data_dir, tiny,
+                                                                           tmp_path):
+    warm = tiny_config(tiny, f"train.warm_start={json.dumps(str(trained_model_dir))}")
+    with pytest.raises(TfrecError, match="0 training examples new since the previous model"):
+        train(warm, sample_data_dir, tmp_path / "model")
+    again = tiny_config(warm, "train.warm_start_windows=all", "train.warm_start_epochs=1")
+    assert train(again, sample_data_dir, tmp_path / "again")["warm_start"]["trained_on"] == "all windows"
 
 
 def test_a_different_architecture_is_refused_naming_the_keys(trained_model_dir, next_day_data, tmp_path, capsys):

@@ -289,6 +289,10 @@ class TrainConfig(_Section):
     warm-up), and an epoch is kept only if it beats the previous weights on validation."""
     warm_start_learning_rate: float | None = Field(None, gt=0.0)
     """The first learning rate of a warm-started run, instead of ``learning_rate`` (None: the same)."""
+    warm_start_windows: Literal["new", "all"] = "new"
+    """What a warm-started run trains on: ``new``, the training windows whose targets the previous
+    model never trained on (each user's groups after the ones it saw; users it never saw whole);
+    ``all``, every window again."""
     steps_per_epoch: int | None = Field(None, gt=0)
     """None: one pass over the training examples per epoch."""
     learning_rate: float = Field(1e-3, gt=0.0)

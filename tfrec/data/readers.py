@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -186,8 +187,22 @@ def _left_pad(history: tf.Tensor, length: int) -> tf.Tensor:
     return tf.concat([tf.fill([length - tf.shape(recent)[0]], tf.constant(PAD, tf.int64)), recent], 0)
 
 
+def _is_new_window(first_new_group: Mapping[str, int]):
+    users = list(first_new_group)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(users, tf.string),
+                                            tf.constant([first_new_group[u] for u in users], tf.int64)),
+        default_value=0)
+
+    def is_new(example):
+        group = example[F.TARGET_GROUP]
+        return (group < 0) | (group >= table.lookup(example[F.USER_ID]))
+
+    return is_new
+
+
 def train_examples(data_dir: str | os.PathLike, max_history: int, max_targets: int, skip_repeats: bool = False,
-                   cache: bool = True) -> tf.data.Dataset:
+                   cache: bool = True, first_new_group: Mapping[str, int] | None = None) -> tf.data.Dataset:
     """``(history [max_history], targets [max_targets])`` per training window, in file order.
 
     Histories are left-padded, targets right-padded, both with ``PAD``. A window whose
@@ -195,6 +210,11 @@ def train_examples(data_dir: str | os.PathLike, max_history: int, max_targets: i
     history, so every batch has the same shape and no item is lost. With
     ``skip_repeats``, targets already in the window's history are left out (and windows
     left without any target dropped).
+
+    With ``first_new_group`` (user id -> group ordinal), a user's windows whose targets are
+    an earlier group are left out: what a warm-started run's previous model trained on
+    already (``trained_groups``). Users it lacks, and windows of data written before the
+    target group was recorded, are kept.
     """
 
     def targets_of(example):
@@ -211,9 +231,11 @@ def train_examples(data_dir: str | os.PathLike, max_history: int, max_targets: i
             (tf.repeat(history[None, :], pieces, axis=0), tf.reshape(padded, [pieces, max_targets]))
         )
 
+    ds = _records(F.split_pattern(data_dir, "train"), F.train_spec())
+    if first_new_group:
+        ds = ds.filter(_is_new_window(first_new_group))
     ds = (
-        _records(F.split_pattern(data_dir, "train"), F.train_spec())
-        .map(targets_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds.map(targets_of, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .flat_map(chunks)
     )
     return ds.cache() if cache else ds

@@ -24,6 +24,10 @@ only train (``short_users: train_only``) have no validation record: each of thei
 windows becomes a sequence of its own (history, then its group), which trains the same
 query as the window does.
 
+A warm-started run trains only what its previous model has not: with ``first_new_group``,
+the items of a user's groups that model trained on stay history, and only later groups are
+targets.
+
 A sequence longer than ``L`` is cut into pieces of ``L`` items ending ``L // 2`` items
 apart. Each query is trained in exactly one piece, the first in which it lies in the last
 ``L // 2`` positions (or anywhere, in the first piece), so it reads at least ``L // 2``
@@ -33,6 +37,7 @@ items of context and at most ``L``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +64,17 @@ def query_positions(groups: np.ndarray) -> np.ndarray:
     return out.astype(np.int64)
 
 
-def pieces(items: np.ndarray, groups: np.ndarray, length: int,
-           skip_repeats: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pieces(items: np.ndarray, groups: np.ndarray, length: int, skip_repeats: bool = False,
+           first_group: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Cuts one sequence into ``(items [length], pair_query [P], pair_item [P])`` pieces.
 
     ``groups`` are the items' group ordinals. Pair query positions index the piece. With
-    ``skip_repeats`` an item already present up to its query is not a target. Pieces with
-    no pair are left out.
+    ``skip_repeats`` an item already present up to its query is not a target. Items of groups
+    before ``first_group`` are history only, never targets. Pieces with no pair are left out.
     """
     items = np.asarray(items, np.int64)
     n = len(items)
-    query_of = query_positions(groups)
+    query_of = np.where(np.asarray(groups) >= first_group, query_positions(groups), -1)
     if skip_repeats:
         first_seen: dict[int, int] = {}
         for i, item in enumerate(items.tolist()):
@@ -109,15 +114,23 @@ def _train_only_windows(data_dir: str | Path, evaluated: set[str]) -> list[tuple
     return out
 
 
-def causal_sequences(data_dir: str | Path, length: int,
-                     skip_repeats: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def causal_sequences(data_dir: str | Path, length: int, skip_repeats: bool = False,
+                     first_new_group: Mapping[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every training piece of ``data_dir``: ``items [S, length]``, ``pair_query [S, P]``,
-    ``pair_item [S, P]`` (``P``: the most pairs of any piece)."""
+    ``pair_item [S, P]`` (``P``: the most pairs of any piece).
+
+    With ``first_new_group`` (user id -> group ordinal, see ``readers.train_examples``) a
+    user's items of earlier groups are history only; users it lacks, and users without a
+    validation record, are trained whole.
+    """
     valid = load_eval_split(data_dir, "valid")
-    sources = list(zip(valid.histories, valid.history_groups))
+    first = first_new_group or {}
+    sources = [(history, groups, first.get(user, 0))
+               for user, history, groups in zip(valid.user_ids.tolist(), valid.histories, valid.history_groups)]
     if load_stats(data_dir).get("users_train_only", 1):
-        sources += _train_only_windows(data_dir, set(valid.user_ids.tolist()))
-    found = [piece for history, groups in sources for piece in pieces(history, groups, length, skip_repeats)]
+        sources += [(*window, 0) for window in _train_only_windows(data_dir, set(valid.user_ids.tolist()))]
+    found = [piece for history, groups, first_group in sources
+             for piece in pieces(history, groups, length, skip_repeats, first_group)]
     width = max((len(q) for _, q, _ in found), default=1)
     items = np.full((len(found), length), PAD, np.int64)
     pair_query = np.full((len(found), width), -1, np.int64)

@@ -106,6 +106,8 @@ def build_training_state(config: Config, data: TrainingData, strategy: tf.distri
     with strategy.scope():
         model, warm = (build_model(config, data.catalogue, work_dir), None) if previous is None else (
             previous.build(config, data.catalogue, work_dir))
+        if warm is not None:
+            warm = dataclasses.replace(warm, trained_on=data.trained_on)
         optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam
         optimizer = optimizer_class(learning_rate_schedule(cfg, data.steps_per_epoch),
                                     weight_decay=cfg.weight_decay or None)

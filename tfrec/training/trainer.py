@@ -17,8 +17,10 @@ from its start, so a resumed run ends where an uninterrupted one would.
 
 Outputs in the model folder: ``model.keras`` (the best epoch, with the fitted repeat
 term), ``vectors.npz`` (catalogue and test-user vectors for the index), ``checkpoints/``,
-``logs/`` (TensorBoard), ``history.json`` (per-epoch loss and validation metrics), and
-``catalogue/`` (a copy of the items, so later stages need only the model folder).
+``logs/`` (TensorBoard), ``history.json`` (per-epoch loss and validation metrics),
+``catalogue/`` (a copy of the items, so later stages need only the model folder) and
+``trained_groups.npz`` (per user, the groups it trained on: a warm start from it trains what
+comes after them).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from tfrec.layout import (
     HISTORY_FILE,
     MODEL_FILE,
     TRAIN_SUMMARY_FILE,
+    TRAINED_GROUPS_FILE,
     VECTORS_FILE,
 )
 from tfrec.models.two_tower import TwoTowerModel
@@ -54,7 +57,7 @@ from tfrec.training.epochs import run_epochs
 from tfrec.training.state import TrainingState, build_training_state
 from tfrec.training.text_weight import fit_text_weight
 from tfrec.training.training_data import TrainingData, load_training_data
-from tfrec.training.warm_start import PreviousModel
+from tfrec.training.warm_start import PreviousModel, write_trained_groups
 
 log = logging.getLogger(__name__)
 
@@ -190,6 +193,7 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
 def write_outputs(model: TwoTowerModel, data: TrainingData, summary: dict, data_dir: str, output_dir: str) -> None:
     """Writes ``model.keras``, ``vectors.npz`` (catalogue and test users) and ``train_summary.json``."""
     _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
+    write_trained_groups(data.valid, fileio.join(output_dir, TRAINED_GROUPS_FILE))
     _write_vectors(model, data.catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
     fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
     log.info(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
@@ -230,7 +234,10 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     config = resolve(config, stats)  # the run's config.yaml spells out what was derived
     if derived:
         log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
-    data = load_training_data(config, data_dir)
+    first_new_group = previous.first_new_group() if previous and config.train.warm_start_windows == "new" else None
+    if previous and config.train.warm_start_windows == "new" and first_new_group is None:
+        log.info(f"{previous.folder} does not record what it trained on: training every window")
+    data = load_training_data(config, data_dir, first_new_group)
     if chief:
         copy_catalogue(data_dir, output_dir)
         save_config(config, fileio.join(output_dir, CONFIG_FILE))

@@ -59,6 +59,8 @@ class TrainingData:
     steps_per_epoch: int
     targets_per_batch: float
     full_softmax: bool
+    trained_on: str = "all windows"
+    """``new windows`` when a warm run leaves out what its previous model trained on."""
 
     def epoch_batches(self, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
         """One epoch's batches, in an order fixed by ``seed``."""
@@ -67,12 +69,14 @@ class TrainingData:
         return batches.repeat().take(self.steps_per_epoch)
 
 
-def load_training_data(config: Config, data_dir: str) -> TrainingData:
+def load_training_data(config: Config, data_dir: str, first_new_group: dict[str, int] | None = None) -> TrainingData:
     """Reads the training examples and validation users of ``data_dir``.
 
     Args:
         config: the run's config (``data``, ``model.user_tower`` and ``train`` are read).
         data_dir: a folder written by the preprocess stage.
+        first_new_group: for a warm run, per user the first group its previous model never
+            trained on (``PreviousModel.first_new_group``): earlier groups are not targets.
 
     Returns:
         The ``TrainingData``, with the steps per epoch and the kind of negatives decided.
@@ -93,19 +97,20 @@ def load_training_data(config: Config, data_dir: str) -> TrainingData:
     if causal:
         # One example per training sequence; every position of it carries a query.
         window = min(config.model.user_tower.recent_items, config.data.sequences.max_history)
-        sequences = causal_sequences(data_dir, window, cfg.skip_repeat_targets)
+        sequences = causal_sequences(data_dir, window, cfg.skip_repeat_targets, first_new_group)
         num_examples, target_counts = len(sequences[0]), sequence_target_counts(sequences[2], len(catalogue))
         unit = "sequences"
     else:
         examples = train_examples(data_dir, config.data.sequences.max_history, cfg.max_targets,
-                                  skip_repeats=cfg.skip_repeat_targets)
+                                  skip_repeats=cfg.skip_repeat_targets, first_new_group=first_new_group)
         num_examples, target_counts = count_targets(examples, len(catalogue))
         unit = "examples"
     steps_per_epoch = cfg.steps_per_epoch or num_examples // cfg.batch_size
-    if steps_per_epoch < 1:
+    if num_examples < cfg.batch_size:  # batches are full: not one could be made
+        new = " new since the previous model (train.warm_start_windows: new)" if first_new_group else ""
         raise TfrecError(
-            f"{data_dir}: {num_examples} training {unit} are fewer than one batch of {cfg.batch_size}; "
-            "lower train.batch_size"
+            f"{data_dir}: {num_examples} training {unit}{new} are fewer than one batch of {cfg.batch_size}; "
+            "lower train.batch_size" + ("; or keep serving the previous model until more data has come" if new else "")
         )
     full_softmax = cfg.negatives == "full" or (
         cfg.negatives == "auto" and len(catalogue) <= cfg.full_softmax_max_items)
@@ -114,7 +119,7 @@ def load_training_data(config: Config, data_dir: str) -> TrainingData:
         examples=examples, sequences=sequences, num_examples=num_examples, target_counts=target_counts,
         unit=unit, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
         targets_per_batch=cfg.batch_size * int(target_counts.sum()) / max(num_examples, 1),
-        full_softmax=full_softmax,
+        full_softmax=full_softmax, trained_on="new windows" if first_new_group else "all windows",
     )
     _log_data(data, cfg)
     return data

@@ -14,11 +14,17 @@ mapped by item id (and categorical value):
 A frozen text encoder's vectors of texts the previous model already encoded are reused;
 only new or changed texts are encoded. A scratch encoder keeps the previous WordPiece
 vocabulary, so the token ids its weights learned mean the same.
+
+A model folder records, per user, how many of the user's first groups it trained on
+(``trained_groups.npz``). A warm run trains on what comes after them only
+(``train.warm_start_windows: new``): training its previous model's windows again over-fits
+them, while the new windows are the ones the test users' next purchases resemble most.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -28,9 +34,17 @@ import yaml
 
 from tfrec import fileio
 from tfrec.config import Config, config_from_dict
-from tfrec.data import Catalogue, load_catalogue
+from tfrec.data import Catalogue, EvalSplit, load_catalogue
 from tfrec.errors import TfrecError
-from tfrec.layout import CATALOGUE_DIR, CATEGORICAL_VOCAB_FILE, CONFIG_FILE, MODEL_DIR, MODEL_FILE, TEXT_VOCAB_FILE
+from tfrec.layout import (
+    CATALOGUE_DIR,
+    CATEGORICAL_VOCAB_FILE,
+    CONFIG_FILE,
+    MODEL_DIR,
+    MODEL_FILE,
+    TEXT_VOCAB_FILE,
+    TRAINED_GROUPS_FILE,
+)
 
 NOT_ARCHITECTURE = ("model.item_dropout", "model.user_tower.dropout")
 """Settings that change training, not the weights a model holds."""
@@ -55,9 +69,18 @@ class WarmStart:
     texts_encoded: int = 0
     valid_before: float | None = None
     """The early-stopping metric on validation before the first step."""
+    trained_on: str = "all windows"
+    """``new windows`` (those the previous model never trained on) or ``all windows``."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def write_trained_groups(valid: EvalSplit, path: str) -> None:
+    """Writes, per validation user, the number of the user's first groups training read: the groups
+    of the validation history (every window targets one of them, the first is history only)."""
+    groups = np.array([int(g.max()) + 1 if len(g) else 0 for g in valid.history_groups], np.int64)
+    fileio.write_npz(path, user_ids=valid.user_ids.astype(str), groups=groups)
 
 
 def model_folder(previous: str | os.PathLike) -> str:
@@ -199,6 +222,15 @@ class PreviousModel:
         if not fileio.exists(path):
             raise TfrecError(f"{path} not found: the previous model's config is needed to check its architecture")
         return cls(folder, yaml.safe_load(fileio.read_text(path)))
+
+    def first_new_group(self) -> dict[str, int] | None:
+        """Per user the first group ordinal the previous model never trained on (its
+        ``trained_groups.npz``); ``None`` for a model folder written without that file."""
+        path = fileio.join(self.folder, TRAINED_GROUPS_FILE)
+        if not fileio.exists(path):
+            return None
+        with np.load(io.BytesIO(fileio.read_bytes(path))) as arrays:
+            return dict(zip(arrays["user_ids"].tolist(), arrays["groups"].tolist()))
 
     def adapt(self, config: Config) -> Config:
         """``config`` for a warm run: ``auto`` architecture settings take the previous model's values,
