@@ -405,7 +405,8 @@ class IndexConfig(_Section):
     reorder: int | None = Field(None, gt=0)
     """Candidates re-scored exactly (None: tuned; at least k)."""
     eval_queries: int = Field(1000, gt=0)
-    """Held-out queries (test users) the index is measured on."""
+    """Held-out queries (the first test users) the index is measured on; training writes their
+    query vectors (``vectors.npz``), so the index reads at most as many as training was set to."""
 
 
 PROMOTION_METRIC = r"^(all|explore|cold_start)\.(recall@\d+|ndcg@(10|20)|mrr|hitrate@10)$"

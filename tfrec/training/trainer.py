@@ -16,7 +16,8 @@ after an interruption restores the last checkpoint and replays the interrupted e
 from its start, so a resumed run ends where an uninterrupted one would.
 
 Outputs in the model folder: ``model.keras`` (the best epoch, with the fitted repeat
-term), ``vectors.npz`` (catalogue and test-user vectors for the index), ``checkpoints/``,
+term), ``vectors.npz`` (the catalogue's vectors and the query vectors of the first
+``index.eval_queries`` test users, on which the index is measured), ``checkpoints/``,
 ``logs/`` (TensorBoard), ``history.json`` (per-epoch loss and validation metrics),
 ``catalogue/`` (a copy of the items, so later stages need only the model folder) and
 ``trained_groups.npz`` (per user, the groups it trained on: a warm start from it trains what
@@ -140,6 +141,7 @@ def _atomic_write_model(model: keras.Model, path: str) -> None:
 
 
 def _write_vectors(model: TwoTowerModel, catalogue_ids: np.ndarray, test: EvalSplit, path: str) -> None:
+    """The catalogue's vectors and the query vectors of ``test``'s users (those the index is measured on)."""
     vectors = model.item_vectors()
     queries = query_vectors(model, pad_histories(test.histories, model.max_history), vectors)
     fileio.write_npz(path, item_ids=catalogue_ids.astype(str), item_vectors=vectors.numpy(),
@@ -190,11 +192,15 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
     }
 
 
-def write_outputs(model: TwoTowerModel, data: TrainingData, summary: dict, data_dir: str, output_dir: str) -> None:
-    """Writes ``model.keras``, ``vectors.npz`` (catalogue and test users) and ``train_summary.json``."""
+def write_outputs(model: TwoTowerModel, data: TrainingData, summary: dict, data_dir: str, output_dir: str,
+                  queries: int) -> None:
+    """Writes ``model.keras``, ``trained_groups.npz``, ``vectors.npz`` (the catalogue, and the first
+    ``queries`` test users: the held-out queries the index stage measures on) and ``train_summary.json``."""
     _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
     write_trained_groups(data.valid, fileio.join(output_dir, TRAINED_GROUPS_FILE))
-    _write_vectors(model, data.catalogue.ids, load_eval_split(data_dir, "test"), fileio.join(output_dir, VECTORS_FILE))
+    test = load_eval_split(data_dir, "test")
+    _write_vectors(model, data.catalogue.ids, test.subset(np.arange(min(len(test), queries))),
+                   fileio.join(output_dir, VECTORS_FILE))
     fileio.write_json(fileio.join(output_dir, TRAIN_SUMMARY_FILE), summary)
     log.info(f"Model written to {fileio.join(output_dir, MODEL_FILE)}")
 
@@ -249,7 +255,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     summary = training_summary(config, state, time.time() - started, trained_examples) | {"derived": derived, **fitted}
     log.info(f"Weights digest: {weights_digest(state.model)} (equal on every worker of a distributed run)")
     if chief:
-        write_outputs(state.model, data, summary, data_dir, output_dir)
+        write_outputs(state.model, data, summary, data_dir, output_dir, config.index.eval_queries)
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
