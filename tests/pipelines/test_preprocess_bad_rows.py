@@ -55,7 +55,8 @@ def test_outputs_of_the_kept_rows(bad_rows_run):
     texts = {r["item_id"][0]: (r["text"][0], r["train_count"][0]) for r in outputs.items(output)}
     assert texts == {"101": ("Red mug", 1), "102": ("Blue\nmug, large", 0), "103": ("Green mug", 0)}
     # u1: baskets b1 [101 102], b5 [101], b6 [103], b7 [101]; u3 has one basket.
-    assert outputs.split(output, "train") == [{"user_id": ["u1"], "history": [0, 1], "targets": [0], "target_group": [1]}]
+    assert outputs.split(output, "train") == [
+        {"user_id": ["u1"], "history": [0, 1], "targets": [0], "target_group": [1]}]
     assert outputs.split(output, "valid") == [
         {"user_id": ["u1"], "history": [0, 1, 0], "history_group": [0, 0, 1], "targets": [2]}]
     assert outputs.split(output, "test") == [

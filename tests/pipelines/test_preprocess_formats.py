@@ -94,7 +94,8 @@ def test_sequences_across_both_sources(shop):
     test = {r["user_id"][0]: r for r in outputs.split(output, "test")}
     assert test["u1"]["history"] == [0, 1, 2, 0] and test["u1"]["targets"] == [1]
     assert test["u2"]["history"] == [0, 2] and test["u2"]["targets"] == [1]
-    assert outputs.split(output, "train") == [{"user_id": ["u1"], "history": [0, 1], "targets": [2], "target_group": [1]}]
+    assert outputs.split(output, "train") == [
+        {"user_id": ["u1"], "history": [0, 1], "targets": [2], "target_group": [1]}]
     assert stats["cold_start_items"] == 3
 
 
