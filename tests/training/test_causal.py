@@ -90,18 +90,8 @@ def test_no_position_reads_a_later_item(pooling, num_layers, long_term, position
 
 def test_sequences_hold_exactly_the_training_targets(sample_data_dir):
     """Every (context, target) pair of the sequences is a training window's, and the reverse."""
-    items, pair_query, pair_item = causal_sequences(sample_data_dir, 10)
-    pairs = collections.Counter()
-    for row_items, queries, targets in zip(items, pair_query, pair_item):
-        for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
-            context = row_items[: q + 1]
-            context = context[context >= 0]
-            pairs[(tuple(context[-3:]), int(target))] += 1
-    windows = collections.Counter()
-    for history, targets in train_examples(sample_data_dir, 10, 10_000, cache=False).as_numpy_iterator():
-        history = history[history >= 0]
-        for target in targets[targets >= 0]:
-            windows[(tuple(history[-3:]), int(target))] += 1
+    pairs = _pairs(*causal_sequences(sample_data_dir, 10))
+    windows = _window_pairs(train_examples(sample_data_dir, 10, 10_000, cache=False))
     assert sum(pairs.values()) > 100
     assert pairs == windows
 
@@ -244,12 +234,7 @@ def test_a_warm_runs_windows_and_sequences_hold_the_same_new_pairs(sample_data_d
              zip(valid.user_ids.tolist(), valid.history_groups)}
     all_pairs = _pairs(*causal_sequences(sample_data_dir, 10))
     new_pairs = _pairs(*causal_sequences(sample_data_dir, 10, first_new_group=first))
-    windows = collections.Counter()
-    for history, targets in train_examples(sample_data_dir, 10, 10_000, cache=False,
-                                           first_new_group=first).as_numpy_iterator():
-        history = history[history >= 0]
-        for target in targets[targets >= 0]:
-            windows[(tuple(history[-3:]), int(target))] += 1
+    windows = _window_pairs(train_examples(sample_data_dir, 10, 10_000, cache=False, first_new_group=first))
     assert 0 < sum(new_pairs.values()) < sum(all_pairs.values())
     assert new_pairs == windows
 
@@ -263,7 +248,18 @@ def test_a_warm_runs_windows_and_sequences_hold_the_same_new_pairs(sample_data_d
     assert sum(1 for _ in left) == train_only  # users it never saw are trained whole
 
 
+def _window_pairs(examples) -> collections.Counter:
+    """(last 3 history items, target) of every training window."""
+    windows = collections.Counter()
+    for history, targets in examples.as_numpy_iterator():
+        history = history[history >= 0]
+        for target in targets[targets >= 0]:
+            windows[(tuple(history[-3:]), int(target))] += 1
+    return windows
+
+
 def _pairs(items, pair_query, pair_item) -> collections.Counter:
+    """(last 3 context items, target) of every pair of the sequences."""
     pairs = collections.Counter()
     for row_items, queries, targets in zip(items, pair_query, pair_item):
         for q, target in zip(queries[queries >= 0], targets[targets >= 0]):
