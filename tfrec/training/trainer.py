@@ -240,8 +240,9 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     config = resolve(config, stats)  # the run's config.yaml spells out what was derived
     if derived:
         log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
-    first_new_group = previous.first_new_group() if previous and config.train.warm_start_windows == "new" else None
-    if previous and config.train.warm_start_windows == "new" and first_new_group is None:
+    only_new = previous is not None and config.train.warm_start_windows == "new"
+    first_new_group = previous.first_new_group() if only_new else None
+    if only_new and first_new_group is None:
         log.info(f"{previous.folder} does not record what it trained on: training every window")
     data = load_training_data(config, data_dir, first_new_group)
     if chief:
