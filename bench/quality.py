@@ -112,12 +112,13 @@ def run_seed(config: Config, data: Path, model_dir: Path, seed: int) -> dict:
     explore = metrics["test"]["explore"]["model"]
     alone = without_text_term(config, data, model_dir)
     print(f"seed {seed}: trained in {wall:.0f} s ({summary['epochs_run']} epochs, best {summary['best_epoch']}), "
-          f"text weight {summary.get('text_weight')}, test explore recall@10 {explore['recall@10']:.4f} "
-          f"ndcg@10 {explore['ndcg@10']:.4f}"
+          f"text weight {summary.get('text_weight')} decay {summary.get('text_decay')}, "
+          f"test explore recall@10 {explore['recall@10']:.4f} ndcg@10 {explore['ndcg@10']:.4f}"
           + (f" (text weight 0: {alone['recall@10']:.4f} / {alone['ndcg@10']:.4f})" if alone else ""), flush=True)
     return {"seed": seed, "train_wall_s": round(wall, 1), "epochs": summary["epochs_run"],
             "best_epoch": summary["best_epoch"], "derived": summary.get("derived", {}),
-            "text_weight": summary.get("text_weight"), "text_weight_validation": summary.get("text_weight_validation"),
+            "text_weight": summary.get("text_weight"), "text_decay": summary.get("text_decay"),
+            "text_weight_validation": summary.get("text_weight_validation"),
             "test_explore_without_text_term": alone, "valid": metrics["valid"], "test": metrics["test"]}
 
 
@@ -144,6 +145,7 @@ def bench_shop(config_path: str, overrides: list[str], seeds: int, data: Path | 
         "seeds": seeds,
         "derived": runs[0]["derived"],
         "text_weights": [r["text_weight"] for r in runs],
+        "text_decays": [r["text_decay"] for r in runs],
         "text_weight_validation": [r["text_weight_validation"] for r in runs],
         "test_explore_without_text_term": _without_text_summary(runs),
         "train_wall_s": {"median": statistics.median(walls), "values": walls},
@@ -174,7 +176,8 @@ def print_report(name: str, report: dict) -> None:
         print(format_split(report[split], split, report["seeds"]) + "\n")
     alone = report["test_explore_without_text_term"]
     if alone:
-        print(f"text weights fitted on validation: {report['text_weights']}; test explore of the trained part "
+        print(f"text weights fitted on validation: {report['text_weights']}, decays {report['text_decays']}; "
+              "test explore of the trained part "
               "alone (text weight 0): " + ", ".join(f"{m} {v['mean']:.4f} ±{v['std']:.4f}" for m, v in alone.items()))
     walls = report["train_wall_s"]
     print(f"training wall time: median {walls['median']:.0f} s over {len(walls['values'])} run(s) {walls['values']}")

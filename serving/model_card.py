@@ -138,8 +138,11 @@ def _text_term(training: dict | None) -> str:
     weight = (training or {}).get("text_weight")
     if weight is None:
         return ""
-    return (f" Scores blend in the untrained text encoder's similarity of the recent history to each item "
-            f"with weight {weight:.1f}, fitted on validation (0: the two towers alone).")
+    decay = (training or {}).get("text_decay", 1.0)
+    history = ("the recent history" if decay == 1.0 else
+               f"the recent history (each item weighted {decay:.1f} to the power of its age)")
+    return (f" Scores blend in the untrained text encoder's similarity of {history} to each item "
+            f"with weight {weight:.1f}, both fitted on validation (0: the two towers alone).")
 
 
 def _warm_start_text(training: dict | None) -> str:

@@ -65,6 +65,32 @@ def test_a_score_is_the_weighted_sum_of_the_two_similarities(causal):
     text_query /= np.linalg.norm(text_query, axis=-1, keepdims=True)
     expected = 0.7 * plain[:, :MEMBERS * DIM] @ catalogue[:, :MEMBERS * DIM].T + 0.3 * text_query @ UNIT_TEXT.T
     np.testing.assert_allclose(query @ catalogue.T, expected, rtol=1e-5, atol=1e-6)
+    # With a decay, the item a places from the most recent weighs decay ** a.
+    tower.text_decay.assign(0.5)
+    decayed = np.stack([(UNIT_TEXT[r] * np.array([0.25, 0.5, 1.0])[:, None]).sum(0) for r in recent])
+    decayed /= np.linalg.norm(decayed, axis=-1, keepdims=True)
+    expected = 0.7 * plain[:, :MEMBERS * DIM] @ catalogue[:, :MEMBERS * DIM].T + 0.3 * decayed @ UNIT_TEXT.T
+    np.testing.assert_allclose(tower(vectors, HISTORY >= 0).numpy() @ catalogue.T, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_causal_text_query_at_each_position_is_the_decayed_sum_up_to_it():
+    vectors = _item_tower()(np.maximum(HISTORY, 0)).numpy() * (HISTORY >= 0)[..., None]
+    tower = _user_tower(causal=True)
+    tower.text_weight.assign(1.0)
+    tower.text_decay.assign(0.5)
+    text = tower.sequence(vectors, HISTORY >= 0).numpy()[..., MEMBERS * DIM:]  # positions of the last 3
+    for row, items in enumerate(HISTORY[:, -3:]):
+        for p in range(3):
+            seen = [(item, 0.5 ** (p - j)) for j, item in enumerate(items[:p + 1]) if item >= 0]
+            expected = sum(UNIT_TEXT[item] * w for item, w in seen)
+            np.testing.assert_allclose(text[row, p], expected / np.linalg.norm(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_saved_before_the_decay_loads_with_the_plain_mean():
+    tower = _user_tower(causal=False)
+    tower.load_own_variables({"0": np.float32(0.4)})
+    assert float(tower.text_weight.numpy()) == pytest.approx(0.4)
+    assert float(tower.text_decay.numpy()) == 1.0
 
 
 def test_the_trained_part_does_not_depend_on_the_text_part():
@@ -93,19 +119,21 @@ def _split(num_users, num_items, seed=0):
 def test_the_text_weight_search_measures_what_the_model_at_each_weight_scores(causal):
     text = np.random.default_rng(1).normal(size=(30, TEXT_DIM)).astype("float32")  # 10 items or more: NDCG@10
     model = TwoTowerModel(_item_tower(text=text), _user_tower(causal))
-    split, weights = _split(40, len(text)), (0.0, 0.3, 0.6)
+    split, weights, decays = _split(40, len(text)), (0.0, 0.3, 0.6), (1.0, 0.5)
     vectors = model.item_vectors()
     batches = [split.histories[:16], split.histories[16:]]
-    expected = {}
-    for weight in weights:
-        model.user_tower.text_weight.assign(weight)
+    tower, expected = model.user_tower, {}
+    for weight, decay in [(w, d) for w in weights for d in decays]:
+        tower.text_weight.assign(weight)
+        tower.text_decay.assign(decay)
         direct = model_scorer(model, vectors, repeat=False)
-        expected[weight] = [direct(batch) for batch in batches]
-    shared = weighted_scorers(model, vectors, weights)
-    for b, batch in enumerate(batches):  # every weight scores a batch before the next batch comes
-        for weight in weights:
-            np.testing.assert_allclose(shared[weight](batch), expected[weight][b], rtol=1e-5, atol=1e-6)
-    measured = fit_text_weight(model, split, "ndcg@10", batch_size=16, weights=weights)
-    assert set(measured) == set(weights)
-    best = max(measured, key=lambda w: (measured[w], -w))
-    assert float(model.user_tower.text_weight.numpy()) == pytest.approx(best)
+        expected[weight, decay] = [direct(batch) for batch in batches]
+    shared = weighted_scorers(model, vectors, weights, decays)
+    assert set(shared) == {(0.0, 1.0), (0.3, 1.0), (0.3, 0.5), (0.6, 1.0), (0.6, 0.5)}  # weight 0 once
+    for b, batch in enumerate(batches):  # every pair scores a batch before the next batch comes
+        for pair, score in shared.items():
+            np.testing.assert_allclose(score(batch), expected[pair][b], rtol=1e-5, atol=1e-6)
+    measured = fit_text_weight(model, split, "ndcg@10", batch_size=16, weights=weights, decays=decays)
+    assert set(measured) == {"0/1", "0.3/1", "0.3/0.5", "0.6/1", "0.6/0.5"}
+    best = max(shared, key=lambda p: (measured[f"{p[0]:g}/{p[1]:g}"], -p[0], p[1]))
+    assert (float(tower.text_weight.numpy()), float(tower.text_decay.numpy())) == pytest.approx(best)

@@ -265,10 +265,11 @@ class ModelConfig(_Section):
     repeat_term: bool = True
     """Add the repeat-aware term (from the request's own history) to served scores."""
     text_term: bool = True
-    """With a frozen pretrained text encoder: blend the untrained encoder's similarity (the mean
-    text vector of the recent history items against each item's text vector) into every score,
-    ``(1 - w) * two-tower + w * text``, with w fitted on validation after training (0 when the
-    text adds nothing). The vectors carry it (the item's unit text vector after the trained
+    """With a frozen pretrained text encoder: blend the untrained encoder's similarity (the text
+    vectors of the recent history items, the item ``a`` places from the most recent weighted
+    ``d ** a``, against each item's text vector) into every score, ``(1 - w) * two-tower + w * text``,
+    with w and d fitted on validation after training (w = 0 when the text adds nothing, d = 1 the
+    plain mean). The vectors carry it (the item's unit text vector after the trained
     part), so the index, the exports and any server score with it as they are."""
 
 

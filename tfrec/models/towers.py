@@ -40,6 +40,13 @@ def _l2_normalize(x):
     return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
 
 
+def _decay_kernel(length, decay, dtype):
+    """``[L, L]``: ``decay ** (p - j)`` where ``j <= p``, else 0 (row p weighs the items up to p by age)."""
+    positions = tf.range(length)
+    age = tf.cast(positions[:, None] - positions[None, :], dtype)
+    return tf.where(age >= 0, tf.pow(tf.cast(decay, dtype), tf.maximum(age, 0.0)), tf.zeros_like(age))
+
+
 def _causal_mean(x, weights):
     """Mean of the unmasked rows ``<= p`` of ``x [B, L, d]`` at every position ``p`` (0 before any)."""
     total = tf.cumsum(x * weights[..., None], axis=1)
@@ -297,10 +304,12 @@ class UserTower(keras.layers.Layer):
     of the item vectors (see ``ItemTower``); their outputs are concatenated the same way.
 
     With ``text_dim``, the item vectors end with a fixed text part (``ItemTower(text_part=True)``)
-    and the query ends with the L2-normalised mean of the recent items' text parts. With the
-    non-trainable ``text_weight`` w, the query is ``[(1 - w) * trained part, w * text part]``, so
-    a score is ``(1 - w) * two-tower similarity + w * zero-shot text similarity``. Training
-    leaves w at 0 and trains the trained part alone; w is fitted on validation afterwards.
+    and the query ends with the text query: the L2-normalised sum of the recent items' text
+    parts, the item ``a`` places from the most recent weighted ``text_decay ** a`` (1: the
+    plain mean). With the non-trainable ``text_weight`` w, the query is
+    ``[(1 - w) * trained part, w * text query]``, so a score is
+    ``(1 - w) * two-tower similarity + w * zero-shot text similarity``. Training leaves w at 0
+    and trains the trained part alone; w and the decay are fitted on validation afterwards.
 
     Example:
 
@@ -381,6 +390,8 @@ class UserTower(keras.layers.Layer):
         if self.text_dim:
             self.text_weight = self.add_weight(name="text_weight", shape=(), initializer="zeros",
                                                trainable=False)
+            self.text_decay = self.add_weight(name="text_decay", shape=(), initializer="ones",
+                                              trainable=False)
         shape = (None, self.recent_items, self.embedding_dim)
         for k in range(self.members):
             if self.position_embedding is not None:
@@ -406,8 +417,23 @@ class UserTower(keras.layers.Layer):
         weight = tf.cast(self.text_weight, queries.dtype)
         return tf.concat([(1.0 - weight) * queries, weight * _l2_normalize(text_queries)], axis=-1)
 
+    def load_own_variables(self, store):
+        if self.text_dim and len(store.keys()) == 1:
+            # Saved before ``text_decay`` existed: its text query was the plain mean (decay 1).
+            self.text_weight.assign(store["0"])
+            return
+        super().load_own_variables(store)
+
     def _text_parts(self, item_vectors):
         return item_vectors[..., self.trained_dim:][:, -self.recent_items:]
+
+    def text_query(self, item_vectors, mask):
+        """The text query ``[B, text_dim]`` of a whole history (not normalised): the recent
+        items' text parts, weighted ``text_decay ** age`` and by ``mask``."""
+        parts = self._text_parts(item_vectors)
+        mask = tf.cast(mask[:, -self.recent_items:], parts.dtype)
+        weights = _decay_kernel(tf.shape(parts)[1], self.text_decay, parts.dtype)[-1][None, :] * mask
+        return tf.reduce_sum(parts * weights[..., None], 1)
 
     def _recent(self, k, item_vectors, mask, training=None):
         """Member ``k``'s pooled transformer output over the most recent items."""
@@ -472,7 +498,8 @@ class UserTower(keras.layers.Layer):
         queries = self._each_member(member, item_vectors)
         if not self.text_dim:
             return queries
-        return self._with_text(queries, _causal_mean(self._text_parts(item_vectors), weights))
+        kernel = _decay_kernel(length, self.text_decay, item_vectors.dtype)[None] * weights[:, None, :]
+        return self._with_text(queries, tf.matmul(kernel, self._text_parts(item_vectors)))
 
     def call(self, item_vectors, mask, training=None):
         if self.causal:
@@ -493,8 +520,7 @@ class UserTower(keras.layers.Layer):
         queries = self._each_member(member, item_vectors)
         if not self.text_dim:
             return queries
-        recent = tf.cast(mask[:, -self.recent_items:], item_vectors.dtype)[..., None]
-        return self._with_text(queries, tf.reduce_sum(self._text_parts(item_vectors) * recent, 1))
+        return self._with_text(queries, self.text_query(item_vectors, mask))
 
     def get_config(self):
         config = super().get_config()

@@ -66,6 +66,11 @@ class TwoTowerModel(keras.Model):
         (the item tower's output for a catalogue, possibly grown after training): at
         inference both give the same vectors, the lookup is cheaper.
         """
+        return self.user_tower(*self.history_vectors(history, item_vectors, training=training), training=training)
+
+    def history_vectors(self, history, item_vectors=None, training=None):
+        """History ``[B, H]`` -> the user tower's inputs: the last ``max_history`` items'
+        vectors ``[B, max_history, d]`` (zero where padded) and which are items."""
         history = tf.convert_to_tensor(history)
         recent = history[:, -self.max_history:]
         pad = self.max_history - tf.shape(recent)[1]
@@ -75,7 +80,7 @@ class TwoTowerModel(keras.Model):
             vectors = self.item_tower(recent, training=training)
         else:
             vectors = tf.gather(item_vectors, tf.maximum(recent, 0)) * tf.cast(known, item_vectors.dtype)[..., None]
-        return self.user_tower(vectors, known, training=training)
+        return vectors, known
 
     def sequence_queries(self, items, training=None):
         """Causal user towers: items ``[B, L]`` (left-padded with -1) -> the query at every

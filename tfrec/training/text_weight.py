@@ -1,13 +1,14 @@
-"""Fitting the text term's weight on validation, after training.
+"""Fitting the text term's weight and decay on validation, after training.
 
 A model whose towers carry the fixed text part (``model.text_term``) scores
-``(1 - w) * two-tower similarity + w * zero-shot text similarity``. Training leaves w at 0;
-``fit_text_weight`` then tries each weight of ``WEIGHTS`` on the validation users, under the
-``explore`` protocol and the early-stopping metric, and keeps the best.
+``(1 - w) * two-tower similarity + w * zero-shot text similarity``, where the text query
+weighs the item ``a`` places from the most recent by ``d ** a``. Training leaves w at 0;
+``fit_text_weight`` then tries each pair of ``WEIGHTS`` and ``DECAYS`` on the validation users,
+under the ``explore`` protocol and the early-stopping metric, and keeps the best.
 
-The query at weight w is the query at 0.5 with its trained part scaled by ``2 (1 - w)`` and its
-text part by ``2 w``, so the user tower runs once per batch of users for all the weights, and
-the catalogue's vectors once in all.
+Per batch of users the user tower runs once, for the trained part; each decay's text query
+is a weighted sum of the history's text vectors, and each pair's scores are a weighted sum
+of the two similarities.
 """
 
 from __future__ import annotations
@@ -24,40 +25,64 @@ from tfrec.topk import SCORE_BUDGET
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 """Text weights tried on validation (0: the two-tower score alone)."""
 
+DECAYS = (1.0, 0.7, 0.5, 0.3)
+"""Text query decays tried on validation (1: the plain mean of the recent items)."""
 
-def weighted_scorers(model, item_vectors: tf.Tensor, weights) -> dict:
-    """One score function per text weight (``{weight: histories -> scores}``) that share the
-    user tower's pass: the queries of a batch are computed for the first weight asked and
-    reused by the others while the batch (the same ``histories`` object) is the same.
 
-    Leaves the model's ``text_weight`` at 0.5.
+def _pairs(weights, decays) -> list[tuple[float, float]]:
+    """Every (weight, decay), with weight 0 once (the decay changes nothing there)."""
+    return [(w, d) for w in weights for d in decays if w or d == decays[0]]
+
+
+def weighted_scorers(model, item_vectors: tf.Tensor, weights, decays=(1.0,)) -> dict:
+    """One score function per (text weight, decay) (``{(w, d): histories -> scores}``) that
+    share the work of a batch: the trained similarities and each decay's text similarities
+    are computed for the first pair asked and reused while the batch (the same ``histories``
+    object) is the same.
+
+    Leaves the model's ``text_weight`` at 0 and ``text_decay`` at the last decay.
     """
     tower = model.user_tower
-    queries = tf.function(lambda history: model.query_vectors(history, item_vectors, training=False),
-                          input_signature=[tf.TensorSpec([None, None], tf.int64)], reduce_retracing=True)
+    trained, text = item_vectors[:, :tower.trained_dim], item_vectors[:, tower.trained_dim:]
+    signature = [tf.TensorSpec([None, None], tf.int64)]
+    queries = tf.function(
+        lambda history: model.query_vectors(history, item_vectors, training=False)[:, :tower.trained_dim],
+        input_signature=signature, reduce_retracing=True)
+    inputs = tf.function(lambda history: model.history_vectors(history, item_vectors),
+                         input_signature=signature, reduce_retracing=True)
     batch = {}
 
-    def halves(histories):
+    def similarities(histories):
         if batch.get("histories") is not histories:
             width = max(1, max(len(h) for h in histories))
-            tower.text_weight.assign(0.5)
-            batch.update(histories=histories, queries=queries(tf.constant(pad_histories(histories, width))))
-        return batch["queries"]
+            padded = tf.constant(pad_histories(histories, width))
+            tower.text_weight.assign(0.0)
+            vectors, known = inputs(padded)
+            text_sims = {}
+            for decay in decays:
+                tower.text_decay.assign(decay)
+                query = tf.math.l2_normalize(tower.text_query(vectors, known), axis=-1, epsilon=1e-12)
+                text_sims[decay] = tf.matmul(query, text, transpose_b=True)
+            batch.update(histories=histories, trained=tf.matmul(queries(padded), trained, transpose_b=True),
+                         text=text_sims)
+        return batch
 
-    def scorer(weight):
-        scale = tf.concat([tf.fill([tower.trained_dim], 2.0 * (1.0 - weight)),
-                           tf.fill([tower.text_dim], 2.0 * weight)], 0)
-        return lambda histories: tf.matmul(halves(histories) * scale, item_vectors, transpose_b=True).numpy()
+    def scorer(weight, decay):
+        def score(histories):
+            sims = similarities(histories)
+            return ((1.0 - weight) * sims["trained"] + weight * sims["text"][decay]).numpy()
+        return score
 
-    return {weight: scorer(weight) for weight in weights}
+    return {(w, d): scorer(w, d) for w, d in _pairs(weights, decays)}
 
 
 def fit_text_weight(model, split: EvalSplit, metric: str, batch_size: int = 256,
-                    score_budget: int = SCORE_BUDGET, weights=WEIGHTS) -> dict[float, float]:
-    """Sets the user tower's ``text_weight`` to the weight with the best validation ``metric``.
+                    score_budget: int = SCORE_BUDGET, weights=WEIGHTS, decays=DECAYS) -> dict[str, float]:
+    """Sets the user tower's ``text_weight`` and ``text_decay`` to the pair with the best
+    validation ``metric``.
 
     Args:
         model: a trained ``TwoTowerModel`` whose user tower has a text part (``text_dim > 0``).
@@ -65,18 +90,21 @@ def fit_text_weight(model, split: EvalSplit, metric: str, batch_size: int = 256,
         metric: an ``explore`` metric of the evaluation, e.g. ``"ndcg@10"``.
         batch_size: users scored at once.
         score_budget: most users x items scores held at once.
-        weights: the weights tried, in order; a tie keeps the earlier (smaller) one.
+        weights: the weights tried; a tie keeps the smaller weight.
+        decays: the decays tried; a tie keeps the larger decay (1 first: the plain mean).
 
     Returns:
-        ``{weight: validation metric}`` for every weight tried.
+        ``{"w/d": validation metric}`` for every pair tried (weight 0 once, with the first decay).
     """
     ks = sorted({int(metric.split("@")[1]) if "@" in metric else 10, 10})
-    scorers = weighted_scorers(model, model.item_vectors(), weights)
-    result = evaluate_split({str(w): score for w, score in scorers.items()}, split, model.num_items,
+    scorers = weighted_scorers(model, model.item_vectors(), weights, decays)
+    names = {pair: f"{pair[0]:g}/{pair[1]:g}" for pair in scorers}
+    result = evaluate_split({names[pair]: score for pair, score in scorers.items()}, split, model.num_items,
                             np.zeros(model.num_items, bool), ks, batch_size, score_budget=score_budget)
-    measured = {w: float(result.metrics["explore"][str(w)][metric]) for w in weights}
-    best = max(measured, key=lambda w: (measured[w], -w))
-    model.user_tower.text_weight.assign(best)
-    log.info("Text term fitted on %d validation users: weight %.2f (explore %s %s)", len(split), best, metric,
-             ", ".join(f"{w:.1f}: {v:.4f}" for w, v in measured.items()))
-    return measured
+    measured = {pair: float(result.metrics["explore"][names[pair]][metric]) for pair in scorers}
+    weight, decay = max(measured, key=lambda pair: (measured[pair], -pair[0], pair[1]))
+    model.user_tower.text_weight.assign(weight)
+    model.user_tower.text_decay.assign(decay)
+    log.info("Text term fitted on %d validation users: weight %.1f, decay %.1f (explore %s %.4f; weight 0: %s)",
+             len(split), weight, decay, metric, measured[(weight, decay)], measured.get((0.0, decays[0]), "-"))
+    return {names[pair]: value for pair, value in measured.items()}

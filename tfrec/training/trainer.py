@@ -159,7 +159,8 @@ def finish_training(config: Config, data: TrainingData, state: TrainingState, wo
         measured = fit_text_weight(model, data.epoch_valid, config.train.early_stopping_metric,
                                    score_budget=config.eval.score_budget)
         fitted = {"text_weight": round(float(model.user_tower.text_weight.numpy()), 3),
-                  "text_weight_validation": {str(w): v for w, v in measured.items()}}
+                  "text_decay": round(float(model.user_tower.text_decay.numpy()), 3),
+                  "text_weight_validation": measured}
     repeat_term = model.repeat_term
     if repeat_term is not None:
         nll = fit_repeat_term(model, data.epoch_valid, score_budget=config.eval.score_budget)
