@@ -48,11 +48,15 @@ def weighted_scorers(model, item_vectors: tf.Tensor, weights, decays=(1.0,)) -> 
     tower = model.user_tower
     trained, text = item_vectors[:, :tower.trained_dim], item_vectors[:, tower.trained_dim:]
     signature = [tf.TensorSpec([None, None], tf.int64)]
-    queries = tf.function(
-        lambda history: model.query_vectors(history, item_vectors, training=False)[:, :tower.trained_dim],
-        input_signature=signature, reduce_retracing=True)
-    inputs = tf.function(lambda history: model.history_vectors(history, item_vectors),
-                         input_signature=signature, reduce_retracing=True)
+
+    @tf.function(input_signature=signature, reduce_retracing=True)
+    def trained_queries(history):
+        return model.query_vectors(history, item_vectors, training=False)[:, :tower.trained_dim]
+
+    @tf.function(input_signature=signature, reduce_retracing=True)
+    def inputs(history):
+        return model.history_vectors(history, item_vectors)
+
     batch = {}
 
     def similarities(histories):
@@ -66,7 +70,7 @@ def weighted_scorers(model, item_vectors: tf.Tensor, weights, decays=(1.0,)) -> 
                 tower.text_decay.assign(decay)
                 query = tf.math.l2_normalize(tower.text_query(vectors, known), axis=-1, epsilon=1e-12)
                 text_sims[decay] = tf.matmul(query, text, transpose_b=True)
-            batch.update(histories=histories, trained=tf.matmul(queries(padded), trained, transpose_b=True),
+            batch.update(histories=histories, trained=tf.matmul(trained_queries(padded), trained, transpose_b=True),
                          text=text_sims)
         return batch
 
