@@ -432,7 +432,8 @@ class UserTower(keras.layers.Layer):
         items' text parts, weighted ``text_decay ** age`` and by ``mask``."""
         parts = self._text_parts(item_vectors)
         mask = tf.cast(mask[:, -self.recent_items:], parts.dtype)
-        weights = _decay_kernel(tf.shape(parts)[1], self.text_decay, parts.dtype)[-1][None, :] * mask
+        age = tf.cast(tf.range(tf.shape(parts)[1] - 1, -1, -1), parts.dtype)  # 0: the most recent
+        weights = tf.pow(tf.cast(self.text_decay, parts.dtype), age)[None, :] * mask
         return tf.reduce_sum(parts * weights[..., None], 1)
 
     def _recent(self, k, item_vectors, mask, training=None):
