@@ -14,12 +14,12 @@ from serving.model_card import build_model_card
 from tests.conftest import RETAIL_DATA, tiny_config
 from tfrec.app.cli import main
 from tfrec.config import load_config
-from tfrec.data import load_catalogue
+from tfrec.data import load_catalogue, load_eval_split
 from tfrec.errors import TfrecError
 from tfrec.models import load_model, text_pipeline
 from tfrec.models.text import cached_text_vectors
 from tfrec.training.trainer import train
-from tfrec.training.warm_start import ArchitectureMismatch, PreviousModel
+from tfrec.training.warm_start import ArchitectureMismatch, PreviousModel, write_trained_groups
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +132,65 @@ def test_texts_already_encoded_are_reused(tiny, trained_model_dir, tmp_path):
     vectors = cached_text_vectors(pipeline, texts, tmp_path, known=known)
     np.testing.assert_array_equal(vectors[[0, 2]], 7.0)
     np.testing.assert_allclose(vectors[1], pipeline.encode(["BLUE ENAMEL MUG"], verbose=False)[0], atol=1e-5)
+
+
+TEXT_TERM = ("model.text_encoder.kind=pretrained", "model.text_encoder.sequence_length=8", "model.text_term=true",
+             "train.epochs=1", "train.steps_per_epoch=3", "train.validation_users=200")
+"""A tiny model with the fixed text part: the packaged MiniLM, frozen."""
+
+
+@pytest.fixture(scope="module")
+def text_term_model_dir(tiny, sample_data_dir, tmp_path_factory):
+    """A text-term model whose fitted text weight and decay are far from a cold run's start (0 and 1)."""
+    folder = tmp_path_factory.mktemp("text_term_model")
+    train(tiny_config(tiny, *TEXT_TERM), sample_data_dir, folder)
+    model = load_model(folder)
+    model.user_tower.text_weight.assign(0.6)
+    model.user_tower.text_decay.assign(0.3)
+    model.save(str(folder / "model.keras"))
+    return folder
+
+
+def test_a_warm_run_of_a_text_term_model_trains_the_query_a_cold_run_trains(text_term_model_dir, next_day_data,
+                                                                             tmp_path):
+    config, data = next_day_data
+    start = PreviousModel.open(text_term_model_dir)
+    model, _ = start.build(start.adapt(tiny_config(config, *TEXT_TERM)), load_catalogue(data), str(tmp_path))
+    tower = model.user_tower
+    assert (float(tower.text_weight.numpy()), float(tower.text_decay.numpy())) == (0.0, 1.0)
+    # Training reads the trained part of the query: unscaled by the previous (1 - w), as in a cold run.
+    histories = np.array([[-1, 0, 1, 2], [3, 4, 5, 6]])
+    trained = model.query_vectors(histories).numpy()[:, :tower.trained_dim]
+    np.testing.assert_allclose(np.linalg.norm(trained, axis=-1), 1.0, rtol=1e-5)
+
+
+def _trained_groups(folder) -> dict:
+    with np.load(folder / "trained_groups.npz") as saved:
+        return dict(zip(saved["user_ids"].tolist(), saved["groups"].tolist()))
+
+
+def test_a_warm_run_that_keeps_its_previous_weights_lists_only_what_they_trained_on(text_term_model_dir,
+                                                                                     next_day_data, tmp_path):
+    config, data = next_day_data
+    warm = tiny_config(config, *TEXT_TERM, f"train.warm_start={json.dumps(str(text_term_model_dir))}",
+                       "train.warm_start_epochs=1", "train.warm_start_learning_rate=1e-12")
+    summary = train(warm, data, tmp_path / "kept")
+    assert summary["best_epoch"] == 0
+    assert _trained_groups(tmp_path / "kept") == _trained_groups(text_term_model_dir)
+    assert len(summary["text_weight_validation"]) > 1  # the text weight and decay are fitted again
+    assert (summary["text_weight"], summary["text_decay"]) == (
+        round(float(load_model(tmp_path / "kept").user_tower.text_weight.numpy()), 3),
+        round(float(load_model(tmp_path / "kept").user_tower.text_decay.numpy()), 3))
+
+
+def test_trained_groups_add_this_runs_windows_to_what_the_previous_model_trained_on(sample_data_dir, tmp_path):
+    valid = load_eval_split(sample_data_dir, "valid")
+    first, second = valid.user_ids.astype(str)[:2]
+    before = {"a customer absent today": 4, first: 10**6, second: 0}
+    write_trained_groups(str(tmp_path / "trained_groups.npz"), valid, before)
+    after = _trained_groups(tmp_path)
+    assert after["a customer absent today"] == 4 and after[first] == 10**6  # nothing trained is forgotten
+    assert after[second] == int(valid.history_groups[1].max()) + 1  # this run's windows of the customer
+    assert set(after) == set(before) | set(valid.user_ids.astype(str))
+    write_trained_groups(str(tmp_path / "trained_groups.npz"), None, before)  # the previous weights, kept
+    assert _trained_groups(tmp_path) == before

@@ -50,6 +50,9 @@ NOT_ARCHITECTURE = ("model.item_dropout", "model.user_tower.dropout")
 """Settings that change training, not the weights a model holds."""
 CATALOGUE_WEIGHTS = ("text_vectors", "catalogue_tokens", "catalogue_categorical")
 """Item tower weights that hold the catalogue's own content: set from the new catalogue, never copied."""
+FITTED_AFTER_TRAINING = ("text_weight", "text_decay")
+"""User tower weights fitted on validation after the epochs: a warm run starts them where a cold run
+does (weight 0, decay 1), so it trains the same query at the same temperature, and fits them again."""
 
 
 class ArchitectureMismatch(TfrecError):
@@ -76,11 +79,23 @@ class WarmStart:
         return dataclasses.asdict(self)
 
 
-def write_trained_groups(valid: EvalSplit, path: str) -> None:
-    """Writes, per validation user, the number of the user's first groups training read: the groups
-    of the validation history (every window targets one of them, the first is history only)."""
-    groups = np.array([int(g.max()) + 1 if len(g) else 0 for g in valid.history_groups], np.int64)
-    fileio.write_npz(path, user_ids=valid.user_ids.astype(str), groups=groups)
+def write_trained_groups(path: str, valid: EvalSplit | None, before: Mapping[str, int] | None = None) -> None:
+    """Writes, per user, the number of the user's first groups the published weights trained on.
+
+    Args:
+      path: the ``trained_groups.npz`` to write.
+      valid: the validation split of the data this run trained on: every window targets one of
+        the groups of its users' validation histories (the first is history only). ``None`` when
+        the run published weights it did not train (a warm run that kept its previous weights).
+      before: what the weights this run started from had trained on (a warm start's previous
+        model); a user this run did not read keeps that count.
+    """
+    counts = dict(before or {})
+    if valid is not None:
+        for user, groups in zip(valid.user_ids.astype(str).tolist(), valid.history_groups):
+            counts[user] = max(counts.get(user, 0), int(groups.max()) + 1 if len(groups) else 0)
+    fileio.write_npz(path, user_ids=np.array(list(counts), dtype=str),
+                     groups=np.array(list(counts.values()), np.int64))
 
 
 def model_folder(previous: str | os.PathLike) -> str:
@@ -182,7 +197,7 @@ def transfer_weights(model, previous, item_rows: np.ndarray, value_rows: list[np
     copied = 0
     for new, old in zip(new_weights, old_weights, strict=True):
         name = new.path.rsplit("/", 1)[-1]
-        if name in CATALOGUE_WEIGHTS or _holds_catalogue_content(new, model.num_items):
+        if name in CATALOGUE_WEIGHTS + FITTED_AFTER_TRAINING or _holds_catalogue_content(new, model.num_items):
             continue
         value = np.asarray(old.numpy())
         table = _table(new.path, len(value_rows))
