@@ -239,7 +239,7 @@ def test_a_warm_runs_windows_and_sequences_hold_the_same_new_pairs(sample_data_d
     assert new_pairs == windows
 
     path = str(tmp_path / "trained_groups.npz")
-    write_trained_groups(valid, path)
+    write_trained_groups(path, valid)
     with np.load(path) as saved:
         seen = dict(zip(saved["user_ids"].tolist(), saved["groups"].tolist()))
     left = train_examples(sample_data_dir, 10, 10_000, cache=False, first_new_group=seen)

@@ -194,11 +194,17 @@ def training_summary(config: Config, state: TrainingState, seconds: float, train
 
 
 def write_outputs(model: TwoTowerModel, data: TrainingData, summary: dict, data_dir: str, output_dir: str,
-                  queries: int) -> None:
+                  queries: int, previous: PreviousModel | None = None) -> None:
     """Writes ``model.keras``, ``trained_groups.npz``, ``vectors.npz`` (the catalogue, and the first
-    ``queries`` test users: the held-out queries the index stage measures on) and ``train_summary.json``."""
+    ``queries`` test users: the held-out queries the index stage measures on) and ``train_summary.json``.
+
+    ``trained_groups.npz`` lists what the written weights trained on: this run's windows and, for a
+    warm run, what its previous model had trained on; only the latter when no epoch beat the
+    previous weights (``best_epoch`` 0), which are then the ones written."""
     _atomic_write_model(model, fileio.join(output_dir, MODEL_FILE))
-    write_trained_groups(data.valid, fileio.join(output_dir, TRAINED_GROUPS_FILE))
+    kept_previous = previous is not None and summary["best_epoch"] == 0
+    write_trained_groups(fileio.join(output_dir, TRAINED_GROUPS_FILE), None if kept_previous else data.valid,
+                         previous.first_new_group() if previous is not None else None)
     test = load_eval_split(data_dir, "test")
     _write_vectors(model, data.catalogue.ids, test.subset(np.arange(min(len(test), queries))),
                    fileio.join(output_dir, VECTORS_FILE))
@@ -257,7 +263,7 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     summary = training_summary(config, state, time.time() - started, trained_examples) | {"derived": derived, **fitted}
     log.info(f"Weights digest: {weights_digest(state.model)} (equal on every worker of a distributed run)")
     if chief:
-        write_outputs(state.model, data, summary, data_dir, output_dir, config.index.eval_queries)
+        write_outputs(state.model, data, summary, data_dir, output_dir, config.index.eval_queries, previous)
     else:
         shutil.rmtree(work_dir, ignore_errors=True)
     return summary
