@@ -1,36 +1,45 @@
-"""Two days of the bundled shop, run as a scheduler would: warm start, promotion gate,
-catalogue change and the batch job.
+"""Two days of a shop, run as a scheduler would: warm start, promotion gate, catalogue change
+and the batch job, each ``tfrec`` command in its own process, judged by its exit code.
 
-Day 1 is every interaction before a cut date ``--days-before-end`` days before the last one;
-day 2 is all of them. The script calls the ``tfrec`` commands a scheduler would call, in
-this process, and reads their exit codes:
+Day 1 is every interaction before a cut date, the shop's ``days_before_end`` days before its
+last one; day 2 is all of them. For each shop (``--shop``, default: all of ``SHOPS``):
 
-1. day 1: ``preprocess``, ``train``, ``index``, ``export`` (version 1 of the served folder);
-2. day 2: ``preprocess``; ``train`` from scratch (cold) and ``train --warm-start`` day 1's
-   model (warm), each timed and then evaluated (``evaluate``);
-3. the gate: a deliberately worse model (one training step) is exported into the served
-   folder with ``--data`` (it must be refused, exit code 3), then the warm model (it must be
-   published);
-4. a catalogue change: ``index --export --remove`` the products the served model recommends
-   most, timed from command to published version; then every model that returns ids
-   (exact, ScaNN, similar, search) is asked a sample of requests, counting removed ids
-   returned, and ``verify`` checks the new version in graph mode;
-5. ``batch`` over day 2's test customers, and the same customers' lists from the served
-   model through the local REST server (``agreement_with_served``: the share of customers
-   whose top-k is identical).
+1. day 1: ``preprocess``, ``train``, ``index``, ``export`` (version 1 of the served folder),
+   which a ``tfrec serve`` polls from then on;
+2. day 2: ``preprocess``; then ``--repeats`` rounds of ``train`` from scratch (cold) and
+   ``train --warm-start`` day 1's model, once per warm variant (``WARM_VARIANTS``), each a
+   process of its own, timed, in an order that rotates every round (so no case always pays
+   the first process's warm-up). Training is deterministic: the rounds differ in time only;
+3. the warm variant is chosen on the **validation** split (explore NDCG@10 of the served
+   score); the test split is read once, for cold and the chosen variant: their explore NDCG@10
+   and the paired-bootstrap interval of warm minus cold over customers;
+4. the gate: a deliberately worse model (one training step) exported with ``--data`` must be
+   refused (exit code 3); the warm model must be published;
+5. a catalogue change seen as users see it: the products the served model recommends most are
+   asked for through the running server (the control: the version in service returns them),
+   then ``index --export --remove`` removes them; once the server's poll serves the new version
+   of every model, the same requests go to every model that returns ids, counting removed ids
+   and empty slots; ``verify`` checks the version in graph mode;
+6. ``batch`` over day 2's test customers, compared with the served lists.
 
-Writes ``--output`` (JSON) and prints a table.
+Writes ``--output`` (JSON, one entry per shop under ``shops``; a run of some shops keeps the other
+shops' entries of an existing file) and prints a table per shop. ``--work DIR`` keeps the runs'
+folders, and a second run with the same ``DIR`` reuses the steps that finished.
 
-    python bench/refresh.py --output bench/results/refresh.json [--work DIR]
+    python bench/refresh.py --output bench/results/refresh.json [--shop online_retail] [--repeats 2] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime
 import json
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,31 +48,44 @@ import numpy as np
 import pandas as pd
 from benchlib import ROOT, machine, write_json
 
-CONFIG = "configs/online_retail.yaml"
-DATA = ROOT / "data" / "online_retail" / "online_retail.csv.gz"
-TIMESTAMP = "InvoiceDate"
+
+@dataclasses.dataclass(frozen=True)
+class Shop:
+    config: str
+    interactions: str
+    timestamp: str
+    unit: str | None
+    """``pandas.to_datetime``'s unit for numeric timestamps; ``None`` for date strings."""
+    days_before_end: int
+
+
+SHOPS = {
+    "online_retail": Shop("configs/online_retail.yaml", "data/online_retail/online_retail.csv.gz",
+                          "InvoiceDate", None, 30),
+    "amazon_toys": Shop("configs/amazon_toys.yaml", "data/amazon_toys/interactions.csv.gz", "Timestamp", "s", 28),
+}
+WARM_VARIANTS = {
+    "new windows, 1 epoch": ("--set", "train.warm_start_windows=new", "--set", "train.warm_start_epochs=1"),
+    "new windows, 2 epochs": ("--set", "train.warm_start_windows=new", "--set", "train.warm_start_epochs=2"),
+    "all windows, 1 epoch": ("--set", "train.warm_start_windows=all", "--set", "train.warm_start_epochs=1"),
+}
+"""The warm runs compared on validation (``train.warm_start_windows`` and ``train.warm_start_epochs``)."""
+DEFAULT_VARIANT = "new windows, 1 epoch"
+"""The code's defaults: the variant every shop's validation chose."""
 REMOVED = 20
 """Products the catalogue change removes: those the served model recommends most."""
 SAMPLE_REQUESTS = 200
 REQUEST_K = 50
 REST_ROWS = 32
-NDCG = "test.explore.ndcg@10"
-
-
-SETTINGS: list[str] = []
-"""``--set KEY=VALUE`` overrides given to the script, passed to every command that reads the config."""
-
-
-def config_args() -> list[str]:
-    return ["--config", CONFIG, *(arg for setting in SETTINGS for arg in ("--set", setting))]
+ID_MODELS = ("tfrec_retrieve", "tfrec_retrieve_scann", "tfrec_similar", "tfrec_search")
+POLL_SECONDS = 1.0
+METRIC = "ndcg@10"
 
 
 def tfrec(*args: str) -> int:
-    """One ``tfrec`` command in this process; its exit code."""
-    from tfrec.app.cli import main
-
+    """One ``tfrec`` command in a process of its own, as a scheduler runs it; its exit code."""
     print(f"\n$ tfrec {' '.join(args)}", flush=True)
-    return main(list(args))
+    return subprocess.run([sys.executable, "-m", "tfrec.app.cli", *args], cwd=ROOT, check=False).returncode
 
 
 def must(*args: str) -> None:
@@ -72,249 +94,302 @@ def must(*args: str) -> None:
         raise SystemExit(f"tfrec {args[0]} failed with exit code {code}")
 
 
-def write_day_one(work: Path, days_before_end: int) -> tuple[Path, str]:
-    """Day 1's interaction file (every row before the cut date) and the cut date."""
-    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False)
-    last = pd.to_datetime(frame[TIMESTAMP]).max()
-    cut = (last - pd.Timedelta(days=days_before_end)).normalize().strftime("%Y-%m-%d %H:%M:%S")
-    path = work / "day1" / "online_retail.csv.gz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame[frame[TIMESTAMP] < cut].to_csv(path, index=False)
-    return path, cut
+def once(output: Path, *args: str) -> None:
+    """``must(*args)`` unless ``output`` is there already (from an earlier, interrupted run of the bench)."""
+    if not output.exists():
+        must(*args)
 
 
-def timed_train(work: Path, name: str, data: Path, *extra: str) -> tuple[Path, float]:
-    model = work / "day2" / name
+def timed_train(output: Path, *args: str) -> float:
+    """``tfrec train ... --output output``'s seconds; an earlier run's, kept beside it, when it finished."""
+    record = output.with_name(output.name + ".seconds")
+    if record.exists() and output.exists():
+        return float(record.read_text())
     started = time.perf_counter()
-    must("train", *config_args(), "--data", str(data), "--output", str(model), *extra)
-    return model, time.perf_counter() - started
+    must("train", *args, "--output", str(output))
+    seconds = time.perf_counter() - started
+    record.write_text(f"{seconds:.1f}")
+    return seconds
 
 
-def test_metrics(config, data: Path, model: Path) -> dict:
-    """``tfrec evaluate``'s test metrics of the model, per protocol."""
-    must("evaluate", *config_args(), "--data", str(data), "--model", str(model))
-    metrics = json.loads((model / "metrics.json").read_text())["test"]
-    return {protocol: metrics[protocol]["model"] for protocol in ("all", "explore")}
+def write_day_one(shop: Shop, work: Path) -> tuple[Path, str]:
+    """Day 1's interaction file (every row before the cut date) and the cut date."""
+    frame = pd.read_csv(ROOT / shop.interactions, dtype=str, keep_default_na=False)
+    when = pd.to_datetime(frame[shop.timestamp].astype(int) if shop.unit else frame[shop.timestamp], unit=shop.unit)
+    cut = (when.max() - pd.Timedelta(days=shop.days_before_end)).normalize()
+    path = work / "day1" / Path(shop.interactions).name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame[when < cut].to_csv(path, index=False)
+    return path, cut.strftime("%Y-%m-%d")
 
 
-def flat_test(metrics: dict) -> dict:
-    return {f"test.{protocol}.{name}": value for protocol, values in metrics.items()
-            for name, value in values.items() if name != "users"}
+def train_rounds(config: list[str], data: Path, day1_model: Path, work: Path, repeats: int) -> dict:
+    """Every case (cold and each warm variant) ``repeats`` times, in an order rotating per round;
+    returns ``{case: {"seconds": [...], "model": the first round's folder}}``."""
+    cases = {"cold": (), **{f"warm, {name}": ("--warm-start", str(day1_model), *extra)
+                            for name, extra in WARM_VARIANTS.items()}}
+    names = list(cases)
+    runs = {name: {"seconds": [], "model": None} for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            folder = work / "day2" / f"{name.replace(', ', '_').replace(' ', '_')}_{r}"
+            runs[name]["seconds"].append(round(timed_train(folder, *config, "--data", str(data), *cases[name]), 1))
+            runs[name]["model"] = runs[name]["model"] or folder
+    return runs
+
+
+def measured(data: Path, models: dict[str, Path], split: str, keep_per_user: bool = False):
+    """Every model's served score on ``split`` (its ``evaluate_split`` result)."""
+    from tfrec.data import load_catalogue, load_eval_split
+    from tfrec.evaluation.ranking import evaluate_split, model_scorer
+    from tfrec.models import load_model
+
+    catalogue, rows = load_catalogue(data), load_eval_split(data, split)
+    scorers = {}
+    for name, folder in models.items():
+        model = load_model(folder)
+        scorers[name] = model_scorer(model, model.item_vectors())
+    return evaluate_split(scorers, rows, len(catalogue), catalogue.cold_start, keep_per_user=keep_per_user)
+
+
+def warm_against_cold(data: Path, runs: dict) -> dict:
+    """The warm variant chosen on validation, and warm against cold on test (read once)."""
+    from tfrec.evaluation.bootstrap import PairedBootstrap
+
+    warm = {name: runs[f"warm, {name}"]["model"] for name in WARM_VARIANTS}
+    valid = measured(data, warm, "valid").metrics["explore"]
+    chosen = max(WARM_VARIANTS, key=lambda name: valid[name][METRIC])
+    test = measured(data, {"cold": runs["cold"]["model"], "warm": warm[chosen]}, "test", keep_per_user=True)
+    explore = test.metrics["explore"]
+    (users, cold), (_, warm_values) = (test.per_user["explore"][name] for name in ("cold", "warm"))
+    boot = PairedBootstrap(int(test.metrics["users"]), seed=0)
+    samples = {name: boot.means(users, values[METRIC][:, None])[:, 0]
+               for name, values in (("cold", cold), ("warm", warm_values))}
+    difference = boot.difference(explore["warm"][METRIC] - explore["cold"][METRIC], samples["warm"], samples["cold"])
+    return {"chosen_variant": chosen, "chosen_on": "valid", "default_variant": DEFAULT_VARIANT,
+            "valid_explore_ndcg10": {name: round(valid[name][METRIC], 4) for name in WARM_VARIANTS},
+            "cold": round(explore["cold"][METRIC], 4), "warm": round(explore["warm"][METRIC], 4),
+            "interval": [round(x, 4) for x in difference["ci"]]}
 
 
 def versions(export: Path, model: str = "tfrec_retrieve") -> list[int]:
     return sorted(int(v.name) for v in (export / model).iterdir() if v.name.isdigit())
 
 
-def export_with_gate(work: Path, model: Path, export: Path, data: Path, name: str) -> tuple[int, dict]:
-    index = work / "day2" / f"index_{name}"
-    must("index", *config_args(), "--model", str(model), "--output", str(index))
-    code = tfrec("export", *config_args(), "--model", str(model), "--index", str(index),
+def export_with_gate(config: list[str], work: Path, model: Path, export: Path, data: Path) -> tuple[int, dict]:
+    index = work / "day2" / f"index_{model.name}"
+    must("index", *config, "--model", str(model), "--output", str(index))
+    code = tfrec("export", *config, "--model", str(model), "--index", str(index),
                  "--output", str(export), "--data", str(data))
     return code, json.loads((export / "promotion.json").read_text())
 
 
-def most_recommended(export: Path, histories: list[list[str]], count: int) -> list[str]:
-    """The ``count`` products the served exact model puts most often in its top 10 for ``histories``."""
-    from serving.saved_model import load_serving_signature
-
-    retrieve = load_serving_signature(export, "tfrec_retrieve")
-    seen = collections.Counter()
-    for start in range(0, len(histories), REST_ROWS):
-        out = retrieve(history=padded(histories[start:start + REST_ROWS]), k=np.int32(10))
-        seen.update(i.decode() for i in out["item_ids"].numpy().ravel())
-    return [item for item, _ in seen.most_common(count)]
-
-
-def padded(rows: list[list[str]]):
-    import tensorflow as tf
-
-    width = max(len(r) for r in rows)
-    return tf.constant([[""] * (width - len(r)) + r for r in rows])
-
-
-def removed_returned(export: Path, removed: set[str], histories: list[list[str]], items: dict[str, str]) -> dict:
-    """How many removed ids each model that returns ids still returns over a sample of requests."""
-    import tensorflow as tf
-
-    from serving.saved_model import load_serving_signature
-
-    ids = [i for i in items if i not in removed][:SAMPLE_REQUESTS // 2] + sorted(removed)
-    requests = {
-        "tfrec_retrieve": [{"history": padded(histories[s:s + REST_ROWS])}
-                           for s in range(0, len(histories), REST_ROWS)],
-        "tfrec_retrieve_scann": [{"history": padded(histories[s:s + REST_ROWS])}
-                                 for s in range(0, len(histories), REST_ROWS)],
-        "tfrec_similar": [{"item_id": tf.constant(ids[s:s + REST_ROWS])} for s in range(0, len(ids), REST_ROWS)],
-        "tfrec_search": [{"query": tf.constant([items[i] for i in ids[s:s + REST_ROWS]])}
-                         for s in range(0, len(ids), REST_ROWS)],
-    }
-    counts = {}
-    for name, calls in requests.items():
-        model = load_serving_signature(export, name)
-        returned = 0
-        for inputs in calls:
-            out = model(**inputs, k=np.int32(REQUEST_K))["item_ids"].numpy().ravel()
-            returned += sum(i.decode() in removed for i in out)
-        counts[name] = {"requests": sum(len(next(iter(c.values()))) for c in calls), "removed_returned": returned}
-    return counts
-
-
-def catalogue_change(export: Path, histories: list[list[str]]) -> dict:
-    from serving.items import read_items
-
-    removed = most_recommended(export, histories, REMOVED)
-    started = time.perf_counter()
-    code = tfrec("index", "--export", str(export), "--remove", ",".join(removed))
-    seconds = time.perf_counter() - started
-    change = json.loads((export / "removed_items.json").read_text())["changes"][-1]
-    per_model = removed_returned(export, set(removed), histories, read_items(export))
-    verified = tfrec("verify", "--export", str(export)) == 0
-    return {
-        "removed": len(removed), "exit_code": code, "version": change["version"],
-        "removed_returned": sum(m["removed_returned"] for m in per_model.values()),
-        "seconds_to_publish": round(seconds, 2), "stage_seconds": change.get("stage_seconds"),
-        "check_seconds": change.get("check_seconds"),
-        "graph_mode_verified": code == 0 and verified, "per_model": per_model,
-    }
-
-
-def served_agreement(export: Path, records: dict[str, dict], histories: dict[str, list[str]]) -> dict:
-    """The share of customers whose batch top-k equals the served model's, asked through REST."""
-    from serving.client import RestClient
-    from serving.server import ModelServer
-
-    users = sorted(histories)
-    same = 0
-    with ModelServer(export, port=0, grpc_port=0) as server, RestClient(server.rest_url) as client:
-        for start in range(0, len(users), REST_ROWS):
-            rows = users[start:start + REST_ROWS]
-            out = client.predict("tfrec_retrieve", {"history": padded(
-                [histories[u] for u in rows]).numpy().astype(str).tolist()})
-            same += sum(list(out["item_ids"][i]) == records[u]["item_ids"] for i, u in enumerate(rows))
-    return {"sampled_users": len(users), "agreement_with_served": same / len(users)}
-
-
-def batch(work: Path, export: Path, data: Path, max_history: int) -> dict:
-    from tfrec.data import load_catalogue, load_eval_split
-
-    output = work / "batch"
-    must("batch", *config_args(), "--export", str(export), "--data", str(data), "--output", str(output))
-    summary = json.loads((output / "batch_summary.json").read_text())
-    records = {}
-    for path in sorted(output.glob("recommendations-*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            records[record["user_id"]] = record
-    split, ids = load_eval_split(data, "test"), load_catalogue(data).ids
-    histories = {u: [ids[i] for i in h[-max_history:]] for u, h in zip(split.user_ids, split.histories, strict=True)}
-    return {"users": summary["users"], "users_per_second": summary["users_per_second"],
-            "users_per_second_overall": summary["users_per_second_overall"],
-            "recommend_seconds": summary["recommend_seconds"], "job_seconds": summary["seconds"],
-            "model_seconds": summary["model_seconds"], "records": len(records),
-            **served_agreement(export, records, histories)}
-
-
-def day_two(work: Path, config, day1_model: Path, data: Path) -> dict:
-    """Cold and warm training of day 2, each timed and evaluated."""
-    cold, cold_seconds = timed_train(work, "cold", data)
-    cold_metrics = test_metrics(config, data, cold)
-    warm, warm_seconds = timed_train(work, "warm", data, "--warm-start", str(day1_model))
-    warm_metrics = test_metrics(config, data, warm)
-    summaries = {name: json.loads((work / "day2" / name / "train_summary.json").read_text())
-                 for name in ("cold", "warm")}
-    return {
-        "cold": {"train_seconds": round(cold_seconds, 1), "epochs_run": summaries["cold"]["epochs_run"],
-                 **flat_test(cold_metrics)},
-        "warm": {"train_seconds": round(warm_seconds, 1), "epochs_run": summaries["warm"]["epochs_run"],
-                 "warm_start": summaries["warm"]["warm_start"], **flat_test(warm_metrics)},
-        "models": {"cold": cold, "warm": warm},
-    }
-
-
-def gate(work: Path, export: Path, data: Path, warm: Path) -> dict:
-    worse, _ = timed_train(work, "worse", data, "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1")
+def gate(config: list[str], work: Path, export: Path, data: Path, warm: Path) -> dict:
+    worse = work / "day2" / "worse"
+    once(worse, "train", *config, "--data", str(data), "--output", str(worse),
+         "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1")
     before = versions(export)
-    refused_code, refused = export_with_gate(work, worse, export, data, "worse")
+    refused_code, refused = export_with_gate(config, work, worse, export, data)
     refused_ok = refused_code == 3 and not refused["published"] and versions(export) == before
-    published_code, published = export_with_gate(work, warm, export, data, "warm")
+    published_code, published = export_with_gate(config, work, warm, export, data)
     published_ok = published_code == 0 and published["published"] and len(versions(export)) == len(before) + 1
     return {"refused_worse_model": refused_ok, "published_good_model": published_ok,
             "worse": {"exit_code": refused_code, "decision": refused["decision"], "reason": refused["reason"]},
             "good": {"exit_code": published_code, "decision": published["decision"], "reason": published["reason"]}}
 
 
-def table(report: dict) -> str:
-    cold, warm = report["cold"], report["warm"]
+def wait_for_version(client, version: int, timeout: float = 300.0) -> None:
+    """Returns once the server serves ``version`` of every model that returns ids."""
+    deadline = time.monotonic() + timeout
+    while any(int(client.status(m)[0]["version"]) != version for m in ID_MODELS):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the server did not serve version {version} within {timeout:g}s")
+        time.sleep(0.1)
+
+
+def requests_by_model(histories: list[list[str]], items: dict[str, str], removed: list[str]) -> dict:
+    """The requests every model that returns ids is asked: histories, or products (removed ones too)."""
+    ids = [i for i in items if i not in set(removed)][:SAMPLE_REQUESTS // 2] + sorted(removed)
+    chunks = [histories[s:s + REST_ROWS] for s in range(0, len(histories), REST_ROWS)]
+    products = [ids[s:s + REST_ROWS] for s in range(0, len(ids), REST_ROWS)]
+    history_requests = [{"history": padded(rows)} for rows in chunks]
+    return {"tfrec_retrieve": history_requests, "tfrec_retrieve_scann": history_requests,
+            "tfrec_similar": [{"item_id": rows} for rows in products],
+            "tfrec_search": [{"query": [items[i] for i in rows]} for rows in products]}
+
+
+def padded(rows: list[list[str]]) -> list[list[str]]:
+    width = max(len(r) for r in rows)
+    return [[""] * (width - len(r)) + r for r in rows]
+
+
+def answers(client, requests: dict) -> dict[str, list[str]]:
+    """Every id each model answers to its requests, empty slots included."""
+    return {name: [str(i) for inputs in calls
+                   for i in np.asarray(client.predict(name, {**inputs, "k": REQUEST_K})["item_ids"]).ravel()]
+            for name, calls in requests.items()}
+
+
+def most_recommended(client, histories: list[list[str]]) -> list[str]:
+    """The ``REMOVED`` products the served exact model puts most often in its top 10."""
+    seen = collections.Counter()
+    for start in range(0, len(histories), REST_ROWS):
+        out = client.predict("tfrec_retrieve", {"history": padded(histories[start:start + REST_ROWS]), "k": 10})
+        seen.update(str(i) for i in np.asarray(out["item_ids"]).ravel() if i)
+    return [item for item, _ in seen.most_common(REMOVED)]
+
+
+def catalogue_change(export: Path, server, histories: list[list[str]]) -> dict:
+    """Removes the most recommended products and asks the server, before (the control) and after."""
+    from serving.client import RestClient
+    from serving.items import read_items
+
+    with RestClient(server.rest_url) as client:
+        wait_for_version(client, max(versions(export)))
+        removed = most_recommended(client, histories)
+        requests = requests_by_model(histories, read_items(export), removed)
+        control = answers(client, requests)
+        started = time.perf_counter()
+        code = tfrec("index", "--export", str(export), "--remove", ",".join(removed))
+        version = json.loads((export / "removed_items.json").read_text())["changes"][-1]["version"]
+        wait_for_version(client, version)
+        seconds = time.perf_counter() - started
+        after = answers(client, requests)
+    gone = set(removed)
+    per_model = {name: {"answers": len(after[name]), "removed_returned": sum(i in gone for i in after[name]),
+                        "empty_slots": sum(not i for i in after[name]),
+                        "control_returned": sum(i in gone for i in control[name])} for name in ID_MODELS}
+    verified = tfrec("verify", "--export", str(export)) == 0
+    return {"removed": len(removed), "exit_code": code, "version": version, "through_server": True,
+            **{key: sum(m[key] for m in per_model.values())
+               for key in ("removed_returned", "empty_slots", "control_returned")},
+            "seconds_to_publish": round(seconds, 2), "graph_mode_verified": code == 0 and verified,
+            "per_model": per_model}
+
+
+def batch(config: list[str], work: Path, export: Path, data: Path, server, max_history: int) -> dict:
+    """``tfrec batch`` over the test customers, and the share whose list the server gives too."""
+    from serving.client import RestClient
+    from tfrec.data import load_catalogue, load_eval_split
+
+    output = work / "batch"
+    shutil.rmtree(output, ignore_errors=True)
+    must("batch", *config, "--export", str(export), "--data", str(data), "--output", str(output))
+    summary = json.loads((output / "batch_summary.json").read_text())
+    records = {}
+    for path in sorted(output.glob("recommendations-*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            records[record["user_id"]] = record["item_ids"]
+    split, ids = load_eval_split(data, "test"), load_catalogue(data).ids
+    users = sorted(split.user_ids.astype(str).tolist())[:2000]
+    histories = dict(zip(split.user_ids.astype(str).tolist(), split.histories, strict=True))
+    same = 0
+    with RestClient(server.rest_url) as client:
+        for start in range(0, len(users), REST_ROWS):
+            rows = users[start:start + REST_ROWS]
+            out = client.predict("tfrec_retrieve", {"history": padded(
+                [[ids[i] for i in histories[u][-max_history:]] for u in rows])})
+            same += sum([str(i) for i in out["item_ids"][n]] == records.get(u) for n, u in enumerate(rows))
+    return {"users": summary["users"], "users_per_second": summary["users_per_second"],
+            "job_seconds": summary["seconds"], "sampled_users": len(users),
+            "agreement_with_served": same / max(len(users), 1)}
+
+
+def sample_histories(data: Path, max_history: int) -> list[list[str]]:
+    from tfrec.data import load_catalogue, load_eval_split
+
+    split, ids = load_eval_split(data, "test"), load_catalogue(data).ids
+    sample = np.random.default_rng(0).choice(len(split), min(SAMPLE_REQUESTS, len(split)), replace=False)
+    return [[ids[i] for i in split.histories[row][-max_history:]] for row in sorted(sample)]
+
+
+def run_shop(name: str, shop: Shop, work: Path, repeats: int, overrides: list[str]) -> dict:
+    from serving.server.process import ServerProcess
+    from tfrec.config import load_config
+
+    config = ["--config", shop.config, *(arg for value in overrides for arg in ("--set", value))]
+    day1_file, cut = write_day_one(shop, work)
+    day1, day2, export = work / "day1", work / "day2", work / "export"
+    day1_set = ["--set", f"data.interactions.paths={json.dumps([str(day1_file)])}"]
+    once(day1 / "data", "preprocess", *config, *day1_set, "--output", str(day1 / "data"))
+    once(day1 / "model", "train", *config, *day1_set, "--data", str(day1 / "data"), "--output", str(day1 / "model"))
+    once(day1 / "index", "index", *config, "--model", str(day1 / "model"), "--output", str(day1 / "index"))
+    shutil.rmtree(export, ignore_errors=True)  # the served folder starts at day 1's version every run
+    must("export", *config, "--model", str(day1 / "model"), "--index", str(day1 / "index"), "--output", str(export))
+    once(day2 / "data", "preprocess", *config, "--output", str(day2 / "data"))
+    runs = train_rounds(config, day2 / "data", day1 / "model", work, repeats)
+    compared = warm_against_cold(day2 / "data", runs)
+    max_history = load_config(ROOT / shop.config, overrides).serve.max_history
+    with ServerProcess(export, grpc=False, poll_seconds=POLL_SECONDS) as server:
+        server.wait_until_serving(*ID_MODELS)
+        gated = gate(config, work, export, day2 / "data", runs[f"warm, {compared['chosen_variant']}"]["model"])
+        changed = catalogue_change(export, server, sample_histories(day2 / "data", max_history))
+        batched = batch(config, work, export, day2 / "data", server, max_history)
+    seconds = {case: run["seconds"] for case, run in runs.items()}
+    warm_case = f"warm, {compared['chosen_variant']}"
+    return {
+        "config": shop.config, "overrides": overrides, "cut_date": cut, "repeats": repeats,
+        "days": {"day1": f"every interaction before {cut}", "day2": "every interaction"},
+        "cold": {"train_seconds": float(np.median(seconds["cold"])), "test.explore.ndcg@10": compared["cold"]},
+        "warm": {"train_seconds": float(np.median(seconds[warm_case])), "test.explore.ndcg@10": compared["warm"],
+                 "variant": compared["chosen_variant"]},
+        "train_seconds_per_round": seconds,
+        "warm_minus_cold_ndcg10_interval": compared["interval"],
+        "chosen_on": compared["chosen_on"], "warm_variants_valid_explore_ndcg10": compared["valid_explore_ndcg10"],
+        "default_variant": compared["default_variant"],
+        "gate": gated, "catalogue_change": changed, "batch": batched,
+    }
+
+
+def table(name: str, report: dict) -> str:
+    cold, warm, change = report["cold"], report["warm"], report["catalogue_change"]
+    low, high = report["warm_minus_cold_ndcg10_interval"]
     rows = [
-        ("train seconds, cold / warm", f"{cold['train_seconds']:.0f} / {warm['train_seconds']:.0f} "
-                                       f"({warm['train_seconds'] / cold['train_seconds']:.0%})"),
-        ("test explore ndcg@10, cold / warm", f"{cold[NDCG]:.4f} / {warm[NDCG]:.4f} ({warm[NDCG] / cold[NDCG]:.3f})"),
-        ("gate refused the worse model", report["gate"]["refused_worse_model"]),
-        ("gate published the warm model", report["gate"]["published_good_model"]),
-        ("removed / returned", f"{report['catalogue_change']['removed']} / "
-                               f"{report['catalogue_change']['removed_returned']}"),
-        ("seconds to publish, graph mode verified", f"{report['catalogue_change']['seconds_to_publish']:.1f}, "
-                                                    f"{report['catalogue_change']['graph_mode_verified']}"),
-        ("batch customers, customers/s", f"{report['batch']['users']:,}, {report['batch']['users_per_second']:,.0f} "
-                                         f"(whole job {report['batch']['users_per_second_overall']:,.0f})"),
-        ("batch agreement with served", f"{report['batch']['agreement_with_served']:.4f}"),
+        ("train seconds, cold / warm (median)", f"{cold['train_seconds']:.0f} / {warm['train_seconds']:.0f} "
+                                                f"({warm['train_seconds'] / cold['train_seconds']:.0%})"),
+        ("warm variant, chosen on validation", f"{warm['variant']} {report['warm_variants_valid_explore_ndcg10']}"),
+        ("test explore ndcg@10, cold / warm", f"{cold[f'test.explore.{METRIC}']:.4f} / "
+                                              f"{warm[f'test.explore.{METRIC}']:.4f} [{low:+.4f}, {high:+.4f}]"),
+        ("gate refused the worse model / published warm", f"{report['gate']['refused_worse_model']} / "
+                                                          f"{report['gate']['published_good_model']}"),
+        ("removed / returned / empty slots / control", f"{change['removed']} / {change['removed_returned']} / "
+                                                       f"{change['empty_slots']} / {change['control_returned']}"),
+        ("seconds to publish (served), graph mode verified", f"{change['seconds_to_publish']:.1f}, "
+                                                             f"{change['graph_mode_verified']}"),
+        ("batch customers, agreement with served", f"{report['batch']['users']:,}, "
+                                                   f"{report['batch']['agreement_with_served']:.4f}"),
     ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    width = max(len(label) for label, _ in rows)
+    return f"== {name}\n" + "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--shop", action="append", choices=sorted(SHOPS), help="a shop to run (default: every one)")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of cold and warm training (timing medians)")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    parser.add_argument("--days-before-end", type=int, default=30, help="day 1 ends this many days before the data")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every command (e.g. a smaller model for a quick look)")
     args = parser.parse_args()
-    SETTINGS.extend(args.overrides)
     output = args.output.resolve()
-    os.chdir(ROOT)  # the bundled config's paths are relative to the repository
-    from tfrec.config import load_config
-
     load_before = os.getloadavg()
+    started = time.perf_counter()
+    shops = {}
     with tempfile.TemporaryDirectory(prefix="tfrec-refresh-") as scratch:
-        work = (args.work or Path(scratch)).resolve()
-        started = time.perf_counter()
-        day1_file, cut = write_day_one(work, args.days_before_end)
-        day1, day2, export = work / "day1", work / "day2", work / "export"
-        day1_set = ["--set", f"data.interactions.paths={json.dumps([str(day1_file)])}"]
-        must("preprocess", *config_args(), *day1_set, "--output", str(day1 / "data"))
-        must("train", *config_args(), *day1_set, "--data", str(day1 / "data"), "--output", str(day1 / "model"))
-        must("index", *config_args(), "--model", str(day1 / "model"), "--output", str(day1 / "index"))
-        must("export", *config_args(), "--model", str(day1 / "model"), "--index", str(day1 / "index"),
-             "--output", str(export))
-        must("preprocess", *config_args(), "--output", str(day2 / "data"))
-        config = load_config(CONFIG, SETTINGS)
-        trained = day_two(work, config, day1 / "model", day2 / "data")
-        gated = gate(work, export, day2 / "data", trained["models"]["warm"])
-        from tfrec.data import load_catalogue, load_eval_split
-
-        split, ids = load_eval_split(day2 / "data", "test"), load_catalogue(day2 / "data").ids
-        sample = np.random.default_rng(0).choice(len(split), min(SAMPLE_REQUESTS, len(split)), replace=False)
-        histories = [[ids[i] for i in split.histories[row][-config.serve.max_history:]] for row in sorted(sample)]
-        changed = catalogue_change(export, histories)
-        batched = batch(work, export, day2 / "data", config.serve.max_history)
-        report = {
-            "benchmark": "refresh", "config": CONFIG, "overrides": SETTINGS, "cut_date": cut,
-            "days": {"day1": f"every interaction before {cut}", "day2": "every interaction"},
-            "cold": trained["cold"], "warm": trained["warm"],
-            "warm_over_cold": {
-                "train_seconds": round(trained["warm"]["train_seconds"] / trained["cold"]["train_seconds"], 3),
-                "test.explore.ndcg@10": round(trained["warm"]["test.explore.ndcg@10"]
-                                              / trained["cold"]["test.explore.ndcg@10"], 4)},
-            "gate": gated, "catalogue_change": changed, "batch": batched,
-            "seconds": round(time.perf_counter() - started, 1),
-            "date": datetime.date.today().isoformat(),
-            "machine": machine(load_before, ("tensorflow", "apache-beam")),
-        }
-    write_json(output, report)
-    print(table(report))
+        for name in args.shop or SHOPS:
+            work = (args.work or Path(scratch)).resolve() / name
+            shops[name] = run_shop(name, SHOPS[name], work, args.repeats, args.overrides)
+            print(table(name, shops[name]), flush=True)
+    runs = {name: {"seconds": round(time.perf_counter() - started, 1), "date": datetime.date.today().isoformat(),
+                   "machine": machine(load_before, ("tensorflow", "apache-beam"))} for name in shops}
+    if output.exists():  # ``--shop`` replaces its own entries and keeps the other shops'
+        earlier = json.loads(output.read_text())
+        shops, runs = {**earlier.get("shops", {}), **shops}, {**earlier.get("runs", {}), **runs}
+    write_json(output, {"benchmark": "refresh", "shops": shops, "runs": runs})
+    for name, report in shops.items():
+        print(table(name, report))
 
 
 if __name__ == "__main__":
