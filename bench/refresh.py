@@ -94,16 +94,20 @@ def must(*args: str) -> None:
         raise SystemExit(f"tfrec {args[0]} failed with exit code {code}")
 
 
+DONE = {"preprocess": "stats.json", "train": "train_summary.json", "index": "index_report.json"}
+"""The file each command writes last: a folder holding it is a finished step."""
+
+
 def once(output: Path, *args: str) -> None:
-    """``must(*args)`` unless ``output`` is there already (from an earlier, interrupted run of the bench)."""
-    if not output.exists():
+    """``must(*args)`` unless an earlier, interrupted run of the bench finished it (``DONE``)."""
+    if not (output / DONE[args[0]]).exists():
         must(*args)
 
 
 def timed_train(output: Path, *args: str) -> float:
     """``tfrec train ... --output output``'s seconds; an earlier run's, kept beside it, when it finished."""
     record = output.with_name(output.name + ".seconds")
-    if record.exists() and output.exists():
+    if record.exists() and (output / DONE["train"]).exists():
         return float(record.read_text())
     started = time.perf_counter()
     must("train", *args, "--output", str(output))
