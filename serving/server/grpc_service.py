@@ -10,6 +10,7 @@ names no field are INVALID_ARGUMENT, as TF Serving 2.20 answers them.
 from __future__ import annotations
 
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from serving.server.service import Service
 from serving.server.status import ServingError, invalid
 
 SIGNATURE_DEF_FIELD = "signature_def"
+_NO_DEADLINE_SECONDS = 1e6
 
 
 def _spec_version(spec) -> int | None:
@@ -73,14 +75,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.service = service
 
     def Predict(self, request: predict_pb2.PredictRequest, context) -> predict_pb2.PredictResponse:
-        return _grpc_call(context, lambda: self._predict(request))
+        left = context.time_remaining()  # a call without a deadline has years left
+        deadline = time.monotonic() + left if left is not None and left < _NO_DEADLINE_SECONDS else None
+        return _grpc_call(context, lambda: self._predict(request, deadline))
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    def _predict(self, request: predict_pb2.PredictRequest, deadline: float | None) -> predict_pb2.PredictResponse:
         spec = request.model_spec
         servable, signature = self.service.resolve(spec.name, _spec_version(spec), spec.signature_name)
-        self.service.admit(signature, {name: proto_shape(name, proto) for name, proto in request.inputs.items()})
+        batch = self.service.admit(signature, {name: proto_shape(name, proto)
+                                               for name, proto in request.inputs.items()})
         arrays = {name: array_from_proto(signature.inputs[name], proto) for name, proto in request.inputs.items()}
-        outputs = signature.call(arrays)
+        outputs = self.service.predict(signature, arrays, batch, deadline)
         wanted = list(request.output_filter) or list(outputs)
         unknown = [n for n in wanted if n not in outputs]
         if unknown:
