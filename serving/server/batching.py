@@ -51,7 +51,7 @@ class _Task:
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
         self.lead = False
-        self.batch: _Batch | None = None
+        self.batch: _Merge | None = None
 
     def finish(self, outputs: dict[str, np.ndarray] | None = None, error: BaseException | None = None) -> None:
         self.outputs, self.error = outputs, error
@@ -62,7 +62,7 @@ class _Task:
         return self.outputs is not None or self.error is not None
 
 
-class _Batch:
+class _Merge:
     """Requests that will run as one call."""
 
     __slots__ = ("key", "signature", "tasks", "rows", "opened")
@@ -171,7 +171,7 @@ class Batcher:
     def __init__(self, settings: BatchingConfig):
         self.settings = settings
         self._lock = threading.Condition()
-        self._queues: dict[Hashable, deque[_Batch]] = {}
+        self._queues: dict[Hashable, deque[_Merge]] = {}
         self._running = 0
         self._allowed = sorted(settings.allowed_batch_sizes)
         self.calls = 0
@@ -221,7 +221,7 @@ class Batcher:
                                             f"({self.settings.max_enqueued_batches} batches, "
                                             f"serve.batching.max_enqueued_batches); try again shortly")
         else:
-            batch = _Batch(key, signature)
+            batch = _Merge(key, signature)
             queue.append(batch)
         batch.tasks.append(task)
         batch.rows += task.rows
@@ -272,7 +272,7 @@ class Batcher:
                 self._running -= 1
                 self._hand_on()
 
-    def _take(self, task: _Task) -> _Batch | None:
+    def _take(self, task: _Task) -> _Merge | None:
         """The oldest batch of ``task``'s queue, once it is full or has waited ``batch_timeout_micros``."""
         timeout = self.settings.batch_timeout_micros / 1e6
         with self._lock:
@@ -304,7 +304,7 @@ class Batcher:
         self._running += 1
         leader.event.set()
 
-    def _execute(self, batch: _Batch) -> None:
+    def _execute(self, batch: _Merge) -> None:
         now = time.monotonic()
         tasks = []
         for task in batch.tasks:

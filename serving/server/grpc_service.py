@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -55,6 +56,20 @@ def array_from_proto(spec: TensorSpec, proto) -> np.ndarray:
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001 (a malformed TensorProto)
         raise invalid(f"input '{spec.name}' is not a valid TensorProto: {e}") from None
+
+
+def fill_tensor_proto(proto, array: np.ndarray) -> None:
+    """Writes an output array into an empty TensorProto, as ``tf.make_tensor_proto`` would but at a
+    fraction of its cost (which is more than the rest of a small answer): strings as ``string_val``,
+    numbers as their bytes in ``tensor_content``."""
+    if array.dtype == object:
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(array.reshape(-1).tolist())
+    else:
+        proto.dtype = tf.as_dtype(array.dtype).as_datatype_enum
+        proto.tensor_content = np.ascontiguousarray(array).tobytes()
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
 
 
 def _grpc_call(context: grpc.ServicerContext, answer: Callable[[], Any]) -> Any:
@@ -96,7 +111,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = signature.name
         for name in wanted:
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+            fill_tensor_proto(response.outputs[name], outputs[name])
         return response
 
     def Classify(self, request, context):
