@@ -263,14 +263,14 @@ class Batcher:
         try:
             while not task.done:
                 batch = self._take(task)
-                if batch is None:  # another leader took the batch: its answer comes within one call
-                    task.event.wait()
-                else:
-                    self._execute(batch)
+                if batch is None:  # another leader took the batch
+                    break
+                self._execute(batch)
         finally:
             with self._lock:
                 self._running -= 1
                 self._hand_on()
+        task.event.wait()  # when another leader runs its batch: its answer comes within one call
 
     def _take(self, task: _Task) -> _Merge | None:
         """The oldest batch of ``task``'s queue, once it is full or has waited ``batch_timeout_micros``."""

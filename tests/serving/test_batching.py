@@ -174,6 +174,26 @@ def test_the_batcher_refuses_a_request_past_its_deadline(server, ids):
     assert late.value.code == DEADLINE_EXCEEDED and batcher.queued == 0
 
 
+def test_batches_padded_to_an_allowed_size_answer_each_request_alone(server, ids):
+    _, signature = server.service.resolve(RETRIEVE, None, None)
+    batcher = Batcher(BatchingConfig(max_batch_size=8, allowed_batch_sizes=[4, 8], batch_timeout_micros=200_000))
+    requests_ = mixed_requests(ids, 3, seed=11)
+
+    def run(inputs: dict) -> dict:
+        arrays = {"history": np.array([[i.encode() for i in inputs["history"][0]]], dtype=object)}
+        if "k" in inputs:
+            arrays["k"] = np.array(inputs["k"], np.int32)
+        outputs = batcher.run(signature, arrays, 1)
+        return {name: (np.char.decode(v.astype(bytes), "utf-8") if v.dtype == object else v)
+                for name, v in outputs.items()}
+
+    with ThreadPoolExecutor(len(requests_)) as pool:
+        answers = list(pool.map(run, requests_))
+    for inputs, answer in zip(requests_, answers):
+        assert_same_answer(answer, alone(server, RETRIEVE, inputs))
+    assert batcher.calls >= 1 and batcher.queued == 0
+
+
 def test_batching_can_be_turned_off(server, ids):
     from serving.server import Service
 
