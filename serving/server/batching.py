@@ -65,13 +65,14 @@ class _Task:
 class _Merge:
     """Requests that will run as one call."""
 
-    __slots__ = ("key", "signature", "tasks", "rows", "opened")
+    __slots__ = ("key", "signature", "tasks", "rows", "opened", "led")
 
     def __init__(self, key: Hashable, signature: Signature):
         self.key, self.signature = key, signature
         self.tasks: list[_Task] = []
         self.rows = 0
         self.opened = time.monotonic()
+        self.led = False  # one of its requests leads: it will run without a hand-on
 
 
 def merge_key(signature: Signature, arrays: Mapping[str, np.ndarray]) -> Hashable:
@@ -180,6 +181,12 @@ class Batcher:
         """Requests answered from a call shared with other requests."""
 
     @property
+    def running(self) -> int:
+        """Batches running now (their leaders' requests)."""
+        with self._lock:
+            return self._running
+
+    @property
     def queued(self) -> int:
         """Requests waiting in a queue now (not yet running)."""
         with self._lock:
@@ -200,9 +207,10 @@ class Batcher:
         task = _Task(arrays, rows, k, deadline)
         with self._lock:
             self._enqueue(merge_key(signature, arrays), signature, task)
-            lead = self._running < self.settings.num_batch_threads
+            lead = self._running < self.settings.num_batch_threads and not task.batch.led
             if lead:
                 self._running += 1
+                task.batch.led = True
             self._lock.notify_all()  # a leader waiting for its batch to fill
         if not lead:
             lead = self._follow(task)
@@ -296,9 +304,13 @@ class Batcher:
 
     def _hand_on(self) -> None:
         """Gives the lead to the first request of the oldest waiting batch, if a batch may run."""
-        if self._running >= self.settings.num_batch_threads or not self._queues:
+        if self._running >= self.settings.num_batch_threads:
             return
-        oldest = min((queue[0] for queue in self._queues.values()), key=lambda b: b.opened)
+        waiting = [batch for queue in self._queues.values() for batch in queue if not batch.led]
+        if not waiting:
+            return
+        oldest = min(waiting, key=lambda b: b.opened)
+        oldest.led = True
         leader = oldest.tasks[0]
         leader.lead = True
         self._running += 1

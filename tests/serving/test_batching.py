@@ -194,6 +194,24 @@ def test_batches_padded_to_an_allowed_size_answer_each_request_alone(server, ids
     assert batcher.calls >= 1 and batcher.queued == 0
 
 
+def test_many_concurrent_requests_all_get_their_answers_and_the_batcher_ends_idle(server, ids):
+    _, signature = server.service.resolve(RETRIEVE, None, None)
+    batcher = Batcher(BatchingConfig(max_batch_size=4, num_batch_threads=2, max_enqueued_batches=64))
+    requests_ = mixed_requests(ids, 120, seed=13)
+
+    def run(inputs: dict) -> np.ndarray:
+        arrays = {"history": np.array([[i.encode() for i in inputs["history"][0]]], dtype=object)}
+        if "k" in inputs:
+            arrays["k"] = np.array(inputs["k"], np.int32)
+        return batcher.run(signature, arrays, 1)["item_ids"], signature.run(arrays)["item_ids"]
+
+    with ThreadPoolExecutor(24) as pool:
+        for batched, alone_ in pool.map(run, requests_):
+            np.testing.assert_array_equal(batched, alone_)
+    assert batcher.merged > 0
+    assert batcher.running == 0 and batcher.queued == 0  # every lead was given back
+
+
 def test_batching_can_be_turned_off(server, ids):
     from serving.server import Service
 
