@@ -14,10 +14,12 @@ batch; the batch runs as one call and each request gets its own rows back:
 
 The settings are TF Serving's ``BatchingParameters`` (``BatchingConfig``). There are no
 batch threads of their own: a request that arrives while fewer than ``num_batch_threads``
-batches run leads, i.e. its own thread runs the oldest batch of its queue (at once when
-``batch_timeout_micros`` is 0, so a lone request does not wait); requests that arrive while
-the batches run wait in the queue and are merged, and a leader that is done hands the lead
-to the oldest waiting batch. Each queue holds at most ``max_enqueued_batches`` batches; a
+batches run, and joins a batch that has no leader yet, leads: its own thread runs the
+oldest batch of its queue (at once when ``batch_timeout_micros`` is 0, so a lone request
+does not wait). Requests that arrive while the batches run wait in the queue and are
+merged, and a leader that is done hands the lead to the oldest waiting batch. A merged
+call may differ from a lone one in a score's last float bits (the matrices have another
+shape), and so in the order of two items only where their scores tie to that precision. Each queue holds at most ``max_enqueued_batches`` batches; a
 request beyond them is answered UNAVAILABLE (503). A request whose deadline passes while it
 waits leaves the queue with DEADLINE_EXCEEDED.
 """
