@@ -443,8 +443,9 @@ class BatchingConfig(_Section):
     """Server-side batching: concurrent requests to one model and signature, with compatible
     inputs, run as one call of the model. The names and meanings are TF Serving's
     ``BatchingParameters``; ``tfrec export`` writes these values to ``batching_parameters.txt``.
-    The defaults are the ones ``bench/serve.py`` found best for ``tfrec serve`` on the bundled
-    shop (``bench/results/serve.json``)."""
+    The defaults are the ones ``bench/serve.py --sweep`` found best for ``tfrec serve`` on the
+    bundled shop (``bench/results/serve_batching_sweep.json``; with and without them:
+    ``bench/results/serve.json``)."""
 
     enabled: bool = True
     """Merge concurrent requests (``--batching`` / ``--no-batching``)."""
