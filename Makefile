@@ -37,7 +37,7 @@ bench: demo
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/index.py
-	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/serve.py --hostile
 
 clean:
 	rm -rf runs .pytest_cache

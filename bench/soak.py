@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -227,6 +228,12 @@ def slow_client(url: str, stop: threading.Event, every: float) -> dict:
     return {"dropped": dropped, "held_s": held}
 
 
+def status_of(what: str) -> str:
+    """The status a hostile request's description ends with: an HTTP code, a gRPC code, or what failed."""
+    found = re.search(r"HTTP/1\.1 (\d{3})", what)
+    return found.group(1) if found else what.rsplit(": ", 1)[-1]
+
+
 def run_mix(mix: Requests, clients: int, seconds: float, seed: int) -> dict:
     def one_client(index: int) -> dict:
         rng = np.random.default_rng(seed + index)
@@ -240,9 +247,12 @@ def run_mix(mix: Requests, clients: int, seconds: float, seed: int) -> dict:
                 if rng.random() < HOSTILE_SHARE:
                     request = mix.hostile[int(rng.integers(len(mix.hostile)))]
                     ok, what = request(rng, clients_)
-                    counts = hostile.setdefault(request.__name__, {"sent": 0, "answered_4xx": 0, "other": []})
+                    counts = hostile.setdefault(request.__name__, {"sent": 0, "answered_4xx": 0, "other": [],
+                                                                   "codes": {}})
                     counts["sent"] += 1
                     counts["answered_4xx"] += ok
+                    code = status_of(what)
+                    counts["codes"][code] = counts["codes"].get(code, 0) + 1
                     if not ok:
                         counts["other"].append(what)
                     continue
@@ -260,7 +270,9 @@ def run_mix(mix: Requests, clients: int, seconds: float, seed: int) -> dict:
     hostile: dict[str, dict] = {}
     for r in results:
         for name, counts in r["hostile"].items():
-            total = hostile.setdefault(name, {"sent": 0, "answered_4xx": 0, "other": []})
+            total = hostile.setdefault(name, {"sent": 0, "answered_4xx": 0, "other": [], "codes": {}})
+            for code, count in counts["codes"].items():
+                total["codes"][code] = total["codes"].get(code, 0) + count
             total["sent"] += counts["sent"]
             total["answered_4xx"] += counts["answered_4xx"]
             total["other"] = (total["other"] + counts["other"])[:3]

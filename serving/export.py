@@ -18,6 +18,7 @@ needs ``import scann`` (or a TF Serving built with ScaNN's ops, e.g. ``tfrec ser
 Every version is written to a temporary folder beside its final place and renamed
 into place, so a model server polling the folder never sees half a version. Also
 written: ``models.config`` (TF Serving's model config, stock-servable models),
+``batching_parameters.txt`` (TF Serving's ``--batching_parameters_file``, from ``serve.batching``),
 ``model_card.json`` and ``model_card.md`` (``serving.model_card``: intended use, data,
 metrics with confidence intervals, limitations, signatures, package versions) and
 ``items.tsv`` (item ids and texts, for people reading results).
@@ -54,10 +55,11 @@ from serving.signatures import (
 )
 from serving.verify import check_versions, format_checks
 from tfrec import fileio
-from tfrec.config import Config
+from tfrec.config import BatchingConfig, Config
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
 from tfrec.layout import (
+    BATCHING_PARAMETERS_FILE,
     CATALOGUE_DIR,
     CATEGORICAL_VOCAB_FILE,
     MODEL_CARD_FILE,
@@ -134,6 +136,31 @@ def models_config(model_base_path: str, names: list[str]) -> str:
         if name in STOCK_SERVABLE:
             lines.append(f'  config {{ name: "{name}" base_path: "{base}/{name}" model_platform: "tensorflow" }}')
     lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def batching_parameters(settings: BatchingConfig) -> str:
+    """TF Serving's ``--batching_parameters_file``: ``BatchingParameters`` as a text proto.
+
+    The values are ``serve.batching``'s (the ones ``bench/serve.py`` found best for
+    ``tfrec serve``). Its wrapped fields (``google.protobuf.Int64Value``) are written
+    ``max_batch_size { value: 32 }``. ``pad_variable_length_inputs`` stays off: TF Serving
+    would pad a history on the right, where its most recent items are.
+
+    Example:
+
+    >>> print(batching_parameters(BatchingConfig(allowed_batch_sizes=[8, 32])).splitlines()[-2])
+    allowed_batch_sizes: 32
+    """
+    lines = ["# tensorflow_model_server --enable_batching --batching_parameters_file=batching_parameters.txt",
+             "# Every fed input is merged along its first dimension: send `history` only (the options keep",
+             "# their exported defaults), all histories of one length, left-padded with \"\".",
+             f"max_batch_size {{ value: {settings.max_batch_size} }}",
+             f"batch_timeout_micros {{ value: {settings.batch_timeout_micros} }}",
+             f"max_enqueued_batches {{ value: {settings.max_enqueued_batches} }}",
+             f"num_batch_threads {{ value: {settings.num_batch_threads} }}"]
+    lines += [f"allowed_batch_sizes: {size}" for size in settings.allowed_batch_sizes]
+    lines.append("pad_variable_length_inputs: false")
     return "\n".join(lines) + "\n"
 
 
@@ -293,6 +320,7 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
 
     base_path = model_base_path or (export_dir if fileio.is_url(export_dir) else os.path.abspath(export_dir))
     fileio.write_text(fileio.join(export_dir, MODELS_CONFIG_FILE), models_config(base_path, list(modules)))
+    fileio.write_text(fileio.join(export_dir, BATCHING_PARAMETERS_FILE), batching_parameters(config.serve.batching))
     write_items(export_dir, source.catalogue.ids, source.catalogue.texts)
     write_model_card(config, model_dir, index_dir, export_dir, version, paths, source)
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),

@@ -66,6 +66,8 @@ INDEX_REPORT_FILE = "index_report.json"
 # ---------------------------------------------------------------- the export folder (and the index's)
 ITEM_TEXTS_FILE = "items.tsv"
 MODELS_CONFIG_FILE = "models.config"
+BATCHING_PARAMETERS_FILE = "batching_parameters.txt"
+"""TF Serving's ``--batching_parameters_file`` (``BatchingParameters`` text proto), beside ``models.config``."""
 MODEL_CARD_FILE = "model_card.json"
 MODEL_CARD_MD_FILE = "model_card.md"
 PROMOTION_FILE = "promotion.json"

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 ANY_PORT = -1
 """A port argument asking for any free port (tests, benchmarks); read the bound one from the server."""
-_GRPC_WORKERS = 16
 
 
 class ModelServer:
@@ -149,7 +148,8 @@ class ModelServer:
 
     def _bind_grpc(self) -> grpc.Server:
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=_GRPC_WORKERS, thread_name_prefix="tfrec-serve-grpc"),
+            # a thread per concurrent call (as REST has per connection), so that all of them can be batched
+            futures.ThreadPoolExecutor(max_workers=self.limits.max_connections, thread_name_prefix="tfrec-serve-grpc"),
             maximum_concurrent_rpcs=self.limits.max_connections,
             options=[("grpc.so_reuseport", 0),
                      ("grpc.max_receive_message_length", self.limits.max_body_bytes),
@@ -208,6 +208,10 @@ class ModelServer:
         lines.append(f"Limits: batch {limits.max_batch}, history {limits.max_history}, body "
                      f"{limits.max_body_bytes:,} bytes, {limits.max_connections} connections, "
                      f"{limits.request_timeout_seconds:g}s to send a request")
+        batching = limits.batching
+        lines.append(f"Batching: up to {batching.max_batch_size} examples per call, {batching.batch_timeout_micros} µs "
+                     f"timeout, {batching.num_batch_threads} threads, {batching.max_enqueued_batches} batches queued "
+                     f"per model" if batching.enabled else "Batching: off (each request is its own model call)")
         if not _is_loopback(self.host):
             lines.append(f"warning: listening on {self.host}, beyond this machine, with no authentication")
         lines.append(f"Looking for new versions every {self.poll_seconds:g}s; Ctrl-C stops.")

@@ -7,8 +7,9 @@ server will refuse:
    nesting, or the gRPC TensorProto's ``tensor_shape``) against the SignatureDef and the
    server's limits (``ServeConfig``: batch size, history length, values per input), and one batch
    size shared by every per-example input. Only then are arrays built.
-2. ``Signature.call``: the values (no NaN or infinity; for a model whose whole request
-   is one item id, ids of its catalogue), then the model, whose own InvalidArgument
+2. ``Signature.check_values``: the values (no NaN or infinity; for a model whose whole request
+   is one item id, ids of its catalogue); then ``Signature.run`` calls the model (alone, or
+   merged with other requests by ``serving.server.batching``), whose own InvalidArgument
    errors come back as the request's error with their message.
 """
 
@@ -30,6 +31,8 @@ HISTORY_INPUT = "history"
 """The input whose second dimension is a user's history: bounded by ``serve.max_history``."""
 REQUEST_WIDE_INPUTS = frozenset({"exclude_ids"})
 """List inputs that hold one list for the whole request, not one entry per example."""
+K_INPUT = "k"
+"""The number of results per row: outputs with an unknown second dimension hold ``k`` columns."""
 ID_INPUT = "item_id"
 """An input of item ids; when it is a model's only required input, the ids must be known."""
 
@@ -125,6 +128,14 @@ class Signature:
                           f'e.g. {{"inputs": {{"{self.required[0] if self.required else "name"}": ...}}}}')
         return self.inputs[self.required[0]]
 
+    @property
+    def top_k_outputs(self) -> frozenset[str]:
+        """Outputs holding ``k`` columns per row (``[B, k]``): those whose second dimension is not fixed."""
+        if K_INPUT not in self.inputs:
+            return frozenset()
+        return frozenset(n for n, s in self.outputs.items() if s.shape is not None and len(s.shape) >= 2
+                         and s.shape[1] is None)
+
     def per_example(self, name: str) -> bool:
         """Whether input ``name`` holds one entry per example (its first dimension is the batch)."""
         spec = self.inputs[name]
@@ -173,7 +184,11 @@ class Signature:
 
     def call(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Checks the values of admitted arrays (dtypes already match), fills defaults, runs the model."""
-        self._check_values(arrays)
+        self.check_values(arrays)
+        return self.run(arrays)
+
+    def run(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the model on checked arrays, the inputs they leave out at their defaults."""
         feed = {name: tf.constant(arrays.get(name, spec.default), dtype=spec.dtype)
                 for name, spec in self.inputs.items()}
         try:
@@ -184,7 +199,7 @@ class Signature:
             raise ServingError(RESOURCE_EXHAUSTED, f"{self.model}: {tf_error_text(e.message)}") from e
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
-    def _check_values(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def check_values(self, arrays: Mapping[str, np.ndarray]) -> None:
         for name, array in arrays.items():
             if array.dtype.kind == "f" and not np.isfinite(array).all():
                 raise invalid(f"input '{name}' holds NaN or infinity: {self.model} takes finite numbers")

@@ -133,10 +133,10 @@ class ModelApi:
         columnar = "inputs" in request
         values = (codec.columnar_values(signature, request["inputs"]) if columnar
                   else codec.row_values(signature, request["instances"]))
-        self.service.admit(signature, {key: codec.json_shape(value) for key, value in values.items()})
+        batch = self.service.admit(signature, {key: codec.json_shape(value) for key, value in values.items()})
         arrays = {key: codec.array_from_json(signature.inputs[key], value) for key, value in values.items()}
         del request, values  # the parsed body can be large: let it go before the model runs
-        outputs = signature.call(arrays)
+        outputs = self.service.predict(signature, arrays, batch)
         if columnar:
             return {"outputs": codec.columnar_outputs(outputs)}
         return {"predictions": codec.row_outputs(outputs)}

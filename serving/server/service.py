@@ -2,18 +2,21 @@
 
 ``Service`` owns the models of an export folder (``registry``) and the ``serve`` limits,
 and answers in protocol-neutral terms: which version a request names, the servable and
-signature it resolves to, whether its inputs are admitted, the models' status and
-metadata. ``rest`` turns HTTP/JSON into these calls, ``grpc_service`` TensorProtos; the
-server (``app``) builds the service and hands it to both.
+signature it resolves to, whether its inputs are admitted, the model's answer (merged
+with concurrent requests' by ``batching``), the models' status and metadata. ``rest``
+turns HTTP/JSON into these calls, ``grpc_service`` TensorProtos; the server (``app``)
+builds the service and hands it to both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import numpy as np
 from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
+from serving.server.batching import Batcher
 from serving.server.checks import Signature
 from serving.server.registry import ModelRegistry, Servable
 from serving.server.status import UNIMPLEMENTED, ServingError, invalid
@@ -34,6 +37,7 @@ class Service:
     def __init__(self, export_dir: str, limits: ServeConfig, log: Callable[[str], None] = print):
         self.export_dir, self.limits = export_dir, limits
         self.registry = ModelRegistry(export_dir, log)
+        self.batcher = Batcher(limits.batching) if limits.batching.enabled else None
 
     @staticmethod
     def version_of(model: str, version: str | None, label: str | None) -> int | None:
@@ -60,6 +64,15 @@ class Service:
     def admit(self, signature: Signature, shapes: Mapping[str, tuple[int, ...]]) -> int:
         """Checks a request's declared input shapes against ``signature`` and the limits; returns its batch."""
         return signature.admit(shapes, self.limits)
+
+    def predict(self, signature: Signature, arrays: Mapping[str, np.ndarray], batch: int,
+                deadline: float | None = None) -> dict[str, np.ndarray]:
+        """The outputs for one admitted request: its values checked alone, then the model run, merged
+        with concurrent requests when batching is on (``deadline``: ``time.monotonic()`` it may wait until)."""
+        signature.check_values(arrays)
+        if self.batcher is None:
+            return signature.run(arrays)
+        return self.batcher.run(signature, arrays, batch, deadline)
 
     @staticmethod
     def not_predict_error(signature: Signature, verb: str) -> ServingError:

@@ -12,6 +12,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tfrec.config import ServeConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -157,18 +161,37 @@ def _verify(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
-def _serve(args: argparse.Namespace, _: list[str]) -> int:
+def serve_settings_of(args: argparse.Namespace) -> ServeConfig:
+    """``tfrec serve``'s settings: its flags over ``--set`` over the config's ``serve`` section."""
     import json
 
-    from serving.server import serve
     from tfrec.config import serve_settings
 
     # The flags are overrides like any other, so that they are checked as the config's keys are.
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
-    args.overrides += [f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
-    settings = _load(args).serve if args.config else serve_settings(args.overrides)
-    serve(args.export, settings, page=not args.no_page, examples=args.examples)
+    given |= {f"batching.{key}": getattr(args, key) for key in BATCHING_FLAGS}
+    args.overrides = [*args.overrides,
+                      *(f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None)]
+    return _load(args).serve if args.config else serve_settings(args.overrides)
+
+
+def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    from serving.server import serve
+
+    serve(args.export, serve_settings_of(args), page=not args.no_page, examples=args.examples)
     return 0
+
+
+BATCHING_FLAGS = ("enabled", "max_batch_size", "batch_timeout_micros", "num_batch_threads", "max_enqueued_batches",
+                  "allowed_batch_sizes")
+"""``tfrec serve``'s flags for the ``serve.batching`` settings (``enabled`` is ``--batching/--no-batching``)."""
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        return [int(size) for size in text.split(",") if size.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
 
 
 def _recommend(args: argparse.Namespace, _: list[str]) -> int:
@@ -363,6 +386,16 @@ COMMANDS = (
             flag("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)"),
             flag("--poll-seconds", type=float, help="how often to look for new versions (default 2)"),
             flag("--max-batch", type=int, help="largest batch a request may carry (default 256)"),
+            flag("--batching", dest="enabled", action=argparse.BooleanOptionalAction, default=None,
+                 help="merge concurrent requests into one model call (default: serve.batching.enabled, on)"),
+            flag("--max-batch-size", type=int, help="most examples in one merged call (default 32)"),
+            flag("--batch-timeout-micros", type=int,
+                 help="how long a batch that is not full waits for more requests (default 0: none)"),
+            flag("--num-batch-threads", type=int, help="merged calls running at once (default 2)"),
+            flag("--max-enqueued-batches", type=int,
+                 help="batches that may wait per model; more requests are answered 503 (default 16)"),
+            flag("--allowed-batch-sizes", type=_sizes, metavar="N,N,...",
+                 help="sizes a merged call is padded up to, the last one --max-batch-size (default: any)"),
             flag("--examples", metavar="DATA_DIR",
                  help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
                       "samples (the export itself holds no customer ids)"),

@@ -18,6 +18,7 @@ from tfrec.config.loading import apply_overrides, config_from_dict, load_config,
 from tfrec.config.reference import reference, reference_markdown
 from tfrec.config.sections import (
     AlsConfig,
+    BatchingConfig,
     CatalogueConfig,
     ColumnsConfig,
     Config,
@@ -39,8 +40,8 @@ from tfrec.config.sections import (
 )
 
 __all__ = [
-    "AlsConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
-    "ExportConfig", "FilterConfig", "IndexConfig", "InteractionsConfig", "ItemsConfig", "ModelConfig",
+    "AlsConfig", "BatchingConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "DataConfig",
+    "EvalConfig", "ExportConfig", "FilterConfig", "IndexConfig", "InteractionsConfig", "ItemsConfig", "ModelConfig",
     "ScratchEncoderConfig", "SequencesConfig", "ServeConfig", "TextEncoderConfig", "TrainConfig",
     "UserTowerConfig", "apply_overrides", "config_from_dict", "load_config", "reference", "reference_markdown",
     "save_config", "serve_settings",

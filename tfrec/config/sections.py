@@ -439,6 +439,40 @@ class ExportConfig(_Section):
     significantly worse at all; 0.02: only when significantly more than 2% worse."""
 
 
+class BatchingConfig(_Section):
+    """Server-side batching: concurrent requests to one model and signature, with compatible
+    inputs, run as one call of the model. The names and meanings are TF Serving's
+    ``BatchingParameters``; ``tfrec export`` writes these values to ``batching_parameters.txt``.
+    The defaults are the ones ``bench/serve.py --sweep`` found best for ``tfrec serve`` on the
+    bundled shop (``bench/results/serve_batching_sweep.json``; with and without them:
+    ``bench/results/serve.json``)."""
+
+    enabled: bool = True
+    """Merge concurrent requests (``--batching`` / ``--no-batching``)."""
+    max_batch_size: int = Field(32, gt=0)
+    """Most examples in one merged call; a request carrying more runs alone."""
+    batch_timeout_micros: int = Field(0, ge=0)
+    """How long a batch that is not full waits for more requests once a batch thread is free;
+    0: it runs at once, and requests that arrive while the batch threads are busy are merged."""
+    num_batch_threads: int = Field(2, gt=0)
+    """Merged calls that run at the same time."""
+    max_enqueued_batches: int = Field(16, gt=0)
+    """Batches that may wait per model and signature; a request beyond them is answered 503
+    (TF Serving's UNAVAILABLE), so the queue's memory is bounded."""
+    allowed_batch_sizes: list[int] = []
+    """Sizes a merged call may have, increasing, the last one ``max_batch_size``; a batch is
+    padded up to the next (empty: any size)."""
+
+    @model_validator(mode="after")
+    def _allowed_sizes_end_at_the_max(self) -> BatchingConfig:
+        sizes = self.allowed_batch_sizes
+        if sizes and (any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] <= 0
+                      or sizes[-1] != self.max_batch_size):
+            raise ValueError(f"allowed_batch_sizes {sizes} must be positive, increasing, and end at "
+                             f"max_batch_size ({self.max_batch_size})")
+        return self
+
+
 class ServeConfig(_Section):
     """``tfrec serve``: where it listens, and the limits of what one request and one client
     may cost (the server's only source of them)."""
@@ -465,6 +499,8 @@ class ServeConfig(_Section):
     """Time an idle keep-alive connection is kept open."""
     poll_seconds: float = Field(2.0, gt=0.0)
     """How often the server looks for new versions."""
+    batching: BatchingConfig = BatchingConfig()
+    """Server-side batching of concurrent requests (TF Serving's batching parameters)."""
 
     @property
     def max_values(self) -> int:
