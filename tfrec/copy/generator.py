@@ -11,7 +11,7 @@ call has the same shapes.
 Example:
 
 >>> from tfrec.copy.generator import instruction
->>> instruction("Wood S/3 Cabinet Ant White Finish")
+>>> instruction("WOOD S/3 CABINET ANT WHITE FINISH")
 'Product: Wood S/3 Cabinet Ant White Finish\\nWrite a one-sentence product description.'
 """
 
@@ -26,6 +26,7 @@ import os
 import numpy as np
 
 from tfrec.copy import gguf_llama
+from tfrec.copy.guard import display_title
 from tfrec.errors import TfrecError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ CHAT_SYSTEM = "You are a helpful shop assistant. You write short, accurate produ
 
 
 def instruction(title: str, because: str | None = None) -> str:
-    """What the model is asked for one product (and, personalised, the product bought before)."""
+    """What the model is asked for one product (and, personalised, the product bought before);
+    titles in capitals are written in capitalised words, which small models read better."""
+    title, because = display_title(title), because and display_title(because)
     if because:
         return (f"Product: {title}\nThe customer bought: {because}\n"
                 "Write one sentence recommending the product to this customer.")
