@@ -22,6 +22,7 @@ from tfrec.config.sections import (
     ColumnsConfig,
     Config,
     ConfigError,
+    CopyConfig,
     DataConfig,
     EvalConfig,
     ExportConfig,
@@ -39,7 +40,7 @@ from tfrec.config.sections import (
 )
 
 __all__ = [
-    "AlsConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "DataConfig", "EvalConfig",
+    "AlsConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "CopyConfig", "DataConfig", "EvalConfig",
     "ExportConfig", "FilterConfig", "IndexConfig", "InteractionsConfig", "ItemsConfig", "ModelConfig",
     "ScratchEncoderConfig", "SequencesConfig", "ServeConfig", "TextEncoderConfig", "TrainConfig",
     "UserTowerConfig", "apply_overrides", "config_from_dict", "load_config", "reference", "reference_markdown",

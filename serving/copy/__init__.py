@@ -1,0 +1,7 @@
+"""Product pitches as an Apache Beam job (``tfrec copy``).
+
+``job.run_copy`` runs it; ``handler`` holds the RunInference model handler that writes one
+product's pitch with a keras-hub causal LM and the guard (``tfrec.copy``).
+"""
+
+__all__ = ["handler", "job"]
