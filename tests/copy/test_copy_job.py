@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.copy.job import CopyOptions, read_pitches, run_copy
+from serving.copy.job import CopyOptions, run_copy
+from serving.copy.pitches import read_pitches
 from serving.items import write_items
 from tfrec.config import load_config
 from tfrec.copy.guard import violations
@@ -89,7 +90,8 @@ def test_pitches_for_a_batch_output(tiny_preset, catalogue, tmp_path):
 def test_bad_inputs_are_refused_with_the_path(tiny_preset, catalogue, tmp_path):
     config = copy_config(tiny_preset)
     with pytest.raises(TfrecError, match="recommendations-"):
-        run_copy(config, tmp_path / "out", export_dir=str(catalogue), options=CopyOptions(recommendations=str(tmp_path)))
+        run_copy(config, tmp_path / "out", export_dir=str(catalogue),
+                 options=CopyOptions(recommendations=str(tmp_path)))
     with pytest.raises(TfrecError, match="not in the catalogue"):
         run_copy(config, tmp_path / "out", export_dir=str(catalogue), options=CopyOptions(item_ids=("nope",)))
     bad = tmp_path / "copy-00000-of-00001.jsonl"

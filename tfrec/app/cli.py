@@ -168,7 +168,7 @@ def _serve(args: argparse.Namespace, _: list[str]) -> int:
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
     args.overrides += [f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None]
     settings = _load(args).serve if args.config else serve_settings(args.overrides)
-    serve(args.export, settings, page=not args.no_page, examples=args.examples)
+    serve(args.export, settings, page=not args.no_page, examples=args.examples, copy=args.copy)
     return 0
 
 
@@ -187,7 +187,8 @@ def _batch(args: argparse.Namespace, beam_args: list[str]) -> int:
         args.overrides.append(f"data.interactions.paths={json.dumps(args.interactions)}")
     options = BatchOptions(k=args.k, exclude_history=args.exclude_history,
                            exclude_ids=tuple(i for i in args.exclude.split(",") if i), output_format=args.format,
-                           batch_size=args.batch_size, version=args.version, num_shards=args.num_shards)
+                           batch_size=args.batch_size, version=args.version, num_shards=args.num_shards,
+                           copy=args.copy)
     run_batch(_load(args), args.export, args.output, data_dir=args.data, split=args.split, options=options,
               beam_args=beam_args)
     return 0
@@ -385,6 +386,8 @@ COMMANDS = (
             flag("--examples", metavar="DATA_DIR",
                  help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
                       "samples (the export itself holds no customer ids)"),
+            flag("--copy", metavar="COPY_OUTPUT",
+                 help="output folder (or file) of `tfrec copy`: the page shows each product's pitch"),
             flag("--no-page", action="store_true", help="answer only the model API, not the page at /"),
         )),
     Command(
@@ -430,6 +433,8 @@ COMMANDS = (
             flag("--batch-size", type=int, default=256, help="most customers per model call (default 256)"),
             flag("--version", type=int, default=None, help="tfrec_retrieve version to run (default: newest)"),
             flag("--num-shards", type=int, default=0, help="output files (default 0: the runner chooses)"),
+            flag("--copy", metavar="COPY_OUTPUT",
+                 help="output folder of `tfrec copy`: each record also carries its items' pitches"),
         )),
     Command(
         "copy", _copy, "a short grounded pitch for each recommended product, as a Beam job",
