@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -169,9 +170,15 @@ class Generator:
         return [-log_probs[i, np.arange(len(row) - 1), row[1:]] for i, row in enumerate(rows)]
 
 def clean(text: str) -> str:
-    """A generated continuation as a pitch: text up to an end-of-turn marker, whitespace squeezed."""
+    """A generated continuation as a pitch: text up to an end-of-turn marker, without Markdown
+    emphasis, whitespace squeezed.
+
+    >>> clean("A **white** mug.<|im_end|>\\nmore")
+    'A white mug.'
+    """
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
     for marker in (gguf_llama.CHAT_END, gguf_llama.CHAT_START, "<|endoftext|>"):
         text = text.split(marker)[0]
+    text = re.sub(r"\*\*|__|(?<!\w)[*_](?=\w)|(?<=\w)[*_](?!\w)", "", text)
     return " ".join(text.split())
