@@ -45,8 +45,8 @@ from benchlib import ROOT, machine, write_json
 
 from serving.items import read_items
 from tfrec.config import TextEncoderConfig, load_config
-from tfrec.copy.generator import Generator, Sampling, instruction
-from tfrec.copy.guard import choose, display_title, template
+from tfrec.copywriter.generator import Generator, Sampling, instruction
+from tfrec.copywriter.guard import choose, display_title, template
 from tfrec.data.readers import load_catalogue
 from tfrec.models.text import pretrained_pipeline
 

@@ -204,7 +204,7 @@ def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform, handler: Re
     """Adds every step of the job to ``pipeline``, writing into ``output``."""
     records = pipeline | "ReadHistories" >> source | "Recommend" >> Recommend(handler, options.batch_size)
     if options.copy is not None:
-        from serving.copy.pitches import read_pitches
+        from serving.copywriter.pitches import read_pitches
 
         pitches = {item: record["pitch"] for item, record in read_pitches(options.copy).items()}
         records = records | "AddPitches" >> beam.Map(with_pitches, pitches)

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import tensorflow as tf
 
-from serving.copy.pitches import read_pitches
+from serving.copywriter.pitches import read_pitches
 from serving.items import read_items
 from serving.server.codec import dumps
 from serving.server.rest import Reply

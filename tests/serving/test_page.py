@@ -345,7 +345,7 @@ def test_the_page_shows_each_recommendation_s_pitch_from_a_copy_output(browser, 
     """A ``tfrec copy`` output's records (one generated, the others templates) under the products."""
     import json
 
-    from tfrec.copy.guard import template
+    from tfrec.copywriter.guard import template
 
     with ModelServer(shown_export, port=ANY_PORT, grpc_port=0, limits=ServeConfig(max_history=MAX_HISTORY),
                      log=lambda _: None) as plain:

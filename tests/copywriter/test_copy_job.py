@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from serving.copy.job import CopyOptions, run_copy
-from serving.copy.pitches import read_pitches
+from serving.copywriter.job import CopyOptions, run_copy
+from serving.copywriter.pitches import read_pitches
 from serving.items import write_items
 from tfrec.config import load_config
-from tfrec.copy.guard import violations
+from tfrec.copywriter.guard import violations
 from tfrec.errors import TfrecError
 from tfrec.layout import COPY_CACHE_DIR, COPY_SUMMARY_FILE
 

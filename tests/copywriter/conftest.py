@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from tiny_llama import random_weights, write_gguf
 
-from tfrec.copy.gguf_llama import convert
+from tfrec.copywriter.gguf_llama import convert
 
 
 @pytest.fixture(scope="session")

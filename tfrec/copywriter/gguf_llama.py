@@ -12,12 +12,12 @@ checkpoints. The conversion:
   control tokens become added tokens; ``<|im_start|>`` / ``<|im_end|>`` are the start and
   end tokens when the file has them (a chat model), else the file's own bos / eos.
 
-keras-hub's Llama converter ignores ``rms_norm_eps``, so ``tfrec.copy.generator`` passes it
+keras-hub's Llama converter ignores ``rms_norm_eps``, so ``tfrec.copywriter.generator`` passes it
 to the backbone itself. The folder is written atomically: a reader never sees half of it.
 
 Example:
 
->>> from tfrec.copy.gguf_llama import LLAMA_TENSORS
+>>> from tfrec.copywriter.gguf_llama import LLAMA_TENSORS
 >>> LLAMA_TENSORS["attn_q"]
 'self_attn.q_proj'
 """

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from tfrec.copy.generator import Generator, Sampling
-from tfrec.copy.guard import choose
+from tfrec.copywriter.generator import Generator, Sampling
+from tfrec.copywriter.guard import choose
 
 METRICS_NAMESPACE = "tfrec_copy"
 

@@ -7,7 +7,7 @@ The steps, as they appear on any runner's graph::
     ToPrompts      catalogue title -> instruction, keyed by the hash of the prompt
     GroupByPrompt  products sharing a prompt are written once
     ReadCache      prompts answered before (OUTPUT/cache/<hash>.json) are not generated again
-    Generate       RunInference with the causal LM (``serving.copy.handler``)
+    Generate       RunInference with the causal LM (``serving.copywriter.handler``)
     WriteCache     each answer, atomically, as soon as it is made
     WriteCopy      -> OUTPUT/copy-*.jsonl, one record per product
 
@@ -32,10 +32,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from pipelines.options import pipeline_options
 from pipelines.preprocess import job_counters, local_runner
-from serving.copy.handler import METRICS_NAMESPACE, CopyModelHandler, CopyRequest
+from serving.copywriter.handler import METRICS_NAMESPACE, CopyModelHandler, CopyRequest
 from tfrec import fileio
 from tfrec.config import Config
-from tfrec.copy.generator import Sampling, instruction
+from tfrec.copywriter.generator import Sampling, instruction
 from tfrec.errors import TfrecError
 from tfrec.layout import COPY_CACHE_DIR, COPY_PREFIX, COPY_SUMMARY_FILE, RECOMMENDATIONS_PREFIX
 
