@@ -63,8 +63,7 @@ def independent_facts(pitch: str, title: str, because: str | None = None) -> lis
     found += re.findall(r"[$£€¥]|https?://\S+|www\.\S+|\S+\.com\b", pitch)
     for sentence in re.split(r"(?<=[.!?])\s+", pitch):
         tokens = sentence.split()
-        for token in tokens[1:]:
-            word = re.sub(r"[^A-Za-z]", "", token)
+        for word in (part for token in tokens[1:] for part in re.findall(r"[A-Za-z]+", token)):
             known = word.lower() in source_words or word.lower().rstrip("s") in source_words
             if word[:1].isupper() and not known and word not in ("I", "Christmas"):
                 found.append(word)
@@ -107,17 +106,19 @@ def pitches(generator: Generator, embed, titles: list[str], because: list[str | 
 
 
 def perplexities(generator: Generator, titles: list[str], others: list[str], batch: int = 32) -> tuple[float, float]:
-    """The generator's and a unigram model's perplexity on ``titles`` (the unigram fitted on ``others``,
-    add-one smoothing over the tokenizer's vocabulary), over the same tokens."""
-    losses = []
+    """The generator's perplexity on ``titles``, each read where its prompts put a title
+    (``title_context``), and a unigram model's over the same tokens (fitted on ``others``
+    tokenized alike, add-one smoothing over the tokenizer's vocabulary)."""
+    context = generator.title_context()
+    scored = []
     for start in range(0, len(titles), batch):
-        losses += generator.token_losses(titles[start:start + batch])
+        scored += generator.token_losses(titles[start:start + batch], context)
     tokenizer = generator.causal_lm.preprocessor.tokenizer
-    counts = Counter(t for text in others for t in np.asarray(tokenizer(text)).tolist())
+    skip = len(np.asarray(tokenizer(context)).tolist())
+    counts = Counter(t for text in others for t in np.asarray(tokenizer(context + text)).tolist()[skip:][:64])
     total, vocabulary = sum(counts.values()), tokenizer.vocabulary_size()
-    unigram = [-math.log((counts[t] + 1) / (total + vocabulary))
-               for text in titles for t in np.asarray(tokenizer(text)).tolist()[1:48]]
-    model = np.concatenate(losses)
+    unigram = [-math.log((counts[t] + 1) / (total + vocabulary)) for ids, _ in scored for t in ids]
+    model = np.concatenate([losses for _, losses in scored])
     return round(float(np.exp(model.mean())), 2), round(float(math.exp(statistics.fmean(unigram))), 2)
 
 

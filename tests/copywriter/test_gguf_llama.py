@@ -63,9 +63,14 @@ def test_a_generator_samples_as_many_pitches_as_asked(tiny_preset):
     generator = Generator(causal_lm, is_chat, Sampling(samples=3, max_length=64))
     pitches = generator.generate("Product: red mug\nWrite a one-sentence product description.")
     assert len(pitches) == 3 and all(isinstance(p, str) for p in pitches)
-    losses = generator.token_losses(["the red mug", "then"])
-    assert [len(loss) for loss in losses] == [len(generator.causal_lm.preprocessor.tokenizer(t)) - 1
-                                             for t in ("the red mug", "then")]
+    tokenizer = generator.causal_lm.preprocessor.tokenizer
+    scored = generator.token_losses(["the red mug", "then"])
+    assert [len(ids) for ids, _ in scored] == [len(tokenizer(t)) - 1 for t in ("the red mug", "then")]
+    context = generator.title_context()
+    assert context.endswith("<|im_start|>user\nProduct: ")
+    (ids, losses), = generator.token_losses(["the red mug"], context)
+    assert ids == np.asarray(tokenizer(context + "the red mug")).tolist()[len(tokenizer(context)):]
+    assert len(losses) == len(ids) and np.all(losses > 0)
 
 
 def test_a_file_that_is_not_gguf_is_refused(tmp_path):

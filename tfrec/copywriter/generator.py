@@ -153,21 +153,29 @@ class Generator:
                                           strip_prompt=True)
         return [clean(text) for text in np.asarray(outputs).reshape(-1).tolist()]
 
-    def token_losses(self, texts: list[str], sequence_length: int = 48) -> list[np.ndarray]:
-        """For each text, the negative log-likelihood (nats) of each of its first ``sequence_length``
-        tokens after the first, given the ones before."""
+    def title_context(self) -> str:
+        """The text before a title in this generator's prompts (the context its perplexity is taken in)."""
+        return self.prompt("Product: ").rsplit("Product: ", 1)[0] + "Product: "
+
+    def token_losses(self, texts: list[str], context: str = "", sequence_length: int = 64
+                     ) -> list[tuple[list[int], np.ndarray]]:
+        """For each text read after ``context``: its token ids and the negative log-likelihood (nats)
+        of each given everything before it (the text's first ``sequence_length`` tokens at most;
+        without a context, from its second token)."""
         import keras
 
         tokenizer = self.causal_lm.preprocessor.tokenizer
-        rows = [np.asarray(tokenizer(text)).tolist()[:sequence_length] for text in texts]
-        width = max(2, max(len(row) for row in rows))
+        start = len(np.asarray(tokenizer(context)).tolist()) if context else 1
+        rows = [np.asarray(tokenizer(context + text)).tolist()[:start + sequence_length] for text in texts]
+        width = max(start + 1, max(len(row) for row in rows))
         token_ids = np.zeros((len(rows), width), np.int32)
         mask = np.zeros((len(rows), width), bool)
         for i, row in enumerate(rows):
             token_ids[i, :len(row)], mask[i, :len(row)] = row, True
         logits = self.causal_lm({"token_ids": token_ids, "padding_mask": mask})
         log_probs = keras.ops.convert_to_numpy(keras.ops.log_softmax(logits, axis=-1)).astype(np.float64)
-        return [-log_probs[i, np.arange(len(row) - 1), row[1:]] for i, row in enumerate(rows)]
+        return [(row[start:], -log_probs[i, np.arange(start - 1, len(row) - 1), row[start:]])
+                for i, row in enumerate(rows)]
 
 def clean(text: str) -> str:
     """A generated continuation as a pitch: text up to an end-of-turn marker, without Markdown
