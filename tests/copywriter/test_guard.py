@@ -24,6 +24,8 @@ def test_a_grounded_pitch_passes_every_rule():
     ("A white heart holder for the home and a heart holder for the garden.", "repeated_ngram"),
     ("Write a one-sentence product description of the white heart holder.", "echo"),
     ("Product: a white heart holder.", "echo"),
+    ("White Hanging Heart T-light Holder.", "echo"),
+    ("The white hanging heart holder, for you.", "echo"),
     ("White heart holder.", "length"),
     ("A white heart holder. It glows. It shines.", "length"),
     (" ".join(["A white heart holder"] + ["very"] * 40) + ".", "length"),
@@ -49,7 +51,7 @@ def test_the_best_passing_sample_by_score_is_published():
     samples = ["A lovely thing.", GOOD, "A white heart holder for a cosy evening at home."]
     verdict = choose(samples, TITLE, prompt_text=PROMPT, score=lambda texts, title: [len(t) for t in texts])
     assert verdict.source == "generated" and verdict.pitch == GOOD
-    assert verdict.failed == {"names_product": 1, "length": 1} and verdict.samples == 3
+    assert verdict.failed == {"names_product": 1, "echo": 1, "length": 1} and verdict.samples == 3
 
 
 def test_the_template_is_published_when_no_sample_passes_and_says_why():
@@ -58,7 +60,7 @@ def test_the_template_is_published_when_no_sample_passes_and_says_why():
     assert verdict.pitch == "White Hanging Heart T-light Holder, picked for you."
     assert verdict.failed == {"names_product": 2, "invented_fact": 1, "repeated_ngram": 1, "length": 1}
     assert verdict.score is None
-    assert violations(verdict.pitch, TITLE) == []
+    assert violations(verdict.pitch, TITLE) == ["echo"]  # it says the title only: true, but no pitch
 
 
 def test_a_personalised_template_names_what_was_bought():

@@ -6,7 +6,8 @@ A pitch is published only when every rule holds:
 - ``invented_fact``: it holds no number, size, price, brand or URL absent from its inputs
   (the title, and the title of the product bought before when personalised);
 - ``repeated_ngram``: no sequence of ``REPEAT_N`` words occurs twice;
-- ``echo``: it does not repeat the prompt's instructions;
+- ``echo``: it does not repeat the prompt's instructions, and says at least ``MIN_NEW_WORDS``
+  words beyond the title's (a bare title is no pitch);
 - ``length``: one or two sentences, ``MIN_WORDS`` to ``MAX_WORDS`` words;
 - ``unfinished``: it ends a sentence (a pitch cut by the length limit does not).
 
@@ -33,6 +34,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
+RULES_VERSION = 2
+"""Changes whenever a rule does: cached answers judged by other rules are not reused."""
+MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
 REPEAT_N = 3
 ECHO_N = 4
@@ -108,8 +112,12 @@ def repeated_ngrams(text: str, n: int = REPEAT_N) -> list[tuple[str, ...]]:
 
 
 def echoes(pitch: str, prompt_text: str, title: str) -> bool:
-    """Whether ``pitch`` repeats ``ECHO_N`` words in a row of the prompt's own text, or a label of it."""
+    """Whether ``pitch`` repeats ``ECHO_N`` words in a row of the prompt's own text or a label of it,
+    or says fewer than ``MIN_NEW_WORDS`` words (stopwords aside) beyond the title's."""
     if re.search(r"\b(?:product|description|customer bought)\s*:", pitch, re.I):
+        return True
+    title_words = {_fold(w) for w in words(title)}
+    if len([w for w in words(pitch) if _fold(w) not in title_words and w.lower() not in STOPWORDS]) < MIN_NEW_WORDS:
         return True
     own = prompt_text.replace(title, " ").replace(display_title(title), " ")
     own_words = [w.lower() for w in words(own)]
@@ -128,7 +136,7 @@ def violations(pitch: str, title: str, because: str | None = None, prompt_text: 
         failed.append("invented_fact")
     if repeated_ngrams(pitch):
         failed.append("repeated_ngram")
-    if prompt_text and echoes(pitch, prompt_text, title):
+    if echoes(pitch, prompt_text, title):
         failed.append("echo")
     if not (MIN_WORDS <= len(pitch_words) <= MAX_WORDS and 1 <= len(_sentences(pitch)) <= MAX_SENTENCES):
         failed.append("length")
