@@ -21,6 +21,8 @@ def test_a_grounded_pitch_passes_every_rule():
     ("A white heart holder for only $5 this week.", "invented_fact"),
     ("A white heart holder from the Ikea collection.", "invented_fact"),
     ("A white heart holder, see www.example.com today.", "invented_fact"),
+    ("A white heart holder of hand-blown glass for any room.", "invented_fact"),
+    ("A white heart holder with a bright blue glow for any room.", "invented_fact"),
     ("A white heart holder for the home and a heart holder for the garden.", "repeated_ngram"),
     ("Write a one-sentence product description of the white heart holder.", "echo"),
     ("Product: a white heart holder.", "echo"),

@@ -3,8 +3,8 @@
 A pitch is published only when every rule holds:
 
 - ``names_product``: it names the product (a word of its title);
-- ``invented_fact``: it holds no number, size, price, brand or URL absent from its inputs
-  (the title, and the title of the product bought before when personalised);
+- ``invented_fact``: it holds no number, size, price, brand, URL, material or colour absent
+  from its inputs (the title, and the title of the product bought before when personalised);
 - ``repeated_ngram``: no sequence of ``REPEAT_N`` words occurs twice;
 - ``echo``: it does not repeat the prompt's instructions, and says at least ``MIN_NEW_WORDS``
   words beyond the title's (a bare title is no pitch);
@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
-RULES_VERSION = 2
+RULES_VERSION = 3
 """Changes whenever a rule does: cached answers judged by other rules are not reused."""
 MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
@@ -56,6 +56,16 @@ UNIT_WORDS = frozenset(
     "ml oz ounce ounces lb lbs pound pounds kg g gram grams grams xs xl xxl size sizes dollar dollars cent "
     "cents euro euros pence price prices priced cost costs discount sale".split())
 """Sizes and prices said in words."""
+MATERIAL_WORDS = frozenset(
+    "glass wood wooden metal steel iron brass copper tin aluminium aluminum silver gold golden ceramic porcelain "
+    "china stoneware pottery clay stone marble granite crystal plastic acrylic resin rubber paper cardboard "
+    "cotton linen wool woollen wooly silk satin velvet lace leather suede felt polyester nylon denim bamboo "
+    "wicker rattan cork enamel vinyl".split())
+"""Materials: a pitch's material that the title does not name is invented ("hand-blown glass")."""
+COLOUR_WORDS = frozenset(
+    "red blue green yellow orange purple pink white black grey gray brown beige cream ivory turquoise teal "
+    "navy lilac violet".split())
+"""Colours: one the title does not name is invented."""
 PLAIN_CAPITALS = frozenset("i christmas easter valentine valentine's halloween english ok".split())
 """Capitalised words that name no brand."""
 STOPWORDS = frozenset("a an and the of for with in on to set s by at or from".split())
@@ -85,8 +95,8 @@ def _sentences(text: str) -> list[str]:
 
 def invented(pitch: str, inputs: Sequence[str]) -> list[str]:
     """The facts in ``pitch`` that none of ``inputs`` holds: numbers, counting words, sizes and
-    prices, currency signs, URLs, trademark signs and capitalised words (brands, places,
-    names) not at the start of a sentence."""
+    prices, materials, colours, currency signs, URLs, trademark signs and capitalised words
+    (brands, places, names) not at the start of a sentence."""
     known = {_fold(w) for text in inputs for w in words(text)}
     known_digits = {d for text in inputs for d in re.findall(r"\d+", text)}
     found = [d for d in re.findall(r"\d+", pitch) if d not in known_digits]
@@ -97,7 +107,7 @@ def invented(pitch: str, inputs: Sequence[str]) -> list[str]:
             folded = _fold(word)
             if folded in known or word.lower() in known:
                 continue
-            if word.lower() in NUMBER_WORDS or word.lower() in UNIT_WORDS:
+            if word.lower() in NUMBER_WORDS | UNIT_WORDS | MATERIAL_WORDS | COLOUR_WORDS:
                 found.append(word)
             elif position > 0 and word[0].isupper() and word.lower() not in PLAIN_CAPITALS:
                 found.append(word)
