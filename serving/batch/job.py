@@ -125,6 +125,7 @@ class BatchOptions:
       batch_size: most customers per model call.
       version: the ``tfrec_retrieve`` version to run; None: the newest.
       num_shards: output files; 0 lets the runner choose.
+      copy: a ``tfrec copy`` output: each record also carries its items' pitches (null where none).
     """
 
     k: int | None = None
@@ -134,6 +135,12 @@ class BatchOptions:
     batch_size: int = 256
     version: int | None = None
     num_shards: int = 0
+    copy: str | None = None
+
+
+def with_pitches(record: dict, pitches: dict[str, str]) -> dict:
+    """The record with ``pitches``: each recommended item's pitch, or None."""
+    return {**record, "pitches": [pitches.get(item) for item in record["item_ids"]]}
 
 
 def retrieve_version(export_dir: str, version: int | None = None) -> str:
@@ -195,12 +202,14 @@ def distributions(result) -> dict[str, Distribution]:
 def build_pipeline(pipeline: beam.Pipeline, source: beam.PTransform, handler: RetrieveModelHandler,
                    output: str, options: BatchOptions) -> None:
     """Adds every step of the job to ``pipeline``, writing into ``output``."""
-    (
-        pipeline
-        | "ReadHistories" >> source
-        | "Recommend" >> Recommend(handler, options.batch_size)
-        | "WriteRecommendations" >> WriteRecommendations(output, options.output_format, options.num_shards)
-    )
+    records = pipeline | "ReadHistories" >> source | "Recommend" >> Recommend(handler, options.batch_size)
+    if options.copy is not None:
+        from serving.copywriter.pitches import read_pitches
+
+        pitches = {item: record["pitch"] for item, record in read_pitches(options.copy).items()}
+        records = records | "AddPitches" >> beam.Map(with_pitches, pitches)
+    records | "WriteRecommendations" >> WriteRecommendations(output, options.output_format, options.num_shards,
+                                                            pitches=options.copy is not None)
 
 
 def _rate(count: int, seconds: float) -> float | None:
@@ -230,6 +239,7 @@ def _summary(result, version_dir: str, source: beam.PTransform, options: BatchOp
         "model": RETRIEVE, "version": int(os.path.basename(version_dir.rstrip("/"))), "version_dir": version_dir,
         "source": described, "users": users, "k": options.k, "exclude_history": options.exclude_history,
         "exclude_ids": list(options.exclude_ids), "format": options.output_format, "files": files,
+        "copy": options.copy,
         "seconds": round(seconds, 3), "users_per_second_overall": _rate(users, seconds),
         "recommend_seconds": round(recommend_seconds, 3), "users_per_second": _rate(users, recommend_seconds),
         "model_calls": inference.count if inference else 0,

@@ -51,12 +51,13 @@ class ModelServer:
         limits: the ``serve`` settings whose limits bound requests and clients (default: the defaults).
         page: answer ``GET /`` with the page to look at recommendations.
         examples: a data folder whose test customers the page offers as samples.
+        copy: a ``tfrec copy`` output whose pitches the page shows under the products.
     """
 
     def __init__(self, export_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8501,
                  grpc_port: int = 8500, poll_seconds: float = 2.0, max_batch: int | None = None,
                  log: Callable[[str], None] = print, limits: ServeConfig | None = None, page: bool = True,
-                 examples: str | os.PathLike | None = None):
+                 examples: str | os.PathLike | None = None, copy: str | os.PathLike | None = None):
         self.export_dir = os.fspath(export_dir)
         self.host, self.port, self.grpc_port = host, port, grpc_port
         self.poll_seconds = poll_seconds
@@ -66,7 +67,7 @@ class ModelServer:
         self.limits = limits
         self.log = log
         self.service = Service(self.export_dir, self.limits, log)
-        self.page = Page(self.export_dir, self.limits, self.service.versions, examples, log) if page else None
+        self.page = Page(self.export_dir, self.limits, self.service.versions, examples, log, copy) if page else None
         self._http: RestServer | None = None
         self._grpc: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
@@ -201,6 +202,7 @@ class ModelServer:
         if self.page is not None:
             page = self.page
             samples = f"; {len(page.samples)} sample customers from {page.examples}" if page.examples else ""
+            samples += f"; {len(page.pitches):,} pitches from {page.copy}" if page.copy else ""
             lines.append(f"Page  {self.rest_url}/   (recommendations to look at{samples})")
         if self.grpc_target:
             lines.append(f"gRPC  {self.grpc_target}   (tensorflow.serving.PredictionService, ModelService)")

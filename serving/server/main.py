@@ -11,7 +11,7 @@ from tfrec.config import ServeConfig
 
 
 def serve(export_dir: str | os.PathLike, settings: ServeConfig | None = None, page: bool = True,
-          examples: str | os.PathLike | None = None) -> None:
+          examples: str | os.PathLike | None = None, copy: str | os.PathLike | None = None) -> None:
     """Serves ``export_dir`` until Ctrl-C or SIGTERM.
 
     Args:
@@ -21,10 +21,11 @@ def serve(export_dir: str | os.PathLike, settings: ServeConfig | None = None, pa
         page: answer ``GET /`` with the page to look at recommendations.
         examples: a data folder of ``tfrec preprocess`` whose test users the page offers as
             sample customers.
+        copy: a ``tfrec copy`` output: the page shows each product's pitch.
     """
     settings = settings or ServeConfig()
     server = ModelServer(export_dir, settings.host, settings.port, settings.grpc_port, settings.poll_seconds,
-                         limits=settings, page=page, examples=examples)
+                         limits=settings, page=page, examples=examples, copy=copy)
     server.start()
     print(server.describe(), flush=True)
     stop = threading.Event()

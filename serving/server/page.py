@@ -8,7 +8,8 @@ same limits, and reads only two more things from here::
     GET /page/info                    served models and versions, limits, the category field,
                                       sample customers (``tfrec serve --examples RUN/data``)
     GET /page/titles?id=A&id=B...     product texts of the given ids, from the export's items.tsv;
-                                      at most serve.max_history ids a request
+                                      at most serve.max_history ids a request; with
+                                      ``tfrec serve --copy``, also their pitches (``tfrec copy``)
 
 The page never loads the catalogue: it asks for the titles of the ids in front of it.
 Every answer from here carries a Content-Security-Policy that lets the page load and
@@ -29,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import tensorflow as tf
 
+from serving.copywriter.pitches import read_pitches
 from serving.items import read_items
 from serving.server.codec import dumps
 from serving.server.rest import Reply
@@ -108,12 +110,16 @@ class Page:
         served: returns ``{model name: version}`` of the models in service now.
         examples: a data folder of ``tfrec preprocess`` whose test users are the sample customers.
         log: where warnings go.
+        copy: a ``tfrec copy`` output (folder or file): the page shows each product's pitch.
     """
 
     def __init__(self, export_dir: str, limits: ServeConfig, served: Callable[[], dict[str, int]],
-                 examples: str | os.PathLike | None = None, log: Callable[[str], None] = print):
+                 examples: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+                 copy: str | os.PathLike | None = None):
         self.export_dir, self.limits, self.served, self.log = export_dir, limits, served, log
         self.examples = os.fspath(examples) if examples is not None else None
+        self.copy = os.fspath(copy) if copy is not None else None
+        self.pitches: dict[str, dict] = {}
         self.titles = Titles(export_dir)
         self.samples: list[SampleCustomer] = []
         self._static = {name: (resources.files(__package__) / "static" / name).read_bytes() for name in STATIC_FILES}
@@ -123,6 +129,9 @@ class Page:
         reading the titles."""
         if self.examples is not None:
             self.samples = sample_customers(self.examples, self.limits.max_history)
+        if self.copy is not None:
+            self.pitches = {item: {"pitch": r["pitch"], "source": r.get("source")}
+                            for item, r in read_pitches(self.copy).items()}
         self.titles.preload(self.log)
 
     def __call__(self, method: str, target: str, body: bytes) -> Reply | None:
@@ -141,7 +150,11 @@ class Page:
         if name == "info":
             return _json(self.info())
         if name == "titles":
-            return _json({"titles": self.titles.lookup(self._ids(parts.query))})
+            ids = self._ids(parts.query)
+            answer = {"titles": self.titles.lookup(ids)}
+            if self.copy is not None:
+                answer["pitches"] = {i: self.pitches[i] for i in ids if i in self.pitches}
+            return _json(answer)
         if name in self._static and name != "index.html":
             return self._file(name)
         return None

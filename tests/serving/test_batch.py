@@ -107,3 +107,20 @@ def test_batch_refuses_what_it_cannot_run(tiny, export_dir, sample_data_dir, tmp
                  "--output", str(tmp_path / "c")]) == 2
     assert "the output folder of `tfrec export`" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_batch_records_carry_the_pitches_of_a_copy_output(tiny, export_dir, sample_data_dir, tmp_path):
+    ids = load_catalogue(sample_data_dir).ids.tolist()
+    pitches = {item: f"Pitch of {item}." for item in ids[::2]}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "copy-00000-of-00001.jsonl").write_text("".join(
+        json.dumps({"item_id": item, "because_id": None, "pitch": pitch, "source": "generated"}) + "\n"
+        for item, pitch in pitches.items()))
+    out = tmp_path / "out"
+    summary = run_batch(tiny, export_dir, out, data_dir=str(sample_data_dir),
+                        options=BatchOptions(output_format="parquet", copy=str(copy)))
+    table = pq.read_table(sorted(out.glob("recommendations-*.parquet"))).to_pylist()
+    assert summary["copy"] == str(copy) and len(table) == summary["users"]
+    assert all(row["pitches"] == [pitches.get(item) for item in row["item_ids"]] for row in table)
+    assert any(p is not None for row in table for p in row["pitches"])

@@ -335,3 +335,45 @@ def test_the_page_asks_nothing_of_any_other_host(page, server, history):
         outside = [url for url in re.findall(r"[a-z]+://[^\s\"')]+|//[a-z0-9.-]+\.[a-z]{2,}", text, re.I)
                    if url != "http://www.w3.org/2000/svg"]  # an XML namespace name, never fetched
         assert outside == [], f"{path.name} names {outside}"
+
+
+# ---------------------------------------------------------------- pitches (tfrec serve --copy)
+
+
+def test_the_page_shows_each_recommendation_s_pitch_from_a_copy_output(browser, shown_export, history, texts,
+                                                                       tmp_path):
+    """A ``tfrec copy`` output's records (one generated, the others templates) under the products."""
+    import json
+
+    from tfrec.copywriter.guard import template
+
+    with ModelServer(shown_export, port=ANY_PORT, grpc_port=0, limits=ServeConfig(max_history=MAX_HISTORY),
+                     log=lambda _: None) as plain:
+        served = predict(plain, RETRIEVE, {"history": [history], "k": K, "exclude_history": False})["item_ids"]
+    pitched = served[:3]
+    records = [{"item_id": item, "because_id": None, "title": texts[item], "source": "template",
+                "pitch": template(texts[item]), "failed": {"length": 2}, "samples": 2, "score": None}
+               for item in pitched]
+    records[0] |= {"source": "generated", "pitch": "A <b>bright</b> pick for a cosy kitchen.", "failed": {}}
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "copy-00000-of-00001.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    with ModelServer(shown_export, port=ANY_PORT, grpc_port=0, limits=ServeConfig(max_history=MAX_HISTORY),
+                     log=lambda _: None, copy=copy) as server:
+        answer = requests.get(f"{server.rest_url}/page/titles", params={"id": served[:4]}, timeout=30).json()
+        assert sorted(answer["pitches"]) == sorted(pitched)
+        context = browser.new_context(viewport={"width": 1280, "height": 1000})
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        settle(page, lambda: page.goto(f"{server.rest_url}/?history={','.join(history)}&k={K}"))
+        shown = page.eval_on_selector_all(
+            "#recs tbody tr", "rows => rows.map(r => [r.dataset.itemId, r.querySelector('.pitch') ? "
+                              "[r.querySelector('.pitch').textContent, r.querySelector('.pitch').className] : null])")
+        expected = {r["item_id"]: [r["pitch"], f"pitch {r['source']}"] for r in records}
+        assert [(item, pitch) for item, pitch in shown] == [(item, expected.get(item)) for item in served]
+        assert page.evaluate("window.__injected === undefined && !document.querySelector('#recs b')")
+        screenshot = Path(SCREENSHOT).with_name("page-copy.png") if SCREENSHOT else tmp_path / "page-copy.png"
+        page.screenshot(path=screenshot, full_page=True)
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        context.close()

@@ -29,6 +29,7 @@ stages and their folders:
   verify      EXPORT -> does each model load and answer in TF Serving's graph-mode loader?
   serve       EXPORT -> REST and gRPC endpoints on 127.0.0.1
   batch       EXPORT + histories -> OUTPUT/recommendations-*.{jsonl,parquet} (a Beam job)
+  copy        batch OUTPUT or item ids -> a grounded pitch per product, OUTPUT/copy-*.jsonl (a Beam job)
   run         all of the above into runs/<name>/, skipping stages already done
 
 example:
@@ -178,7 +179,7 @@ def serve_settings_of(args: argparse.Namespace) -> ServeConfig:
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
     from serving.server import serve
 
-    serve(args.export, serve_settings_of(args), page=not args.no_page, examples=args.examples)
+    serve(args.export, serve_settings_of(args), page=not args.no_page, examples=args.examples, copy=args.copy)
     return 0
 
 
@@ -209,9 +210,28 @@ def _batch(args: argparse.Namespace, beam_args: list[str]) -> int:
         args.overrides.append(f"data.interactions.paths={json.dumps(args.interactions)}")
     options = BatchOptions(k=args.k, exclude_history=args.exclude_history,
                            exclude_ids=tuple(i for i in args.exclude.split(",") if i), output_format=args.format,
-                           batch_size=args.batch_size, version=args.version, num_shards=args.num_shards)
+                           batch_size=args.batch_size, version=args.version, num_shards=args.num_shards,
+                           copy=args.copy)
     run_batch(_load(args), args.export, args.output, data_dir=args.data, split=args.split, options=options,
               beam_args=beam_args)
+    return 0
+
+
+def _item_ids(value: str) -> tuple[str, ...]:
+    """``--items``: comma-separated ids, or ``@FILE`` with one id a line."""
+    from tfrec import fileio
+
+    text = fileio.read_text(value[1:]) if value.startswith("@") else value.replace(",", "\n")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _copy(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from serving.copywriter.job import CopyOptions, run_copy
+
+    options = CopyOptions(recommendations=args.recommendations, item_ids=_item_ids(args.items) if args.items else (),
+                          cache_dir=args.cache, num_shards=args.num_shards)
+    run_copy(_load(args), args.output, export_dir=args.export, data_dir=args.data, options=options,
+             beam_args=beam_args)
     return 0
 
 
@@ -399,6 +419,8 @@ COMMANDS = (
             flag("--examples", metavar="DATA_DIR",
                  help="a run's data folder (RUN/data): the page at / offers a few of its test customers as "
                       "samples (the export itself holds no customer ids)"),
+            flag("--copy", metavar="COPY_OUTPUT",
+                 help="output folder (or file) of `tfrec copy`: the page shows each product's pitch"),
             flag("--no-page", action="store_true", help="answer only the model API, not the page at /"),
         )),
     Command(
@@ -444,6 +466,31 @@ COMMANDS = (
             flag("--batch-size", type=int, default=256, help="most customers per model call (default 256)"),
             flag("--version", type=int, default=None, help="tfrec_retrieve version to run (default: newest)"),
             flag("--num-shards", type=int, default=0, help="output files (default 0: the runner chooses)"),
+            flag("--copy", metavar="COPY_OUTPUT",
+                 help="output folder of `tfrec copy`: each record also carries its items' pitches"),
+        )),
+    Command(
+        "copy", _copy, "a short grounded pitch for each recommended product, as a Beam job",
+        "Writes one pitch per product of a `tfrec batch` output (--recommendations) or of a list of ids "
+        "(--items) with the causal LM of the config's copy section, through Beam's RunInference. A "
+        "pitch is published only when it names the product, invents no number, size, price, brand or "
+        "URL, repeats no 3-gram, echoes no prompt and is one or two sentences of at most 40 words; "
+        "otherwise a template sentence is, and the record says which rules failed. Answers are cached "
+        "by prompt (OUTPUT/cache), so the cost grows with distinct products and a killed run started "
+        "again resumes. OUTPUT/copy_summary.json is written last.",
+        beam=True, output="output", flags=(
+            CONFIG,
+            flag("--output", required=True, help="folder to write the pitches into"),
+            OneOf((
+                flag("--recommendations", metavar="BATCH_OUTPUT", help="output folder of `tfrec batch`"),
+                flag("--items", metavar="IDS", help="comma-separated item ids, or @FILE with one id a line"),
+            )),
+            OneOf((
+                flag("--export", help="output folder of `tfrec export` (its items.tsv gives the titles)"),
+                flag("--data", help="output folder of `tfrec preprocess` (its catalogue gives the titles)"),
+            )),
+            flag("--cache", metavar="DIR", help="the answers' cache, e.g. shared by daily runs (default OUTPUT/cache)"),
+            flag("--num-shards", type=int, default=1, help="output files (default 1)"),
         )),
     Command(
         "run", _run, "preprocess, train, evaluate, index and export in one go",

