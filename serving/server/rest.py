@@ -40,6 +40,7 @@ from google.protobuf import json_format
 
 from serving.server import codec
 from serving.server.codec import dumps
+from serving.server.hosts import HostCheck
 from serving.server.service import Service
 from serving.server.status import NOT_FOUND, ServingError, invalid, over_limit
 from tfrec.config import ServeConfig
@@ -167,15 +168,19 @@ class RestServer(ThreadingHTTPServer):
         routes: asked in turn for each request's answer (``Route``); a path none of them
             answers is a 404.
         limits: the ``serve`` settings (connections, body size, timeouts).
+        hosts: the ``Host`` every request must name (default: ``limits.host``'s rule with
+            ``limits.allowed_hosts``; ``serving.server.hosts``).
     """
 
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 resets connections when many clients connect at once
 
-    def __init__(self, address: tuple[str, int], routes: Sequence[Route], limits: ServeConfig):
+    def __init__(self, address: tuple[str, int], routes: Sequence[Route], limits: ServeConfig,
+                 hosts: HostCheck | None = None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.routes, self.limits = list(routes), limits
+        self.hosts = hosts or HostCheck(address[0], limits.allowed_hosts)
         self._connections: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
         self._connections_lock = threading.Lock()
         self._closed = threading.Event()
@@ -290,6 +295,7 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def _answer(self, method: str) -> None:
         try:
+            self.server.hosts.check(self.request_version, self.headers.get_all("Host"))
             body = self._body()
         except ServingError as e:
             self._write(json_reply(e.http_status, {"error": e.message}))

@@ -465,6 +465,10 @@ class ServeConfig(_Section):
     """Time an idle keep-alive connection is kept open."""
     poll_seconds: float = Field(2.0, gt=0.0)
     """How often the server looks for new versions."""
+    allowed_hosts: list[str] = []
+    """More names a REST request's ``Host`` may give (``tfrec serve --allow-host``), besides localhost,
+    loopback addresses and ``host``; any other is refused (403), so that no web page reaches the server
+    through DNS rebinding."""
 
     @property
     def max_values(self) -> int:
