@@ -102,6 +102,6 @@ class HostCheck:
         if first:
             log.warning("refused a request for Host %r (a page reaching this server through another name?); "
                         "tfrec serve --allow-host %s accepts it", name, name)
-        raise ServingError(PERMISSION_DENIED, f"this server does not answer for Host {name!r}: it answers for localhost, "
-                                      f"loopback addresses and the address it binds; start it with --allow-host "
-                                      f"{name} (serve.allowed_hosts) to accept that name")
+        raise ServingError(PERMISSION_DENIED, f"this server does not answer for Host {name!r}: it answers for "
+                                              f"localhost, loopback addresses and the address it binds; start it "
+                                              f"with --allow-host {name} (serve.allowed_hosts) to accept that name")
