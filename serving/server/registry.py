@@ -22,6 +22,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving.publishing import held_back
 from serving.saved_model import DEFAULT_SIGNATURE, is_version_dir, load_saved_model
 from serving.server.checks import Signature
 from serving.server.status import NOT_FOUND, ServingError, first_line, invalid
@@ -124,14 +125,17 @@ class ModelRegistry:
         """Brings every model to its newest loadable version; returns the versions loaded."""
         names = [name for name in fileio.listdir(self.export_dir)
                  if not name.startswith(".") and fileio.isdir(fileio.join(self.export_dir, name))]
-        loaded = [s for s in (self._refresh_model(name) for name in names) if s is not None]
+        on_disk = {name: _versions_on_disk(fileio.join(self.export_dir, name)) for name in names}
+        held = held_back(self.export_dir)  # read after listing: a version listed while journaled is held
+        loaded = [s for s in (self._refresh_model(name, [v for v in on_disk[name] if held.get(name) != v])
+                              for name in names) if s is not None]
         for name in set(self.serving()) - set(names):
             self._retire(name, f"its folder {fileio.join(self.export_dir, name)} is gone")
         return loaded
 
-    def _refresh_model(self, name: str) -> Servable | None:
+    def _refresh_model(self, name: str, versions: list[int]) -> Servable | None:
+        """Brings ``name`` to the newest loadable of ``versions`` (newest first)."""
         model_dir = fileio.join(self.export_dir, name)
-        versions = _versions_on_disk(model_dir)
         with self._lock:
             current = self._serving.get(name)
             statuses = dict(self._status.setdefault(name, {}))
