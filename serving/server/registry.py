@@ -10,6 +10,7 @@ a model folder that disappears is no longer served.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -92,6 +93,29 @@ def _fingerprint(version_dir: str) -> tuple:
     return tuple(sorted((path[len(version_dir):], tf.io.gfile.stat(path).length) for path in paths))
 
 
+def _same_files(served: str, version_dir: str) -> bool:
+    """Whether every file of ``version_dir`` is the file of the same name in ``served`` (hard links, as a
+    catalogue change writes the models that return no ids): the same model, nothing to load. Local
+    folders only."""
+    if fileio.is_url(served) or fileio.is_url(version_dir):
+        return False
+
+    def files(folder: str) -> dict[str, tuple[int, int]]:
+        found = {}
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(root, name)
+                stat = os.stat(path)
+                found[os.path.relpath(path, folder)] = (stat.st_dev, stat.st_ino)
+        return found
+
+    try:
+        mine = files(served)
+        return bool(mine) and mine == files(version_dir)
+    except OSError:
+        return False
+
+
 def _error_code(error: Exception) -> str:
     if isinstance(error, tf.errors.OpError):
         return error_codes_pb2.Code.Name(error.error_code)
@@ -151,7 +175,7 @@ class ModelRegistry:
             status = statuses.get(version)
             if status is not None and status.error_code != "OK" and status.fingerprint == fingerprint:
                 continue  # failed before and unchanged since
-            servable = self._load(name, version, path, fingerprint)
+            servable = self._load(name, version, path, fingerprint, None if gone else current)
             if servable is not None:
                 return servable
         if gone:
@@ -166,11 +190,15 @@ class ModelRegistry:
         if servable is not None:
             self.log(f"  {name}: no longer served ({why})")
 
-    def _load(self, name: str, version: int, path: str, fingerprint: tuple) -> Servable | None:
+    def _load(self, name: str, version: int, path: str, fingerprint: tuple,
+              current: Servable | None = None) -> Servable | None:
+        """Puts ``version`` in service: ``current``'s loaded model when the version's files are its files
+        (``_same_files``), else the version loaded."""
         with self._lock:
             self._status[name][version] = VersionStatus("LOADING")
         try:
-            servable = load_servable(name, path)
+            same = current is not None and _same_files(current.path, path)
+            servable = dataclasses.replace(current, version=version, path=path) if same else load_servable(name, path)
         except Exception as e:  # noqa: BLE001 (any failure leaves the version in service answering)
             message = first_line(str(e))
             with self._lock:

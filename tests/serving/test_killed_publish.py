@@ -97,6 +97,7 @@ def test_a_version_whose_publishing_was_killed_is_not_served_and_the_next_run_ro
         time.sleep(POLL * 5)
         before = settled(server, item)
         assert before == {model: 1 for model in ALL_MODELS}  # the partial version 2 stays unserved
+        loaded = {name: servable.loaded for name, servable in server.registry.serving().items()}
 
         result = change_catalogue(export, remove=removed)  # the next run
         assert result["version"] == 2 and result["removed"] == sorted(removed)
@@ -104,6 +105,9 @@ def test_a_version_whose_publishing_was_killed_is_not_served_and_the_next_run_ro
         after = settled(server, item)
         assert after == {model: 2 for model in ALL_MODELS}
         assert_whole(export, after)
+        now = server.registry.serving()  # the models that return no ids are the same files: not loaded again
+        assert now[QUERY].loaded is loaded[QUERY] and now[CANDIDATE].loaded is loaded[CANDIDATE]
+        assert now[RETRIEVE].loaded is not loaded[RETRIEVE] and now[SEARCH].loaded is not loaded[SEARCH]
         with RestClient(server.rest_url) as client:
             answer = client.predict(RETRIEVE, {"history": [ids[:5]], "k": len(ids) - len(removed)})["item_ids"][0]
         assert not set(removed) & set(answer) and "" not in answer
