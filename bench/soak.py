@@ -9,6 +9,12 @@ of values, JSON nested 30,000 deep, NaN, an unknown id for similar items, inputs
 different batch sizes, ``:classify``, a version label. Beside them, ``--slow-clients``
 connections trickle a byte every few seconds and must be dropped.
 
+With ``--swap``, on a copy of the export, versions are published meanwhile (``swaps.py``:
+a new version, 20 products removed, restored, a new version again) and every valid answer
+is checked against them: ``stale_answers_after_poll``, ``removed_answers_after_poll`` (both
+must be 0), ``rss_growth_ratio`` (server memory at the end over after warm-up). Writes
+``bench/results/soak_swap.json``.
+
 Reports: valid requests failed (must be 0), p50 / p99 latency of the valid ones, hostile
 requests answered 4xx (must be all), slow clients dropped, and the server's resident
 memory before, at its peak during the run, and after. Then sends each heavy request of
@@ -16,6 +22,7 @@ at most 1 MB alone and records how much it grew the server's peak memory. Bounde
 requests and time; loopback only. Prints a table and writes ``bench/results/soak.json``.
 
     python bench/soak.py [--export runs/online_retail/export] [--clients 20] [--seconds 60]
+    python bench/soak.py --swap [--seconds 60] [--model runs/online_retail/model --index runs/online_retail/index]
 """
 
 from __future__ import annotations
@@ -24,16 +31,21 @@ import argparse
 import json
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
-from benchlib import find_export, machine, write_json
+from benchlib import ROOT, find_export, machine, write_json
+from commands import Commands, model_paths, newest_on_disk
+from swaps import GRACE_SECONDS, SCHEDULE, Answers, Swaps, check
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
@@ -44,7 +56,6 @@ from serving.server.process import ServerProcess
 from tfrec.config import ServeConfig
 from tfrec.errors import TfrecError
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_REQUESTS_PER_CLIENT = 50_000
 HOSTILE_SHARE = 0.3
 ONE_MB = 1 << 20
@@ -57,6 +68,7 @@ class Requests:
     def __init__(self, server: ServerProcess, ids: list[str], limits: ServeConfig, models: list[str]):
         self.server, self.ids, self.limits, self.models = server, ids, limits, models
         self.url = server.rest_url
+        self.answers: Answers | None = None  # with --swap: every valid answer, its version and its ids
         self.valid = [self.retrieve_rest, self.similar_rest, self.search_rest, self.retrieve_grpc,
                       self.candidate_rest]
         if RETRIEVE_SCANN in models:
@@ -72,10 +84,13 @@ class Requests:
     # -- valid: 200 with the expected shape
 
     def _predict(self, client, model: str, inputs: dict, rows: int, k: int | None = None) -> tuple[bool, str]:
+        sent = time.monotonic()
         try:
-            out = client.predict(model, inputs)
+            out, version = client.predict_versioned(model, inputs)
         except ServingClientError as e:
             return False, f"{model}: {e}"
+        if self.answers is not None:
+            self.answers.add(sent, model, version, out.get("item_ids"))
         first = next(iter(out.values()))
         ok = first.shape[0] == rows and (k is None or first.shape[1] == k)
         return ok, f"{model}: shape {first.shape}"
@@ -128,13 +143,13 @@ class Requests:
 
     def declared_body(self, rng, clients) -> tuple[bool, str]:
         size = self.limits.max_body_bytes * 10
-        return self._raw(f"POST /v1/models/{RETRIEVE}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
-                         .encode() + b"[" * 65536, "declared body")
+        head = f"POST /v1/models/{RETRIEVE}:predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n"
+        return self._raw(head.encode() + b"[" * 65536, "declared body")
 
     def garbage_length(self, rng, clients) -> tuple[bool, str]:
         length = rng.choice(["-1", "abc", "1e9", "+3"])
-        return self._raw(f"POST /v1/models/{RETRIEVE}:predict HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
-                         .encode(), "Content-Length")
+        head = f"POST /v1/models/{RETRIEVE}:predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: {length}\r\n\r\n"
+        return self._raw(head.encode(), "Content-Length")
 
     def grpc_declared(self, rng, clients) -> tuple[bool, str]:
         request = predict_pb2.PredictRequest()
@@ -234,7 +249,10 @@ def status_of(what: str) -> str:
     return found.group(1) if found else what.rsplit(": ", 1)[-1]
 
 
-def run_mix(mix: Requests, clients: int, seconds: float, seed: int) -> dict:
+def run_mix(mix: Requests, clients: int, seconds: float, seed: int,
+            keep_going: Callable[[], bool] = lambda: False) -> dict:
+    """``clients`` threads sending the mix for ``seconds`` (longer while ``keep_going()``)."""
+
     def one_client(index: int) -> dict:
         rng = np.random.default_rng(seed + index)
         valid_ms, valid_failed, hostile = [], [], {}
@@ -242,7 +260,7 @@ def run_mix(mix: Requests, clients: int, seconds: float, seed: int) -> dict:
             clients_ = {"rest": rest, "grpc": grpc_client}
             deadline = time.monotonic() + seconds
             for _ in range(MAX_REQUESTS_PER_CLIENT):
-                if time.monotonic() >= deadline:
+                if time.monotonic() >= deadline and not keep_going():
                     break
                 if rng.random() < HOSTILE_SHARE:
                     request = mix.hostile[int(rng.integers(len(mix.hostile)))]
@@ -328,6 +346,78 @@ def measure_heavy(server: ServerProcess, mix: Requests) -> list[dict]:
     return rows
 
 
+def run_swaps(args, source: Path, limits: ServeConfig, models: list[str]) -> dict:
+    """``--swap``: the mix on a copy of the export while ``swaps.Swaps`` publishes versions into it; the
+    answers checked against the versions (``swaps.check``) and the server's memory."""
+    work = Path(tempfile.mkdtemp(prefix="tfrec-swap-"))
+    export = work / "export"
+    shutil.copytree(source, export)
+    model, index = model_paths(args.model, args.index)
+    settle = args.poll_seconds + GRACE_SECONDS
+    try:
+        with ServerProcess(export, poll_seconds=args.poll_seconds) as server, open(work / "commands.log", "w") as log:
+            server.wait_until_serving(*models)
+            mix = Requests(server, list(read_items(export)), limits, models)
+            mix.answers = Answers()
+            warm = run_mix(mix, 2, 5.0, args.seed + 10_000)  # traces every model's functions once
+            if warm["valid_failed"]:
+                sys.exit(f"bench/soak.py: warm-up failed: {warm['valid_failed_examples']}")
+            removed = mix.answers.most_returned(args.remove_count)  # the products answers hold most
+            mix.answers, first_version = Answers(), newest_on_disk(export)
+            commands = Commands(export, model, index, args.config or model / "config.yaml", removed)
+            swaps = Swaps(commands, export, settle + 1.0, log, tuple(args.schedule.split(",")))
+            rss_before = server.rss_bytes()
+            with MemoryWatch(server) as watch:
+                started = time.monotonic()
+                swaps.start()
+                result = run_mix(mix, args.clients, args.seconds, args.seed,
+                                 keep_going=lambda: not swaps.over_since(settle + 3.0))
+                elapsed = time.monotonic() - started
+            swaps.join()
+            time.sleep(2.0)
+            rss_after = server.rss_bytes()
+            checked = check(mix.answers, swaps.published, first_version, removed, args.poll_seconds, started)
+            log_tail = server.output()[-3000:]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"benchmark": "soak --swap", "export": str(source), "commands": commands.described(),
+            "poll_seconds": args.poll_seconds, "grace_seconds": GRACE_SECONDS, "clients": args.clients,
+            "seconds": round(elapsed, 1), "schedule": args.schedule, "removed": removed,
+            "first_version": first_version,
+            **{k: v for k, v in result.items() if k != "hostile_by_class"}, **checked,
+            "rss_before_mb": round(rss_before / MB, 1), "rss_peak_mb": round(watch.peak / MB, 1),
+            "rss_after_mb": round(rss_after / MB, 1), "rss_growth_ratio": round(rss_after / rss_before, 3),
+            "server_log_tail": log_tail}
+
+
+def print_swaps(report: dict) -> None:
+    print(f"\n{report['clients']} clients for {report['seconds']:.0f} s while publishing: "
+          + ", ".join(f"{p['command']} v{p['version']} (exit {p['exit']}, ended {p['ended']} s)"
+                      for p in report["publishes"]))
+    print(f"valid:   {report['valid_requests']:,} requests, {report['valid_failed']} failed "
+          f"{report['valid_failed_examples'][:2]}, p50 {report['valid_p50_ms']} ms, p99 {report['valid_p99_ms']} ms")
+    print(f"swaps {report['swaps']}; answers checked {report['answers_checked']:,}: stale after poll "
+          f"{report['stale_answers_after_poll']} {report['stale_examples'][:2]}, removed after poll "
+          f"{report['removed_answers_after_poll']} {report['removed_examples'][:2]}, empty slots "
+          f"{report['empty_slot_answers']}; control: answers holding them before removal "
+          f"{report['removed_answers_before_removal']}")
+    print(f"RSS:     after warm-up {report['rss_before_mb']} MB, peak {report['rss_peak_mb']} MB, end "
+          f"{report['rss_after_mb']} MB ({report['rss_growth_ratio']}x)")
+
+
+def add_swap_arguments(parser: argparse.ArgumentParser) -> None:
+    swap = parser.add_argument_group("--swap: versions published under load (on a copy of --export)")
+    swap.add_argument("--swap", action="store_true",
+                      help="publish a new version, remove products, restore them, publish again, while loaded")
+    swap.add_argument("--model", type=Path, default=Path("runs/online_retail/model"))
+    swap.add_argument("--index", type=Path, default=Path("runs/online_retail/index"))
+    swap.add_argument("--config", type=Path, default=None, help="default: MODEL/config.yaml")
+    swap.add_argument("--remove-count", type=int, default=20, help="products removed and restored (default 20)")
+    swap.add_argument("--poll-seconds", type=float, default=ServeConfig().poll_seconds)
+    swap.add_argument("--schedule", default=",".join(SCHEDULE),
+                      help=f"the commands run, in order (default {','.join(SCHEDULE)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", type=Path, default=Path("runs/online_retail/export"))
@@ -336,8 +426,11 @@ def main() -> None:
     parser.add_argument("--slow-clients", type=int, default=8, help="connections trickling bytes (default 8)")
     parser.add_argument("--slow-every", type=float, default=5.0, help="seconds between their bytes (default 5)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="default: bench/results/soak.json (with --swap: soak_swap.json)")
+    add_swap_arguments(parser)
     args = parser.parse_args()
+    args.output = args.output or ROOT / "bench" / "results" / ("soak_swap.json" if args.swap else "soak.json")
     try:
         export = find_export(args.export)
     except TfrecError as e:
@@ -345,6 +438,11 @@ def main() -> None:
     limits = ServeConfig()
     models = [m for m in (RETRIEVE, RETRIEVE_SCANN, SIMILAR, SEARCH, CANDIDATE) if (export / m).is_dir()]
     load_before = os.getloadavg()
+    if args.swap:
+        report = run_swaps(args, export, limits, models) | {"machine": machine(load_before, ("tensorflow", "grpcio"))}
+        print_swaps(report)
+        write_json(args.output, report)
+        return
     with ServerProcess(export) as server:
         server.wait_until_serving(*models)
         mix = Requests(server, list(read_items(export)), limits, models)

@@ -15,7 +15,9 @@ hard-linked.
 
 ``EXPORT/removed_items.json`` lists the removed ids and the last changes, and ``tfrec
 export`` carries the list into every later version, so a new model does not bring a
-removed product back.
+removed product back. The new version's folders and that file are published under
+``serving.publishing``'s journal: a run killed on the way leaves the previous version in
+service, and the next run rolls the partial one back.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tensorflow as tf
 from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, next_version, publish
 from serving.items import read_items
 from serving.model_card import render_model_card_md
+from serving.publishing import publish_version, recover
 from serving.saved_model import newest_version
 from serving.verify import check_versions, format_checks
 from tfrec import fileio
@@ -142,6 +145,7 @@ def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), rest
     export_dir = os.fspath(export_dir)
     if set(remove) & set(restore):
         raise TfrecError(f"{sorted(set(remove) & set(restore))[:5]}: asked to be both removed and restored")
+    recover(export_dir)  # a killed run's partial version and temporary folders
     served = {name: newest_version(fileio.join(export_dir, name)) for name in fileio.listdir(export_dir)
               if not name.startswith(".") and fileio.isdir(fileio.join(export_dir, name))
               and any(v.isdigit() for v in fileio.listdir(fileio.join(export_dir, name)))}
@@ -171,15 +175,16 @@ def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), rest
         if not all(c.ok for c in checks):
             raise TfrecError("the new version failed its serving check and was not published:\n"
                              + format_checks(checks))
-        for name, path in staged.items():
-            publish(path, fileio.join(export_dir, name, str(version)))
+        result = {**changed, "version": version, "removed_total": len(gone), "checked": sorted(checked),
+                  "graph_mode_verified": True, **timings}
+        targets = {name: fileio.join(export_dir, name, str(version)) for name in staged}
+        publish_version(export_dir, version, staged, targets, publish,
+                        lambda: _record(export_dir, gone, result | {"seconds": round(time.time() - started, 2)}))
     finally:
         for path in staged.values():
             shutil.rmtree(os.path.dirname(path), ignore_errors=True)
     seconds = time.time() - started
-    result = {**changed, "version": version, "removed_total": len(gone), "seconds": round(seconds, 2),
-              "checked": sorted(checked), "graph_mode_verified": True, **timings}
-    _record(export_dir, gone, result)
+    result["seconds"] = round(seconds, 2)
     log.info("catalogue change: %d removed, %d restored (%d removed in all): version %d published in %.1fs, "
              "checked in graph mode: %s", len(changed["removed"]), len(changed["restored"]), len(gone), version,
              seconds, ", ".join(sorted(checked)))

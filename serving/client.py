@@ -13,12 +13,14 @@ protocol (or which server) answers::
     with GrpcClient("127.0.0.1:8500") as grpc_client:
         grpc_client.predict("tfrec_retrieve", {"history": [["85123A", "71053"]]})
 
-A request the server refuses raises ``ServingClientError`` carrying the server's own
-message and its status (the HTTP status for REST, the gRPC status code's name for gRPC).
-JSON carries no dtypes, so REST numbers come back as int64 / float64 arrays; gRPC
-arrays keep the tensor's dtype. A gRPC request must carry the signature's dtypes: the
-gRPC client converts Python values (lists, ints, ``[]``) to them, reading the model's
-metadata once per model, and sends numpy arrays as they are.
+``predict_versioned`` also says which version of the model answered (gRPC:
+``model_spec.version``; REST: ``tfrec serve``'s ``X-Model-Version`` header). A request
+the server refuses raises ``ServingClientError`` carrying the server's own message and
+its status (the HTTP status for REST, the gRPC status code's name for gRPC). JSON carries
+no dtypes, so REST numbers come back as int64 / float64 arrays; gRPC arrays keep the
+tensor's dtype. A gRPC request must carry the signature's dtypes: the gRPC client
+converts Python values (lists, ints, ``[]``) to them, reading the model's metadata once
+per model, and sends numpy arrays as they are.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import requests
 
 from serving.saved_model import DEFAULT_SIGNATURE
 from serving.server.codec import from_json, is_b64, to_json
+from serving.server.rest import VERSION_HEADER
 
 if TYPE_CHECKING:
     from typing import Self
@@ -66,6 +69,10 @@ class RestClient:
         return path + (f"/versions/{int(version)}" if version is not None else "") + suffix
 
     def _call(self, method: str, url: str, body: dict | None = None) -> Any:
+        return self._exchange(method, url, body)[0]
+
+    def _exchange(self, method: str, url: str, body: dict | None = None) -> tuple[Any, Mapping[str, str]]:
+        """The answer's JSON and its headers; a ``ServingClientError`` for any other answer than 200 JSON."""
         try:
             response = self.session.request(method, url, json=body, timeout=self.timeout)
         except requests.RequestException as e:
@@ -80,19 +87,28 @@ class RestClient:
         if payload is None:
             raise ServingClientError(f"{url} answered something other than JSON: {response.text[:200]!r}",
                                      response.status_code)
-        return payload
+        return payload, response.headers
 
     def predict(self, model: str, inputs: Mapping[str, Any], version: int | None = None,
                 signature_name: str | None = None) -> dict[str, np.ndarray]:
         """Columnar ``{"inputs": {...}}`` request; returns every output by name."""
+        return self.predict_versioned(model, inputs, version, signature_name)[0]
+
+    def predict_versioned(self, model: str, inputs: Mapping[str, Any], version: int | None = None,
+                          signature_name: str | None = None) -> tuple[dict[str, np.ndarray], int | None]:
+        """``predict``, and the version of the model that answered: ``tfrec serve``'s ``X-Model-Version``
+        header (``None`` from a server that does not send it, such as TF Serving)."""
         body: dict[str, Any] = {"inputs": {name: to_json(value) for name, value in inputs.items()}}
         if signature_name:
             body["signature_name"] = signature_name
-        outputs = self._call("POST", self._url(model, version, ":predict"), body)["outputs"]
+        payload, headers = self._exchange("POST", self._url(model, version, ":predict"), body)
+        outputs = payload["outputs"]
         if not isinstance(outputs, dict) or is_b64(outputs):  # one output: TF Serving leaves its name out
             (name,) = self._single_output(model, version, signature_name or DEFAULT_SIGNATURE)
             outputs = {name: outputs}
-        return {name: _array_from_json(value) for name, value in outputs.items()}
+        answered = headers.get(VERSION_HEADER, "")
+        return ({name: _array_from_json(value) for name, value in outputs.items()},
+                int(answered) if answered.isdigit() else None)
 
     def predict_rows(self, model: str, instances: list, version: int | None = None,
                      signature_name: str | None = None) -> list:
@@ -174,6 +190,12 @@ class GrpcClient:
                 signature_name: str = DEFAULT_SIGNATURE, output_filter: list[str] | None = None
                 ) -> dict[str, np.ndarray]:
         """``Predict``; Python values take the signature's dtypes, numpy arrays are sent as they are."""
+        return self.predict_versioned(model, inputs, version, signature_name, output_filter)[0]
+
+    def predict_versioned(self, model: str, inputs: Mapping[str, Any], version: int | None = None,
+                          signature_name: str = DEFAULT_SIGNATURE, output_filter: list[str] | None = None
+                          ) -> tuple[dict[str, np.ndarray], int | None]:
+        """``predict``, and the version of the model that answered (the response's ``model_spec.version``)."""
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
@@ -188,7 +210,8 @@ class GrpcClient:
             request.inputs[name].CopyFrom(tf.make_tensor_proto(value, dtype=dtype))
         request.output_filter.extend(output_filter or [])
         response = self._call(self.predictions.Predict, request)
-        return {name: _decoded(tf.make_ndarray(proto)) for name, proto in response.outputs.items()}
+        answered = response.model_spec.version.value if response.model_spec.HasField("version") else None
+        return {name: _decoded(tf.make_ndarray(proto)) for name, proto in response.outputs.items()}, answered
 
     def _input_dtypes(self, model: str, version: int | None, signature_name: str) -> dict[str, int]:
         """The signature's input dtypes (``DataType`` enums), asked once per model, version and signature."""

@@ -42,6 +42,7 @@ from serving.index import IndexCatalogue
 from serving.items import read_removed, write_items
 from serving.model_card import build_model_card, render_model_card_md
 from serving.promotion import promotion_gate, require_data, served_version
+from serving.publishing import publish_version, recover
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
@@ -262,10 +263,12 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
                   force: bool = False) -> dict[str, str]:
     """Writes every model of the table above as ``export_dir/<name>/<version>``.
 
-    The stages: each model is staged (``stage``), checked (``verify_staged``), passed
-    through the promotion gate when a version is already served, renamed into place
-    (``publish``), and described (``models.config``, ``items.tsv``, ``write_model_card``).
-    A version that fails its check is never left where a model server would load it.
+    The stages: a killed run's partial version is rolled back (``serving.publishing``),
+    each model is staged (``stage``), checked (``verify_staged``), passed through the
+    promotion gate when a version is already served, renamed into place (``publish``) and
+    described (``models.config``, ``items.tsv``, ``write_model_card``), the last two under
+    the publishing journal. A version that fails its check is never left where a model
+    server would load it.
 
     Args:
         config: the run's config (``export`` is read, and ``data``/``model`` for the card).
@@ -293,8 +296,8 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     index_dir = os.fspath(index_dir) if index_dir else None
     started = time.time()
     log.info("export: %s -> %s", model_dir, export_dir)
-    for folder in [export_dir, *(fileio.join(export_dir, name) for name in fileio.listdir(export_dir))]:
-        fileio.remove_stale_temporaries(folder)
+    if fileio.isdir(export_dir):
+        recover(export_dir)  # a killed run's partial version and temporary folders
     served = served_version(export_dir, RETRIEVE)
     if served is not None:
         require_data(export_dir, served, data_dir, force)
@@ -311,18 +314,19 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
         if served is not None:
             promotion_gate(config, export_dir, staged[RETRIEVE], served, version,
                            os.fspath(data_dir) if data_dir else None, model_dir, force)
-        for name, saved in staged.items():
-            publish(saved, paths[name])
-            log.info("  %-22s -> %s", name, paths[name])
+        base_path = model_base_path or (export_dir if fileio.is_url(export_dir) else os.path.abspath(export_dir))
+
+        def describe() -> None:
+            fileio.write_text(fileio.join(export_dir, MODELS_CONFIG_FILE), models_config(base_path, list(modules)))
+            fileio.write_text(fileio.join(export_dir, BATCHING_PARAMETERS_FILE),
+                              batching_parameters(config.serve.batching))
+            write_items(export_dir, source.catalogue.ids, source.catalogue.texts)
+            write_model_card(config, model_dir, index_dir, export_dir, version, paths, source)
+
+        publish_version(export_dir, version, staged, paths, publish, describe)
     finally:
         for saved in staged.values():
             shutil.rmtree(os.path.dirname(saved), ignore_errors=True)
-
-    base_path = model_base_path or (export_dir if fileio.is_url(export_dir) else os.path.abspath(export_dir))
-    fileio.write_text(fileio.join(export_dir, MODELS_CONFIG_FILE), models_config(base_path, list(modules)))
-    fileio.write_text(fileio.join(export_dir, BATCHING_PARAMETERS_FILE), batching_parameters(config.serve.batching))
-    write_items(export_dir, source.catalogue.ids, source.catalogue.texts)
-    write_model_card(config, model_dir, index_dir, export_dir, version, paths, source)
     log.info("exported version %d of %d models in %.0fs; TF Serving config: %s", version, len(paths),
              time.time() - started, fileio.join(export_dir, MODELS_CONFIG_FILE))
     return paths

@@ -113,6 +113,7 @@ SLOW_FIRST = (
     "training/test_training.py",
     "training/test_multi_worker.py",
     "serving/test_catalogue_changes.py",
+    "serving/test_killed_publish.py",
     "training/test_warm_start.py",
     "serving/test_page.py",
     "serving/test_export.py",

@@ -14,7 +14,7 @@ One module per role:
 - ``service``: the protocol-neutral request path (version, model and signature, limits,
   status, metadata) both APIs answer through;
 - ``rest`` and ``grpc_service``: the two APIs, each over the service; ``status``: their
-  shared error codes; ``page``: the page at ``GET /``;
+  shared error codes; ``hosts``: the ``Host`` a REST request may name; ``page``: the page at ``GET /``;
 - ``app``: ``ModelServer``, which binds the ports, runs the threads and polls for new
   versions; ``main``: the ``tfrec serve`` command.
 

@@ -19,9 +19,10 @@ oldest batch of its queue (at once when ``batch_timeout_micros`` is 0, so a lone
 does not wait). Requests that arrive while the batches run wait in the queue and are
 merged, and a leader that is done hands the lead to the oldest waiting batch. A merged
 call may differ from a lone one in a score's last float bits (the matrices have another
-shape), and so in the order of two items only where their scores tie to that precision. Each queue holds at most ``max_enqueued_batches`` batches; a
-request beyond them is answered UNAVAILABLE (503). A request whose deadline passes while it
-waits leaves the queue with DEADLINE_EXCEEDED.
+shape), and so in the order of two items only where their scores tie to that precision.
+Each queue holds at most ``max_enqueued_batches`` batches; a request beyond them is answered
+UNAVAILABLE (503). A request whose deadline passes while it waits leaves the queue with
+DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ a model folder that disappears is no longer served.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -22,6 +25,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import error_codes_pb2, meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from serving.publishing import held_back
 from serving.saved_model import DEFAULT_SIGNATURE, is_version_dir, load_saved_model
 from serving.server.checks import Signature
 from serving.server.status import NOT_FOUND, ServingError, first_line, invalid
@@ -91,6 +95,49 @@ def _fingerprint(version_dir: str) -> tuple:
     return tuple(sorted((path[len(version_dir):], tf.io.gfile.stat(path).length) for path in paths))
 
 
+def release_memory() -> None:
+    """Frees what versions taken out of service held: Python's reference cycles first, then the C heap's
+    free pages back to the system (glibc's ``malloc_trim``; elsewhere nothing). Without it the heap
+    keeps each swap's peak (two versions loaded at once), and the server's memory grows with every swap."""
+    gc.collect()
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()
+
+
+def _same_files(served: str, version_dir: str) -> bool:
+    """Whether every file of ``version_dir`` is the file of the same name in ``served`` (hard links, as a
+    catalogue change writes the models that return no ids): the same model, nothing to load. Local
+    folders only."""
+    if fileio.is_url(served) or fileio.is_url(version_dir):
+        return False
+
+    def files(folder: str) -> dict[str, tuple[int, int]]:
+        found = {}
+        for root, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(root, name)
+                stat = os.stat(path)
+                found[os.path.relpath(path, folder)] = (stat.st_dev, stat.st_ino)
+        return found
+
+    try:
+        mine = files(served)
+        return bool(mine) and mine == files(version_dir)
+    except OSError:
+        return False
+
+
 def _error_code(error: Exception) -> str:
     if isinstance(error, tf.errors.OpError):
         return error_codes_pb2.Code.Name(error.error_code)
@@ -111,6 +158,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._serving: dict[str, Servable] = {}
         self._status: dict[str, dict[int, VersionStatus]] = {}
+        self._release_pending = False
 
     def names(self) -> list[str]:
         with self._lock:
@@ -124,14 +172,22 @@ class ModelRegistry:
         """Brings every model to its newest loadable version; returns the versions loaded."""
         names = [name for name in fileio.listdir(self.export_dir)
                  if not name.startswith(".") and fileio.isdir(fileio.join(self.export_dir, name))]
-        loaded = [s for s in (self._refresh_model(name) for name in names) if s is not None]
-        for name in set(self.serving()) - set(names):
+        on_disk = {name: _versions_on_disk(fileio.join(self.export_dir, name)) for name in names}
+        held = held_back(self.export_dir)  # read after listing: a version listed while journaled is held
+        loaded = [s for s in (self._refresh_model(name, [v for v in on_disk[name] if held.get(name) != v])
+                              for name in names) if s is not None]
+        gone = set(self.serving()) - set(names)
+        for name in gone:
             self._retire(name, f"its folder {fileio.join(self.export_dir, name)} is gone")
+        if loaded or gone or self._release_pending:
+            # Now, and once more at the next poll, when the requests that held the old versions are done.
+            release_memory()
+            self._release_pending = bool(loaded or gone)
         return loaded
 
-    def _refresh_model(self, name: str) -> Servable | None:
+    def _refresh_model(self, name: str, versions: list[int]) -> Servable | None:
+        """Brings ``name`` to the newest loadable of ``versions`` (newest first)."""
         model_dir = fileio.join(self.export_dir, name)
-        versions = _versions_on_disk(model_dir)
         with self._lock:
             current = self._serving.get(name)
             statuses = dict(self._status.setdefault(name, {}))
@@ -147,7 +203,7 @@ class ModelRegistry:
             status = statuses.get(version)
             if status is not None and status.error_code != "OK" and status.fingerprint == fingerprint:
                 continue  # failed before and unchanged since
-            servable = self._load(name, version, path, fingerprint)
+            servable = self._load(name, version, path, fingerprint, None if gone else current)
             if servable is not None:
                 return servable
         if gone:
@@ -162,11 +218,15 @@ class ModelRegistry:
         if servable is not None:
             self.log(f"  {name}: no longer served ({why})")
 
-    def _load(self, name: str, version: int, path: str, fingerprint: tuple) -> Servable | None:
+    def _load(self, name: str, version: int, path: str, fingerprint: tuple,
+              current: Servable | None = None) -> Servable | None:
+        """Puts ``version`` in service: ``current``'s loaded model when the version's files are its files
+        (``_same_files``), else the version loaded."""
         with self._lock:
             self._status[name][version] = VersionStatus("LOADING")
         try:
-            servable = load_servable(name, path)
+            same = current is not None and _same_files(current.path, path)
+            servable = dataclasses.replace(current, version=version, path=path) if same else load_servable(name, path)
         except Exception as e:  # noqa: BLE001 (any failure leaves the version in service answering)
             message = first_line(str(e))
             with self._lock:

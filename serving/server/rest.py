@@ -2,7 +2,8 @@
 
 Routes (TF Serving's)::
 
-    POST /v1/models/<name>[/versions/<v>]:predict    {"inputs": {...}} or {"instances": [...]}
+    POST /v1/models/<name>[/versions/<v>]:predict    {"inputs": {...}} or {"instances": [...]}; the header
+                                                     X-Model-Version names the version that answered
     POST /v1/models/<name>[/versions/<v>]:classify   400: the exported models have predict signatures
     GET  /v1/models/<name>[/versions/<v>]            version status
     GET  /v1/models/<name>[/versions/<v>]/metadata   signature inputs / outputs, dtypes, shapes
@@ -40,6 +41,7 @@ from google.protobuf import json_format
 
 from serving.server import codec
 from serving.server.codec import dumps
+from serving.server.hosts import HostCheck
 from serving.server.service import Service
 from serving.server.status import NOT_FOUND, ServingError, invalid, over_limit
 from tfrec.config import ServeConfig
@@ -55,10 +57,10 @@ class Reply:
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def json_reply(status: HTTPStatus, payload: dict) -> Reply:
+def json_reply(status: HTTPStatus, payload: dict, headers: dict[str, str] | None = None) -> Reply:
     """A JSON answer (a model's output that is not JSON, such as NaN, becomes a 500)."""
     try:
-        return Reply(status, "application/json", dumps(payload))
+        return Reply(status, "application/json", dumps(payload), headers or {})
     except ValueError as e:
         return Reply(HTTPStatus.INTERNAL_SERVER_ERROR, "application/json",
                      dumps({"error": f"the model's answer is not JSON: {e}"}))
@@ -71,6 +73,8 @@ A ``ServingError`` it raises is answered as JSON with its status."""
 _ROUTE = re.compile(r"^/v1/models(?:/(?P<model>[^/:]+))?"
                     r"(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
                     r"(?:(?P<metadata>/metadata)|:(?P<verb>[A-Za-z]+))?/?$")
+VERSION_HEADER = "X-Model-Version"
+"""A predict answer's header: the version of the model that computed it (gRPC: ``model_spec.version``)."""
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _IDLE, _READING, _WORKING = "idle", "reading", "working"
 _DRAIN_BYTES, _DRAIN_SECONDS = 1 << 20, 1.0  # read and dropped after refusing a body, so the answer arrives
@@ -103,10 +107,12 @@ class ModelApi:
         _require(method, "POST", path)
         if match["metadata"]:
             raise invalid(f"Malformed request: {method} {path}")
-        return json_reply(HTTPStatus.OK, self.call(model, version, verb, body))
+        answer, served = self.call(model, version, verb, body)
+        return json_reply(HTTPStatus.OK, answer, {VERSION_HEADER: str(served)})
 
-    def call(self, model: str, version: int | None, verb: str, body: bytes) -> dict:
-        """``POST ...:<verb>``: ``:predict`` runs; ``:classify`` / ``:regress`` are answered as TF Serving does."""
+    def call(self, model: str, version: int | None, verb: str, body: bytes) -> tuple[dict, int]:
+        """``POST ...:<verb>``: ``:predict`` runs, and returns its answer and the version that gave it;
+        ``:classify`` / ``:regress`` are answered as TF Serving does."""
         if verb == "predict":
             return self.predict(model, version, body)
         if verb in ("classify", "regress"):
@@ -116,8 +122,9 @@ class ModelApi:
             raise self.service.not_predict_error(signature, verb)
         raise invalid(f"Malformed request: POST :{verb} (this server answers :predict, :classify and :regress)")
 
-    def predict(self, model: str, version: int | None, body: bytes) -> dict:
-        """A predict request in columnar (``inputs``) or row (``instances``) form, answered in the same form."""
+    def predict(self, model: str, version: int | None, body: bytes) -> tuple[dict, int]:
+        """A predict request in columnar (``inputs``) or row (``instances``) form, answered in the same form;
+        also the version of the model that answered."""
         request = codec.parse_body(body)
         unknown = sorted(set(request) - {"signature_name", "inputs", "instances"})
         if unknown:
@@ -129,7 +136,7 @@ class ModelApi:
         name = request.get("signature_name")
         if name is not None and not isinstance(name, str):
             raise invalid("'signature_name' key must be a string value.")
-        _, signature = self.service.resolve(model, version, name)
+        servable, signature = self.service.resolve(model, version, name)
         columnar = "inputs" in request
         values = (codec.columnar_values(signature, request["inputs"]) if columnar
                   else codec.row_values(signature, request["instances"]))
@@ -138,8 +145,8 @@ class ModelApi:
         del request, values  # the parsed body can be large: let it go before the model runs
         outputs = self.service.predict(signature, arrays, batch)
         if columnar:
-            return {"outputs": codec.columnar_outputs(outputs)}
-        return {"predictions": codec.row_outputs(outputs)}
+            return {"outputs": codec.columnar_outputs(outputs)}, servable.version
+        return {"predictions": codec.row_outputs(outputs)}, servable.version
 
     def status(self, model: str, version: int | None) -> dict:
         return json_format.MessageToDict(self.service.status(model, version), preserving_proto_field_name=True,
@@ -167,15 +174,19 @@ class RestServer(ThreadingHTTPServer):
         routes: asked in turn for each request's answer (``Route``); a path none of them
             answers is a 404.
         limits: the ``serve`` settings (connections, body size, timeouts).
+        hosts: the ``Host`` every request must name (default: ``limits.host``'s rule with
+            ``limits.allowed_hosts``; ``serving.server.hosts``).
     """
 
     daemon_threads = True
     request_queue_size = 128  # socketserver's default of 5 resets connections when many clients connect at once
 
-    def __init__(self, address: tuple[str, int], routes: Sequence[Route], limits: ServeConfig):
+    def __init__(self, address: tuple[str, int], routes: Sequence[Route], limits: ServeConfig,
+                 hosts: HostCheck | None = None):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.routes, self.limits = list(routes), limits
+        self.hosts = hosts or HostCheck(address[0], limits.allowed_hosts)
         self._connections: dict[socket.socket, tuple[str, float]] = {}  # socket -> (state, since)
         self._connections_lock = threading.Lock()
         self._closed = threading.Event()
@@ -290,6 +301,7 @@ class RestHandler(BaseHTTPRequestHandler):
 
     def _answer(self, method: str) -> None:
         try:
+            self.server.hosts.check(self.request_version, self.headers.get_all("Host"))
             body = self._body()
         except ServingError as e:
             self._write(json_reply(e.http_status, {"error": e.message}))

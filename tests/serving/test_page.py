@@ -307,6 +307,17 @@ def test_an_error_from_the_model_is_shown_in_its_place(page, server, history):
     assert len(rows(page, "recs")) == 10  # the other views still render
 
 
+def test_ids_named_like_what_every_object_inherits_are_unknown_products(page, server, history):
+    inherited = ["constructor", "__proto__", "toString", "hasOwnProperty", "valueOf"]
+    settle(page, lambda: page.goto(f"{server.rest_url}/?history={','.join(inherited)}&item=constructor"))
+    shown = page.eval_on_selector_all("#history li", "items => items.map(i => [i.dataset.itemId, "
+                                                    "i.querySelector('.title').textContent, "
+                                                    "i.querySelector('.title').classList.contains('unknown')])")
+    assert [tuple(row) for row in shown] == [(item, "(not in this catalogue)", True) for item in inherited]
+    assert page.text_content("#product-title") == "(not in this catalogue)"
+    assert "function" not in page.text_content("main")
+
+
 def test_long_lists_are_titled_through_lookups_within_the_servers_limit(page, server, texts):
     history = list(texts)[-MAX_HISTORY:]
     lookups = []

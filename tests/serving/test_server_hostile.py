@@ -151,7 +151,7 @@ def test_a_body_over_max_body_bytes_is_refused_unread(server, rest, ids):
     status, error = post(server, RETRIEVE, body)
     assert status == 400 and "serve.max_body_bytes" in error and f"{len(body):,} bytes" in error
     # Declared but never sent: the answer comes at once, without waiting for the body.
-    answer = raw_http(server, b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: x\r\n"
+    answer = raw_http(server, b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: localhost\r\n"
                               b"Content-Length: 999999999\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 400") and b"serve.max_body_bytes" in answer
     assert_serving(rest, ids)
@@ -162,7 +162,7 @@ def test_a_body_over_max_body_bytes_is_refused_unread(server, rest, ids):
 
 @pytest.mark.parametrize("length", [b"-1", b"abc", b"1e3", b"+5", b"5, 7"])
 def test_a_negative_or_garbage_content_length_is_a_bad_request(server, rest, ids, length):
-    answer = raw_http(server, b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+    answer = raw_http(server, b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: localhost\r\nContent-Length: "
                       + length + b"\r\n\r\n{}")
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b"Content-Length must be one whole number of bytes" in answer
@@ -189,7 +189,7 @@ def test_slow_clients_are_dropped_and_normal_requests_are_answered_while_they_ha
     idle = socket.create_connection((host, int(port)), timeout=10)
     try:
         for connection in trickling:
-            connection.sendall(b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: x\r\n")
+            connection.sendall(b"POST /v1/models/tfrec_retrieve:predict HTTP/1.1\r\nHost: localhost\r\n")
         for _ in range(2):  # keep trickling while normal requests come and go
             assert_serving(rest, ids)
             for connection in trickling:
@@ -214,7 +214,7 @@ def test_connections_over_max_connections_get_503_at_once(server, rest, ids):
             held.append(socket.create_connection((host, int(port)), timeout=10))
             time.sleep(0.02)
         assert server.open_connections == LIMITS.max_connections
-        answer = raw_http(server, b"GET /v1/models/tfrec_retrieve HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = raw_http(server, b"GET /v1/models/tfrec_retrieve HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 503") and b"serve.max_connections" in answer
     finally:
         for connection in held:

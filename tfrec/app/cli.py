@@ -171,6 +171,8 @@ def serve_settings_of(args: argparse.Namespace) -> ServeConfig:
     # The flags are overrides like any other, so that they are checked as the config's keys are.
     given = {key: getattr(args, key) for key in ("host", "port", "grpc_port", "poll_seconds", "max_batch")}
     given |= {f"batching.{key}": getattr(args, key) for key in BATCHING_FLAGS}
+    if args.allow_host:
+        given["allowed_hosts"] = args.allow_host
     args.overrides = [*args.overrides,
                       *(f"serve.{key}={json.dumps(value)}" for key, value in given.items() if value is not None)]
     return _load(args).serve if args.config else serve_settings(args.overrides)
@@ -402,6 +404,10 @@ COMMANDS = (
             flag("--export", required=True, help="output folder of `tfrec export`"),
             OPTIONAL_CONFIG,
             flag("--host", help="address to bind (default: serve.host, 127.0.0.1)"),
+            flag("--allow-host", action="append", metavar="NAME",
+                 help="a name REST requests may give as their Host, besides localhost, loopback addresses and "
+                      "--host (repeatable; default: serve.allowed_hosts); others are refused (403), so that "
+                      "no web page reaches the server through DNS rebinding"),
             flag("--port", type=int, help="REST port (default: serve.port, 8501)"),
             flag("--grpc-port", type=int, help="gRPC port, 0 for none (default: serve.grpc_port, 8500)"),
             flag("--poll-seconds", type=float, help="how often to look for new versions (default 2)"),

@@ -502,6 +502,10 @@ class ServeConfig(_Section):
     """How often the server looks for new versions."""
     batching: BatchingConfig = BatchingConfig()
     """Server-side batching of concurrent requests (TF Serving's batching parameters)."""
+    allowed_hosts: list[str] = []
+    """More names a REST request's ``Host`` may give (``tfrec serve --allow-host``), besides localhost,
+    loopback addresses and ``host``; any other is refused (403), so that no web page reaches the server
+    through DNS rebinding."""
 
     @property
     def max_values(self) -> int:

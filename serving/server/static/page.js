@@ -33,7 +33,7 @@ async function getJson(url, options) {
 }
 
 function modelFor(kind) {
-  return MODELS[kind].find((name) => name in info.models) || null;
+  return MODELS[kind].find((name) => Object.hasOwn(info.models, name)) || null;
 }
 
 async function predict(model, inputs) {
@@ -58,7 +58,10 @@ async function lookUpTitles(ids) {
     const query = new URLSearchParams(chunk.map((id) => ["id", id]));
     const answer = await getJson(`/page/titles?${query}`);
     const found = answer.titles;
-    for (const id of chunk) titles.set(id, id in found ? found[id] : null);
+    // Own keys only: ids such as "constructor" or "__proto__" name what every object inherits.
+    for (const id of chunk) {
+      titles.set(id, Object.hasOwn(found, id) && typeof found[id] === "string" ? found[id] : null);
+    }
     for (const [id, pitch] of Object.entries(answer.pitches || {})) pitches.set(id, pitch);
   }
 }
