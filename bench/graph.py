@@ -3,12 +3,13 @@
 Preprocesses the shop once, then runs the quality benchmark (``quality.py``'s ``bench_shop``:
 train, evaluate beside every baseline) for each ``--variant`` of ``model.graph.propagate``
 (``none``, ``text``, ``ids``) over seeds 1..N. Writes each variant's full report as
-``graph_<shop>_<variant>.json`` and a summary, ``graph_<shop>.json``: per variant and seed the
+``graph_<shop>_<variant>[_<tag>].json`` and a summary, ``graph_<shop>[_<tag>].json``: per variant and seed the
 validation figures (what a setting is chosen on), the differences to ``none`` on the same seeds,
 and the training wall times. The test figures stay in the variants' reports.
 
     python bench/graph.py --config configs/online_retail.yaml --seeds 2
-    python bench/graph.py --config configs/amazon_toys.yaml --seeds 2 --variant off --variant ids
+    python bench/graph.py --config configs/amazon_toys.yaml --seeds 2 --variant none --variant text
+    python bench/graph.py --config configs/online_retail.yaml --variant text --set model.graph.hops=1 --tag hops1
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def summary(reports: dict[str, dict], settings: list[str]) -> dict:
     base = validation_figures(reports["none"]) if "none" in reports else None
     for variant, report in reports.items():
         figures = validation_figures(report)
-        entry = {"valid": figures,
-                 "valid_mean": {p: {m: round(statistics.fmean(v), 5) for m, v in ms.items()} for p, ms in figures.items()},
+        means = {p: {m: round(statistics.fmean(v), 5) for m, v in ms.items()} for p, ms in figures.items()}
+        entry = {"valid": figures, "valid_mean": means,
                  "train_wall_s": report["train_wall_s"], "epochs": report["epochs"]}
         if base is not None and variant != "none":
             entry["valid_mean_difference_to_none"] = {
@@ -62,11 +63,13 @@ def main() -> None:
                         help="model.graph.propagate values to run (repeatable; default off, text, ids)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every variant (e.g. model.graph.hops=1)")
+    parser.add_argument("--tag", default="", help="added to the JSON names (a run with other --set overrides)")
     parser.add_argument("--data", type=Path, default=None, help="an existing `tfrec preprocess` output of the config")
     args = parser.parse_args()
     os.chdir(ROOT)  # the bundled configs' paths are relative to the repository
     variants = args.variants or ["none", "text", "ids"]
     name = load_config(args.config, args.overrides).name
+    suffix = f"_{args.tag}" if args.tag else ""
     reports = {}
     with tempfile.TemporaryDirectory(prefix="tfrec-bench-graph-") as scratch:
         data = args.data
@@ -79,9 +82,9 @@ def main() -> None:
                 shutil.copytree(Path(scratch) / variants[0] / name / "model-1" / TEXT_CACHE_DIR,
                                 Path(scratch) / variant / name / "model-1" / TEXT_CACHE_DIR)
             reports[variant] = bench_shop(args.config, overrides, args.seeds, data, Path(scratch) / variant)
-            write_json(ROOT / "bench" / "results" / f"graph_{name}_{variant}.json", reports[variant])
+            write_json(ROOT / "bench" / "results" / f"graph_{name}_{variant}{suffix}.json", reports[variant])
             result = summary(reports, args.overrides)
-            write_json(ROOT / "bench" / "results" / f"graph_{name}.json", result)
+            write_json(ROOT / "bench" / "results" / f"graph_{name}{suffix}.json", result)
             print(f"{variant}: validation " + ", ".join(
                 f"{p} {m} {v:.4f}" for p, ms in result["variants"][variant]["valid_mean"].items()
                 for m, v in ms.items() if m in ("recall@20", "ndcg@10")), flush=True)
