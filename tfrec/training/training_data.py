@@ -6,6 +6,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 from tfrec.config import Config
@@ -62,7 +63,7 @@ class TrainingData:
     full_softmax: bool
     trained_on: str = "all windows"
     """``new windows`` when a warm run leaves out what its previous model trained on."""
-    graph: object = None
+    graph: sp.csr_matrix | None = None
     """The training split's item graph (``tfrec.data.graph.item_graph``) when ``model.graph``
     propagates over it, else None."""
 
