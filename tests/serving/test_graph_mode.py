@@ -272,3 +272,34 @@ def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, 
     # The query's parts carry (1 - w) and w: the trained part has norm 1 - w, the text part w.
     np.testing.assert_allclose(np.linalg.norm(vector[:trained]), 1.0 - weight, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vector[trained:]), weight, rtol=1e-4, atol=1e-6)
+
+
+def test_a_model_propagating_its_ids_over_the_item_graph_serves_in_graph_mode(tiny, sample_data_dir, tmp_path):
+    """``model.graph.propagate: ids`` keeps the training split's graph inside the item tower: the
+    exported models load and answer in the session loader, and a catalogue item's candidate
+    vector is its indexed vector, propagated id part included."""
+    from serving.index import build_index
+    from tests.conftest import tiny_config
+    from tfrec.data import load_catalogue
+    from tfrec.models import load_model
+    from tfrec.training.trainer import train
+
+    config = tiny_config(tiny, "model.graph.propagate=ids", "model.graph.hops=2", "model.graph.neighbours=5",
+                         "train.epochs=1", "train.steps_per_epoch=3",
+                         "index.num_leaves=20", "index.num_leaves_to_search=5", "index.reorder=100")
+    train(config, sample_data_dir, tmp_path / "model")
+    model = load_model(tmp_path / "model")
+    assert model.item_tower.graph == "ids" and model.item_tower.graph_edges > model.num_items  # self-loops, edges
+    assert np.abs(model.item_tower.id_embedding[0].embeddings.numpy()).sum() > 0  # trained through the graph
+    build_index(config, tmp_path / "model", tmp_path / "index")
+    published = export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
+    assert sorted(published) == sorted(ALL_MODELS)
+    texts = read_items(tmp_path / "export")
+    items = list(texts)
+    requests = [(QUERY, {"history": [items[:3]]}), (CANDIDATE, {"text": [texts[items[0]]], "item_id": [items[0]]})]
+    answers = graph_answers(tmp_path / "export", requests)
+    query = np.asarray(graph_answer(answers, *requests[0])["query_vector"], np.float32).reshape(-1)
+    np.testing.assert_allclose(np.linalg.norm(query), 1.0, rtol=1e-4)
+    candidate = np.asarray(graph_answer(answers, *requests[1])["item_vector"], np.float32).reshape(-1)
+    row = list(load_catalogue(tmp_path / "model" / "catalogue").ids).index(items[0])
+    np.testing.assert_allclose(candidate, model.item_vectors().numpy()[row], atol=1e-5)

@@ -194,3 +194,31 @@ def test_trained_groups_add_this_runs_windows_to_what_the_previous_model_trained
     assert set(after) == set(before) | set(valid.user_ids.astype(str))
     write_trained_groups(str(tmp_path / "trained_groups.npz"), None, before)  # the previous weights, kept
     assert _trained_groups(tmp_path) == before
+
+
+def test_a_model_propagating_over_the_item_graph_warm_starts_on_the_new_datas_graph(tiny, sample_data_dir,
+                                                                                     next_day_data, tmp_path):
+    """The graph is the catalogue's content, not a weight: a warm run rebuilds it from its own
+    training split, and the id rows it propagates carry over as without a graph."""
+    from tfrec.data.graph import item_graph
+
+    graph_settings = ("model.graph.propagate=ids", "model.graph.neighbours=5")
+    train(tiny_config(tiny, *graph_settings, "train.epochs=1", "train.steps_per_epoch=3"), sample_data_dir,
+          tmp_path / "first")
+    config, data = next_day_data
+    start = PreviousModel.open(tmp_path / "first")
+    adapted = start.adapt(tiny_config(config, *graph_settings))
+    before, after = load_catalogue(tmp_path / "first" / "catalogue"), load_catalogue(data)
+    graph = item_graph(data, len(after), neighbours=5)
+    model, _ = start.build(adapted, after, str(tmp_path / "built"), graph=graph)
+    assert model.item_tower.graph_edges == graph.nnz
+    np.testing.assert_array_equal(model.item_tower.graph_values.numpy(), graph.tocoo().data)
+    old_rows = before.index_of()
+    shared = [i for i, item in enumerate(after.ids) if item in old_rows]
+    previous = load_model(tmp_path / "first").item_tower.id_embedding[0].embeddings.numpy()
+    np.testing.assert_array_equal(model.item_tower.id_embedding[0].embeddings.numpy()[shared],
+                                  previous[[old_rows[after.ids[i]] for i in shared]])
+    warm = tiny_config(config, *graph_settings, f"train.warm_start={json.dumps(str(tmp_path / 'first'))}")
+    summary = train(warm, data, tmp_path / "warm")
+    assert summary["epochs_run"] == 1 and summary["warm_start"]["items_added"] > 0
+    assert load_model(tmp_path / "warm").item_tower.graph_edges == graph.nnz

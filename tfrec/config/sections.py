@@ -241,6 +241,25 @@ class UserTowerConfig(_Section):
     the query of the last position."""
 
 
+class GraphConfig(_Section):
+    """LightGCN-style propagation of item representations over the item–item graph of the
+    training split (``tfrec.data.graph``): items bought in consecutive groups of one customer
+    are neighbours; each keeps its ``neighbours`` most frequent ones. A representation becomes
+    the mean over hops ``0..hops`` of ``(D^-1/2 (A + I) D^-1/2)^k`` times it. The graph is stored
+    in the model: the item vectors carry it, so the index, the exports and any server take them
+    as they are, and an item with no edge (cold, or new) keeps its own representation."""
+
+    propagate: Literal["none", "text", "ids"] = "none"
+    """``none``; ``text``: the frozen text vectors the item tower reads, propagated once before
+    training (no cost per step; needs the frozen pretrained encoder); ``ids``: the trainable
+    item-id table, propagated at every step (gradients flow through the graph; cost per step in
+    proportion to the graph's edges x ``embedding_dim`` x ``hops``)."""
+    hops: int = Field(2, ge=1, le=4)
+    """Propagation steps ``K``; the result is the mean over hops 0..K."""
+    neighbours: int = Field(20, gt=0)
+    """Most frequent transitions each item keeps (the graph is then made symmetric)."""
+
+
 class ModelConfig(_Section):
     embedding_dim: Annotated[int, Field(gt=0)] | Literal["auto"] = "auto"
     """Size of the user and item vectors (of each ensemble member: vectors have
@@ -263,6 +282,8 @@ class ModelConfig(_Section):
     (``tfrec.config.derived``)."""
     user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
+    graph: GraphConfig = GraphConfig()
+    """Propagation of item representations over the training split's item–item graph."""
     repeat_term: bool = True
     """Add the repeat-aware term (from the request's own history) to served scores."""
     text_term: bool = True

@@ -81,6 +81,12 @@ class ItemTower(keras.layers.Layer):
         text_part: append each item's fixed text vector, L2-normalised, after the trained
             part (frozen text vectors only). A ``UserTower`` with ``text_dim`` reads it to add
             a zero-shot text similarity, with a weight fitted on validation, to every score.
+        graph: propagation over the item–item graph (``tfrec.data.graph``), set with
+            ``set_graph``: ``none``; ``text``, the text vectors the MLP reads are the propagated
+            ones (fixed text vectors only; the text part stays the item's own); ``ids``, the id
+            vector of an item is read from the id table propagated over the graph, at every call.
+        graph_hops: propagation steps (mean over hops 0..K).
+        graph_edges: the stored graph's number of entries (self-loops included).
 
     Example:
 
@@ -104,6 +110,9 @@ class ItemTower(keras.layers.Layer):
         hidden_dim: int = 256,
         members: int = 1,
         text_part: bool = False,
+        graph: str = "none",
+        graph_hops: int = 2,
+        graph_edges: int = 0,
         seed: int | None = None,
         **kwargs,
     ):
@@ -112,6 +121,12 @@ class ItemTower(keras.layers.Layer):
             raise ValueError("a trainable text_encoder needs token_length")
         if text_encoder is not None and text_part:
             raise ValueError("text_part needs fixed text vectors: a trainable text_encoder has none")
+        if graph not in ("none", "text", "ids"):
+            raise ValueError(f"graph must be none, text or ids, got {graph!r}")
+        if graph == "text" and text_encoder is not None:
+            raise ValueError("graph=text propagates fixed text vectors: a trainable text_encoder has none")
+        if graph == "ids" and not use_id_embedding:
+            raise ValueError("graph=ids propagates the id embeddings: use_id_embedding must be on")
         self.num_items = num_items
         self.embedding_dim = embedding_dim
         self.text_dim = text_dim
@@ -124,6 +139,9 @@ class ItemTower(keras.layers.Layer):
         self.hidden_dim = hidden_dim
         self.members = members
         self.text_part = text_part
+        self.graph = graph
+        self.graph_hops = graph_hops
+        self.graph_edges = graph_edges
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -168,6 +186,8 @@ class ItemTower(keras.layers.Layer):
                 name="catalogue_categorical", shape=(self.num_items, len(self.categorical_sizes)),
                 initializer="zeros", dtype="int32", trainable=False,
             )
+        if self.graph != "none":
+            self._build_graph()
         if self.text_encoder is not None and not self.text_encoder.built:
             self.text_encoder.build((None, self.token_length))
         for k in range(self.members):
@@ -179,6 +199,44 @@ class ItemTower(keras.layers.Layer):
                 embedding.build((None,))
             if self.categorical_projection is not None:
                 self.categorical_projection[k].build((None, self.categorical_dim * len(self.categorical_sizes)))
+
+    def _build_graph(self):
+        for name, dtype in (("graph_rows", "int32"), ("graph_columns", "int32"), ("graph_values", "float32")):
+            setattr(self, name, self.add_weight(name=name, shape=(self.graph_edges,), initializer="zeros",
+                                                dtype=dtype, trainable=False))
+        if self.graph == "text":
+            self.graph_text_shift = self.add_weight(
+                name="graph_text_shift", shape=(self.num_items, self.text_dim), initializer="zeros", trainable=False)
+
+    def set_graph(self, matrix) -> None:
+        """Stores the propagation matrix (a ``scipy.sparse`` ``[num_items, num_items]`` with
+        ``graph_edges`` entries, ``tfrec.data.graph.normalized``); with ``graph=text``, after
+        ``set_catalogue``, also the shift from each text vector to its propagated one."""
+        from tfrec.data.graph import propagate
+
+        if not self.built:
+            self.build()
+        matrix = matrix.tocoo()
+        if matrix.nnz != self.graph_edges or matrix.shape != (self.num_items, self.num_items):
+            raise ValueError(f"the graph has {matrix.nnz} entries over {matrix.shape}; this tower was built "
+                             f"for {self.graph_edges} over {self.num_items} items")
+        self.graph_rows.assign(matrix.row.astype(np.int32))
+        self.graph_columns.assign(matrix.col.astype(np.int32))
+        self.graph_values.assign(matrix.data.astype(np.float32))
+        if self.graph == "text":
+            text = np.asarray(self.text_vectors.numpy())
+            self.graph_text_shift.assign(propagate(matrix.tocsr(), text, self.graph_hops) - text)
+
+    def propagated(self, table: tf.Tensor) -> tf.Tensor:
+        """The mean over hops ``0..graph_hops`` of the stored matrix's powers times ``table [num_items, d]``."""
+        matrix = tf.SparseTensor(
+            tf.stack([tf.cast(self.graph_rows, tf.int64), tf.cast(self.graph_columns, tf.int64)], axis=1),
+            tf.convert_to_tensor(self.graph_values), [self.num_items, self.num_items])
+        total = current = table
+        for _ in range(self.graph_hops):
+            current = tf.sparse.sparse_dense_matmul(matrix, current)
+            total = total + current
+        return total / float(self.graph_hops + 1)
 
     def set_catalogue(self, text_vectors=None, tokens=None, categorical=None) -> None:
         """Stores the catalogue's text vectors (or token ids) and categorical codes."""
@@ -210,21 +268,35 @@ class ItemTower(keras.layers.Layer):
 
     def embed(self, text_vectors, indices, categorical_codes=None, training=None) -> tf.Tensor:
         """Combines text vectors ``[M, text_dim]`` with the id (``-1``: none) and categorical parts."""
-        vectors = join_members([self._embed_member(k, text_vectors, indices, categorical_codes, training)
+        read = text_vectors
+        if self.graph == "text":  # catalogue items read their propagated text vector
+            read = text_vectors + self._known(indices, text_vectors.dtype) * tf.gather(
+                self.graph_text_shift, tf.clip_by_value(indices, 0, self.num_items - 1))
+        vectors = join_members([self._embed_member(k, read, indices, categorical_codes, training)
                                 for k in range(self.members)])
         if self.text_part:
             vectors = tf.concat([vectors, _l2_normalize(text_vectors)], axis=-1)
         return vectors
 
+    def _known(self, indices, dtype):
+        """``[M, 1]``: 1 for catalogue items, 0 for -1 or an item added after training."""
+        return tf.cast((indices >= 0) & (indices < self.num_items), dtype)[:, None]
+
+    def _id_vectors(self, k, indices):
+        rows = tf.clip_by_value(indices, 0, self.num_items - 1)
+        if self.graph == "ids":
+            return tf.gather(self.propagated(self.id_embedding[k].embeddings), rows)
+        return _rows(self.id_embedding[k], rows)
+
     def _embed_member(self, k, text_vectors, indices, categorical_codes, training):
         x = self.projection[k](self.hidden[k](text_vectors))
         if self.id_embedding is not None:
             # Items outside the trained catalogue (-1, or added after training) have no id vector.
-            known = tf.cast((indices >= 0) & (indices < self.num_items), x.dtype)[:, None]
+            known = self._known(indices, x.dtype)
             if training and self.id_dropout > 0:
                 keep = keras.random.uniform(tf.shape(known), seed=self.seed_generator) >= self.id_dropout
                 known = known * tf.cast(keep, x.dtype)
-            x = x + known * _rows(self.id_embedding[k], tf.clip_by_value(indices, 0, self.num_items - 1))
+            x = x + known * self._id_vectors(k, indices)
         if self.categorical_sizes:
             parts = [emb(categorical_codes[:, i]) for i, emb in enumerate(self.categorical_embeddings[k])]
             x = x + self.categorical_projection[k](tf.concat(parts, axis=-1))
@@ -267,6 +339,9 @@ class ItemTower(keras.layers.Layer):
             hidden_dim=self.hidden_dim,
             members=self.members,
             text_part=self.text_part,
+            graph=self.graph,
+            graph_hops=self.graph_hops,
+            graph_edges=self.graph_edges,
             seed=self.seed,
         )
         return config

@@ -179,11 +179,14 @@ def serving_text_pipeline(config: Config, model_dir: str | os.PathLike, model: T
 
 def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLike,
                 pipeline: TextPipeline | None = None,
-                known_text_vectors: Mapping[str, np.ndarray] | None = None) -> TwoTowerModel:
+                known_text_vectors: Mapping[str, np.ndarray] | None = None,
+                graph=None) -> TwoTowerModel:
     """A fresh model for ``catalogue``, with its text content stored in the item tower.
 
     ``known_text_vectors``: text -> vector from this same (frozen) encoder, e.g. a warm
-    start's previous model; only the other texts are encoded.
+    start's previous model; only the other texts are encoded. ``graph``: the propagation
+    matrix of the training split (``tfrec.data.graph.item_graph``), needed when
+    ``model.graph.propagate`` is on.
     """
     model_dir = os.fspath(model_dir)
     m = config.model
@@ -191,6 +194,9 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
     if unresolved:
         raise TfrecError(f"model.{unresolved[0]} is `auto`: choose it from the shop's data first "
                          f"(tfrec.config.derived.resolve(config, stats))")
+    if m.graph.propagate != "none" and graph is None:
+        raise TfrecError(f"model.graph.propagate is {m.graph.propagate}: the model needs the training split's "
+                         f"item graph (tfrec.data.graph.item_graph)")
     pipeline = pipeline or text_pipeline(config, model_dir, catalogue)
     frozen = m.text_encoder.kind == "pretrained" and m.text_encoder.fine_tune == "frozen"
     vocabularies = categorical_vocabularies(catalogue)
@@ -208,6 +214,9 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
         id_dropout=m.item_dropout,
         members=m.members,
         text_part=frozen and m.text_term,
+        graph=m.graph.propagate,
+        graph_hops=m.graph.hops,
+        graph_edges=graph.nnz if m.graph.propagate != "none" else 0,
         seed=config.train.seed,
         name="item_tower",
     )
@@ -241,6 +250,8 @@ def build_model(config: Config, catalogue: Catalogue, model_dir: str | os.PathLi
     else:
         tokens = pipeline.tokenize(tf.constant(list(catalogue.texts))).numpy()
         item_tower.set_catalogue(tokens=tokens, categorical=codes)
+    if m.graph.propagate != "none":
+        item_tower.set_graph(graph)
     return model
 
 

@@ -104,8 +104,8 @@ def build_training_state(config: Config, data: TrainingData, strategy: tf.distri
     """
     cfg = config.train
     with strategy.scope():
-        model, warm = (build_model(config, data.catalogue, work_dir), None) if previous is None else (
-            previous.build(config, data.catalogue, work_dir))
+        model, warm = (build_model(config, data.catalogue, work_dir, graph=data.graph), None) if previous is None else (
+            previous.build(config, data.catalogue, work_dir, graph=data.graph))
         if warm is not None:
             warm = dataclasses.replace(warm, trained_on=data.trained_on)
         optimizer_class = LazyAdam if cfg.optimizer == "lazy_adam" else keras.optimizers.Adam

@@ -6,6 +6,7 @@ import dataclasses
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 import tensorflow as tf
 
 from tfrec.config import Config
@@ -18,6 +19,7 @@ from tfrec.data import (
     shuffled_batches,
     train_examples,
 )
+from tfrec.data.graph import item_graph
 from tfrec.data.sequences import causal_sequences, sequence_batches
 from tfrec.data.sequences import target_counts as sequence_target_counts
 from tfrec.errors import TfrecError
@@ -61,6 +63,9 @@ class TrainingData:
     full_softmax: bool
     trained_on: str = "all windows"
     """``new windows`` when a warm run leaves out what its previous model trained on."""
+    graph: sp.csr_matrix | None = None
+    """The training split's item graph (``tfrec.data.graph.item_graph``) when ``model.graph``
+    propagates over it, else None."""
 
     def epoch_batches(self, shuffle_buffer: int, seed: int) -> tf.data.Dataset:
         """One epoch's batches, in an order fixed by ``seed``."""
@@ -120,6 +125,8 @@ def load_training_data(config: Config, data_dir: str, first_new_group: dict[str,
         unit=unit, batch_size=cfg.batch_size, steps_per_epoch=steps_per_epoch,
         targets_per_batch=cfg.batch_size * int(target_counts.sum()) / max(num_examples, 1),
         full_softmax=full_softmax, trained_on="new windows" if first_new_group else "all windows",
+        graph=(item_graph(data_dir, len(catalogue), config.model.graph.neighbours)
+               if config.model.graph.propagate != "none" else None),
     )
     _log_data(data, cfg)
     return data

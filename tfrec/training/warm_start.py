@@ -48,7 +48,8 @@ from tfrec.layout import (
 
 NOT_ARCHITECTURE = ("model.item_dropout", "model.user_tower.dropout")
 """Settings that change training, not the weights a model holds."""
-CATALOGUE_WEIGHTS = ("text_vectors", "catalogue_tokens", "catalogue_categorical")
+CATALOGUE_WEIGHTS = ("text_vectors", "catalogue_tokens", "catalogue_categorical",
+                     "graph_rows", "graph_columns", "graph_values", "graph_text_shift")
 """Item tower weights that hold the catalogue's own content: set from the new catalogue, never copied."""
 FITTED_AFTER_TRAINING = ("text_weight", "text_decay")
 """User tower weights fitted on validation after the epochs: a warm run starts them where a cold run
@@ -270,8 +271,9 @@ class PreviousModel:
         check_architecture(adapted, self.folder, self.config)
         return adapted
 
-    def build(self, config: Config, catalogue: Catalogue, model_dir: str):
-        """A model for ``catalogue`` that starts from the previous weights; returns ``(model, WarmStart)``."""
+    def build(self, config: Config, catalogue: Catalogue, model_dir: str, graph=None):
+        """A model for ``catalogue`` that starts from the previous weights; returns ``(model, WarmStart)``.
+        ``graph``: the new training split's item graph (``build_model``), when the model propagates over one."""
         from tfrec.models import build_model, load_model
         from tfrec.models.two_tower import categorical_vocabularies
 
@@ -282,7 +284,7 @@ class PreviousModel:
         if previous.item_tower.text_encoder is None:  # frozen: the previous text vectors are this encoder's
             vectors = np.asarray(previous.item_tower.text_vectors.numpy())
             known = {text: vectors[row] for row, text in enumerate(before.texts)}
-        model = build_model(config, catalogue, model_dir, known_text_vectors=known)
+        model = build_model(config, catalogue, model_dir, known_text_vectors=known, graph=graph)
         item_rows = row_map(catalogue.ids, before.ids)
         vocabularies = fileio.read_json(fileio.join(self.folder, CATEGORICAL_VOCAB_FILE), default={}) or {}
         transfer_weights(model, previous, item_rows,
