@@ -81,6 +81,8 @@ class UserSummary(NamedTuple):
     first_time: int | None = None
     last_time: int | None = None
     test_time: int | None = None
+    train_repeat_targets: int = 0
+    """Training targets already in their window's history (re-purchases)."""
 
 
 def order_key(event: Event) -> tuple:
@@ -182,6 +184,7 @@ class SplitUserFn(beam.DoFn):
             sum(len(targets) for _, targets in split.train),
             len(split.test.history) if split.test is not None else None,
             split.first_time, split.last_time, split.test_time,
+            sum(len(set(targets) & set(history)) for history, targets in split.train),
         ))
 
 

@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from tfrec import fileio
-from tfrec.config.derived import derived_settings, resolve
+from tfrec.config.derived import derived_settings, resolve, shop_record
 from tfrec.layout import CATALOGUE_DIR, INDEX_REPORT_FILE, METRICS_FILE, STATS_FILE, TRAIN_SUMMARY_FILE
 
 KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
@@ -308,6 +308,7 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         "index": index,
         "config": config.to_dict(),
         "derived": derived,
+        "shop": shop_record(stats),
         "packages": package_versions(),
     }
 

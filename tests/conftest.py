@@ -49,6 +49,7 @@ def sample_data_dir(sample_config, tmp_path_factory) -> Path:
 
 TINY = [
     "model.embedding_dim=16",
+    "model.members=1",
     "model.text_encoder.kind=scratch",
     "model.text_encoder.sequence_length=12",
     "model.text_encoder.scratch.vocabulary_size=300",
@@ -67,7 +68,8 @@ TINY = [
 
 
 def tiny_config(base, *extra: str):
-    return config_from_dict(apply_overrides(base.to_dict(), [*TINY, *extra]))
+    """``base`` made tiny; what ``base`` leaves out stays left to the data (``tfrec.config.derived``)."""
+    return config_from_dict(apply_overrides(base.model_dump(mode="json", exclude_unset=True), [*TINY, *extra]))
 
 
 @pytest.fixture(scope="session")

@@ -91,8 +91,9 @@ def test_a_warm_run_keeps_the_previous_weights_when_no_epoch_beats_them(trained_
                        "train.warm_start_learning_rate=1e-12")
     summary = train(warm, data, tmp_path / "model")
     assert summary["best_epoch"] == 0 and summary["epochs_run"] == 1
-    assert summary[f"best_valid_explore_{warm.train.early_stopping_metric}"] == summary["warm_start"]["valid_before"]
-    assert yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["train"]["learning_rate"] == 1e-12
+    recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["train"]
+    assert summary[f"best_valid_explore_{recorded['early_stopping_metric']}"] == summary["warm_start"]["valid_before"]
+    assert recorded["learning_rate"] == 1e-12
     previous, kept = load_model(trained_model_dir), load_model(tmp_path / "model")
     for a, b in zip(kept.user_tower.trainable_weights, previous.user_tower.trainable_weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
