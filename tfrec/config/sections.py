@@ -376,9 +376,11 @@ class EvalConfig(_Section):
     whatever the shop's size. metrics.json records ``users`` (measured) and ``users_total``;
     the confidence intervals are those of the sample. None: every user."""
     baselines: list[
-        Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
-    ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
-    """Baselines computed in every evaluation, beside the model."""
+        Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot", "text_recent"]
+    ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot", "text_recent"]
+    """Baselines computed in every evaluation, beside the model. ``text_recent`` weighs the
+    history's text vectors by recency, its decay chosen on validation by
+    ``train.early_stopping_metric`` (recorded in metrics.json)."""
     als: AlsConfig = AlsConfig()
     """The ALS baseline's settings."""
     bootstrap_resamples: int = Field(1000, gt=0)
