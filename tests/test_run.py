@@ -69,6 +69,12 @@ def test_report_has_every_section_filled_from_the_run(run):
     assert f"{stats['rows_read']:,}" in report
     metrics = json.loads((out / "model" / "metrics.json").read_text())
     assert f"{metrics['test']['explore']['als']['recall@20']:.4f}" in report
+    assert f"{metrics['test']['explore']['text_recent']['recall@20']:.4f}" in report
+    # What the data and validation chose, and how: the shop's kind, text_recent's decay, tfrec_similar's weight.
+    assert "## Chosen from the data and on validation" in report and "A **basket** shop" in report
+    assert f"`text_recent` baseline: decay {metrics['text_recent']['decay']:g}" in report
+    assert f"{metrics['similar_items']['test']['trained']['recall@10']:.4f}" in report
+    assert "early stopping on validation `recall@20`" in report
     index = json.loads((out / "index" / "index_report.json").read_text())
     assert f"{index['recall@10_vs_exact']:,.4g}" in report
     # Three example users, each with ten recommendations, and three products' neighbours.
