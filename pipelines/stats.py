@@ -78,7 +78,8 @@ class UserStatsFn(beam.CombineFn):
 
     def create_accumulator(self) -> dict[str, Any]:
         return {"outcomes": collections.Counter(), "interactions": 0, "groups": 0, "quantity": 0.0,
-                "train": 0, "train_targets": 0, "train_repeat_targets": 0, "history": collections.Counter(), "times": {}}
+                "train": 0, "train_targets": 0, "train_repeat_targets": 0, "history": collections.Counter(),
+                "times": {}}
 
     def add_input(self, acc, summary: UserSummary):
         acc["outcomes"][summary.outcome] += 1

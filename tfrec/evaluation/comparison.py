@@ -33,8 +33,7 @@ from tfrec.config.derived import resolve
 from tfrec.data import Catalogue, EvalSplit, load_catalogue, load_eval_split, load_stats, sample_users
 from tfrec.errors import TfrecError
 from tfrec.evaluation import similar
-from tfrec.evaluation.baselines import (Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextRecent,
-                                        TextZeroShot)
+from tfrec.evaluation.baselines import Als, Baseline, ItemCooccurrence, MostPopular, Repeat, TextRecent, TextZeroShot
 from tfrec.evaluation.ranking import evaluate_split, format_table, model_scorer
 from tfrec.evaluation.segments import analyse_split, target_segments
 from tfrec.fileio import join, write_json
@@ -108,8 +107,8 @@ def evaluate(config: Config, data_dir: str | os.PathLike, model_dir: str | os.Pa
     """
     data_dir, model_dir = os.fspath(data_dir), os.fspath(model_dir)
     log.info(f"== evaluate: {model_dir} on {data_dir}")
-    config = resolve(config, load_stats(data_dir))  # settings derived from the data (the early-stopping metric)
     model = load_model(model_dir)
+    config = resolve(config, load_stats(data_dir))  # settings derived from the data (the early-stopping metric)
     catalogue = load_catalogue(data_dir, config.data.items.categorical_fields)
     if model.num_items != len(catalogue):
         raise TfrecError(
