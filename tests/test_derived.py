@@ -4,8 +4,17 @@ import pytest
 import yaml
 
 from tfrec.config import ConfigError, load_config
-from tfrec.config.derived import (BASKET_SETTINGS, BASKET_SIZE, LARGE_CATALOGUE, MEMBER_TARGET_BUDGET, REPEAT_SHARE,
-                                  derived_settings, resolve, shop_kind, shop_profile)
+from tfrec.config.derived import (
+    BASKET_SETTINGS,
+    BASKET_SIZE,
+    LARGE_CATALOGUE,
+    MEMBER_TARGET_BUDGET,
+    REPEAT_SHARE,
+    derived_settings,
+    resolve,
+    shop_kind,
+    shop_profile,
+)
 
 TOYS = "configs/amazon_toys.yaml"
 RETAIL = "configs/online_retail.yaml"
