@@ -15,7 +15,7 @@ invariant ``rows_kept + rows_rejected == rows_read`` holds per file and in total
 ``interactions``         events after deduplication (``duplicates_merged`` rows fewer than kept)
 ``quantity``, ``groups`` summed quantity; baskets / invoices / sessions
 ``examples``             records per split; ``train_targets`` the training windows' target items,
-                         ``train_repeat_targets`` those already in their window's history
+                         ``train_repeat_targets`` those the user bought in an earlier group
 ``history_length``       p10 ... p99 and max of the test records' history lengths
 ``time_range``           first and last kept event, and the first and last start of a held-out
                          (test) group, in UTC (ISO 8601)

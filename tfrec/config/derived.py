@@ -11,7 +11,7 @@ The rules read the training part only (never a held-out group), and why:
 
 - The shop's kind (``shop_kind``): ``basket`` when its customers buy baskets and buy again:
   the training targets hold on average at least ``BASKET_SIZE`` items per group, and at least
-  ``REPEAT_SHARE`` of them are items already in their window's history; otherwise
+  ``REPEAT_SHARE`` of them are items the customer bought in an earlier group; otherwise
   ``sequential`` (one item after another, mostly new ones, as in the Amazon review shops:
   one item per group, no re-purchase).
 - A ``basket`` shop takes ``BASKET_SETTINGS`` for every one of them its config leaves out: a
@@ -61,7 +61,7 @@ MEMBER_TARGET_BUDGET = 1_500_000
 BASKET_SIZE = 2.0
 """Mean items per training target group from which a shop's customers buy baskets."""
 REPEAT_SHARE = 0.2
-"""Share of training targets already in their window's history from which a shop's customers buy again."""
+"""Share of training targets bought before (in an earlier group) from which a shop's customers buy again."""
 BASKET_SETTINGS: dict[str, Any] = {
     "model.text_term": False,
     "model.user_tower.positions": "absolute",
@@ -99,7 +99,7 @@ def shop_profile(stats: dict) -> dict[str, Any]:
     return {"kind": "basket" if basket else "sequential", "train_basket_size": round(basket_size, 3),
             "train_repeat_share": round(repeat_share, 4),
             "rule": f"basket when the training targets hold at least {BASKET_SIZE:g} items per group and at least "
-                    f"{REPEAT_SHARE:.0%} of them were in their window's history, else sequential"}
+                    f"{REPEAT_SHARE:.0%} of them were bought before, else sequential"}
 
 
 def shop_record(stats: dict) -> dict[str, Any] | None:
