@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tfrec.config import Config, apply_overrides, config_from_dict, load_config
 
@@ -65,6 +66,11 @@ TINY = [
     "train.learning_rate=0.003",
     "eval.als.iterations=3",
 ]
+
+
+def config_yaml(config: Config) -> str:
+    """``config`` as a file a user writes: only what it sets; the rest stays left to the data."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False)
 
 
 def tiny_config(base, *extra: str):

@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from tests.conftest import tiny_config
+from tests.conftest import config_yaml, tiny_config
 
 LAYOUT = [
     "data/stats.json", "data/items.tfrecord.gz", "data/vocab/items.txt", "data/config.yaml",
@@ -33,7 +32,7 @@ def run(sample_config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     config_path = folder / "tiny.yaml"
     # What the config leaves out stays left to the data, as in the bundled file.
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False))
+    config_path.write_text(config_yaml(config))
     command = [sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
                "--output", str(folder / "out")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -109,7 +108,7 @@ def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_conf
     config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200", "export.k=7")
     config_path = out.parent / "changed.yaml"
     # What the config leaves out stays left to the data, as in the bundled file.
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False))
+    config_path.write_text(config_yaml(config))
     result = subprocess.run([sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
                              "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from serving.model_card import build_model_card
-from tests.conftest import RETAIL_DATA, tiny_config
+from tests.conftest import RETAIL_DATA, config_yaml, tiny_config
 from tfrec.app.cli import main
 from tfrec.config import load_config
 from tfrec.data import load_catalogue
@@ -116,7 +116,7 @@ def test_a_different_architecture_is_refused_naming_the_keys(trained_model_dir, 
     assert "model.embedding_dim: 16 before, 24 now" in str(refused.value)
     assert "model.user_tower.num_layers: 1 before, 2 now" in str(refused.value)
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(config.to_yaml(), encoding="utf-8")
+    config_file.write_text(config_yaml(config), encoding="utf-8")
     assert main(["train", "--config", str(config_file), "--data", str(data), "--output", str(tmp_path / "m"),
                  "--warm-start", str(trained_model_dir), "--set", "model.embedding_dim=24"]) == 2
     assert "the architecture differs in model.embedding_dim" in capsys.readouterr().err
