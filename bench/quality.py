@@ -6,9 +6,12 @@ and evaluates the model on the same split. The baselines do not depend on the mo
 they are fitted and ranked once per shop, in the first seed's evaluation, on the same users.
 Prints, for validation and test and for both protocols (``all``, ``explore``), Recall@10,
 NDCG@10, Recall@20 and NDCG@20 of the model (mean ± std over seeds) and of each baseline,
-the model-over-best-baseline ratios, the settings the code derived from the shop's data,
-and the training wall time of each run (the first seed's includes encoding the catalogue's
-text, which the later seeds reuse). Writes one JSON per shop.
+the model-over-best-baseline ratios (the best baseline of each column, ``text_recent`` among
+them, whose decay is chosen on validation), the settings the code derived from the shop's data,
+the next-item Recall@10 of ``tfrec_similar`` ranked from each test user's last item (at equal
+text weight and at the fitted one, and the one validation kept), and the training wall time of
+each run (the first seed's includes encoding the catalogue's text, which the later seeds reuse).
+Writes one JSON per shop.
 
     python bench/quality.py --config configs/amazon_toys.yaml --config configs/amazon_clothing.yaml --seeds 3
     python bench/quality.py --config configs/online_retail.yaml --set train.epochs=4
@@ -119,7 +122,9 @@ def run_seed(config: Config, data: Path, model_dir: Path, seed: int) -> dict:
             "best_epoch": summary["best_epoch"], "derived": summary.get("derived", {}),
             "text_weight": summary.get("text_weight"), "text_decay": summary.get("text_decay"),
             "text_weight_validation": summary.get("text_weight_validation"),
-            "test_explore_without_text_term": alone, "valid": metrics["valid"], "test": metrics["test"]}
+            "test_explore_without_text_term": alone, "valid": metrics["valid"], "test": metrics["test"],
+            "shop": summary.get("shop"), "similar_items": metrics["similar_items"],
+            "text_recent": metrics.get("text_recent")}
 
 
 def bench_shop(config_path: str, overrides: list[str], seeds: int, data: Path | None, scratch: Path) -> dict:
@@ -144,6 +149,9 @@ def bench_shop(config_path: str, overrides: list[str], seeds: int, data: Path | 
         "overrides": overrides,
         "seeds": seeds,
         "derived": runs[0]["derived"],
+        "shop": runs[0]["shop"],
+        "text_recent": runs[0]["text_recent"],
+        "similar_items": similar_summary(runs),
         "text_weights": [r["text_weight"] for r in runs],
         "text_decays": [r["text_decay"] for r in runs],
         "text_weight_validation": [r["text_weight_validation"] for r in runs],
@@ -156,6 +164,23 @@ def bench_shop(config_path: str, overrides: list[str], seeds: int, data: Path | 
         "users": {"valid": runs[0]["valid"]["users"], "test": runs[0]["test"]["users"],
                   "test_repeat_share": runs[0]["test"]["repeat_share"]},
         "machine": machine(load_before, ("tensorflow", "keras")),
+    }
+
+
+def similar_summary(runs: list[dict]) -> dict:
+    """``tfrec_similar``'s next-item Recall@10 (test, ``explore``, from each user's last item): mean ±
+    std over seeds of each candidate text weight and of the one each seed kept on validation."""
+    def stat(values: list[float]) -> dict:
+        mean, std = _mean_std(values)
+        return {"mean": round(mean, 5), "std": round(std, 5), "values": [round(v, 5) for v in values]}
+
+    records = [r["similar_items"] for r in runs]
+    return {
+        "metric": "test explore recall@10 of the next group, ranked from the user's last history item",
+        "chosen": [r["chosen"] for r in records], "text_weights": [r["text_weight"] for r in records],
+        "kept": stat([r["test"][r["chosen"]]["recall@10"] for r in records]),
+        "candidates": {name: stat([r["test"][name]["recall@10"] for r in records])
+                       for name in records[0]["candidates"]},
     }
 
 
@@ -174,6 +199,16 @@ def print_report(name: str, report: dict) -> None:
         print("settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in report["derived"].items()))
     for split in ("valid", "test"):
         print(format_split(report[split], split, report["seeds"]) + "\n")
+    shop = report["shop"]
+    if shop:
+        print(f"shop: {shop['kind']} (training targets: {shop['train_basket_size']} items per group, "
+              f"{shop['train_repeat_share']:.1%} bought before)")
+    if report["text_recent"]:
+        print(f"text_recent: decay {report['text_recent']['decay']:g}, chosen on {report['text_recent']['chosen_by']}")
+    similar = report["similar_items"]
+    print("tfrec_similar, next-item recall@10 (test explore, from the last item): "
+          + ", ".join(f"{name} {v['mean']:.4f} ±{v['std']:.4f}" for name, v in similar["candidates"].items())
+          + f"; kept on validation {similar['chosen']} (w {similar['text_weights']}): {similar['kept']['mean']:.4f}")
     alone = report["test_explore_without_text_term"]
     if alone:
         print(f"text weights fitted on validation: {report['text_weights']}, decays {report['text_decays']}; "

@@ -66,6 +66,8 @@ class UserSplit(NamedTuple):
     last_time: int | None = None
     test_time: int | None = None
     """Epoch seconds of the start of the held-out (test) group, for evaluated users."""
+    repeat_targets: int = 0
+    """Training targets the user bought in an earlier group (``repeat_targets``)."""
 
 
 class UserSummary(NamedTuple):
@@ -81,6 +83,8 @@ class UserSummary(NamedTuple):
     first_time: int | None = None
     last_time: int | None = None
     test_time: int | None = None
+    train_repeat_targets: int = 0
+    """Training targets the user bought in an earlier group (re-purchases; ``repeat_targets``)."""
 
 
 def order_key(event: Event) -> tuple:
@@ -116,6 +120,18 @@ def training_windows(groups: list[list[int]], max_history: int) -> list[tuple[li
     return windows
 
 
+def repeat_targets(groups: list[list[int]]) -> int:
+    """Items of the groups after the first that the user bought in an earlier group (the
+    re-purchases among the training targets of these groups' windows)."""
+    seen: set[int] = set()
+    repeats = 0
+    for j, group in enumerate(groups):
+        if j:
+            repeats += len(set(group) & seen)
+        seen.update(group)
+    return repeats
+
+
 def eval_record(groups: list[list[int]], held_out: list[int]) -> EvalRecord:
     history = [item for group in groups for item in group]
     ordinals = [j for j, group in enumerate(groups) for _ in group]
@@ -132,7 +148,7 @@ def split_user(events: Iterable[Event], sequences: SequencesConfig, index: Mappi
 
     first, last = (ordered[0].timestamp, ordered[-1].timestamp) if ordered else (None, None)
 
-    def result(outcome, train=(), valid=None, test=None) -> UserSplit:
+    def result(outcome, train=(), valid=None, test=None, trained_groups=()) -> UserSplit:
         test_time = None
         if test is not None:  # the start of the last group (groups are ordered by their first event)
             starts: dict[object, int] = {}
@@ -140,19 +156,20 @@ def split_user(events: Iterable[Event], sequences: SequencesConfig, index: Mappi
                 starts.setdefault(e.group if e.group is not None else (e.source, e.line), e.timestamp)
             test_time = list(starts.values())[-1]
         return UserSplit(outcome, list(train), valid, test, len(ordered), len(groups), quantity, first, last,
-                         test_time)
+                         test_time, repeat_targets(list(trained_groups)))
 
     if len(groups) < max(sequences.min_groups, 2):
         if sequences.short_users == "drop":
             return result(DROPPED_SHORT)
         train = training_windows(groups, sequences.max_history)
-        return result(TRAIN_ONLY, train) if train else result(DROPPED_NO_WINDOW)
+        return result(TRAIN_ONLY, train, trained_groups=groups) if train else result(DROPPED_NO_WINDOW)
     training = groups[:-2]
     return result(
         EVALUATED,
         training_windows(training, sequences.max_history),
         valid=eval_record(training, groups[-2]),
         test=eval_record(groups[:-1], groups[-1]),
+        trained_groups=training,
     )
 
 
@@ -182,6 +199,7 @@ class SplitUserFn(beam.DoFn):
             sum(len(targets) for _, targets in split.train),
             len(split.test.history) if split.test is not None else None,
             split.first_time, split.last_time, split.test_time,
+            split.repeat_targets,
         ))
 
 

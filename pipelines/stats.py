@@ -14,7 +14,8 @@ invariant ``rows_kept + rows_rejected == rows_read`` holds per file and in total
 ``items``                catalogue items; ``cold_start_items`` are never a training target
 ``interactions``         events after deduplication (``duplicates_merged`` rows fewer than kept)
 ``quantity``, ``groups`` summed quantity; baskets / invoices / sessions
-``examples``             records per split
+``examples``             records per split; ``train_targets`` the training windows' target items,
+                         ``train_repeat_targets`` those the user bought in an earlier group
 ``history_length``       p10 ... p99 and max of the test records' history lengths
 ``time_range``           first and last kept event, and the first and last start of a held-out
                          (test) group, in UTC (ISO 8601)
@@ -77,7 +78,8 @@ class UserStatsFn(beam.CombineFn):
 
     def create_accumulator(self) -> dict[str, Any]:
         return {"outcomes": collections.Counter(), "interactions": 0, "groups": 0, "quantity": 0.0,
-                "train": 0, "train_targets": 0, "history": collections.Counter(), "times": {}}
+                "train": 0, "train_targets": 0, "train_repeat_targets": 0, "history": collections.Counter(),
+                "times": {}}
 
     def add_input(self, acc, summary: UserSummary):
         acc["outcomes"][summary.outcome] += 1
@@ -86,6 +88,7 @@ class UserStatsFn(beam.CombineFn):
         acc["quantity"] += summary.quantity
         acc["train"] += summary.train_examples
         acc["train_targets"] += summary.train_targets
+        acc["train_repeat_targets"] += summary.train_repeat_targets
         if summary.test_history_length is not None:
             acc["history"][summary.test_history_length] += 1
         _extend(acc["times"], "first_event", "last_event", summary.first_time, summary.last_time)
@@ -152,6 +155,7 @@ def build_stats(
         "groups": users["groups"],
         "examples": {"train": users["train"], "valid": evaluated, "test": evaluated},
         "train_targets": users["train_targets"],
+        "train_repeat_targets": users["train_repeat_targets"],
         "history_length": percentiles(users["history"]),
         "time_range": {key: _iso(users.get("times", {}).get(key))
                        for key in ("first_event", "last_event", "test_from", "test_to")},

@@ -59,6 +59,7 @@ from tfrec import fileio
 from tfrec.config import BatchingConfig, Config
 from tfrec.data import Catalogue, load_catalogue
 from tfrec.errors import TfrecError
+from tfrec.evaluation.similar import served_text_weight, similar_scale
 from tfrec.layout import (
     BATCHING_PARAMETERS_FILE,
     CATALOGUE_DIR,
@@ -218,7 +219,8 @@ def build_modules(config: Config, model_dir: str, index_dir: str | None, source:
         QUERY: QueryModel(model, shared, max_history),
         CANDIDATE: candidate,
         RETRIEVE: RetrieveModel(model, shared, k, settings.exclude_history, max_history),
-        SIMILAR: SimilarModel(shared, k),
+        SIMILAR: SimilarModel(shared, k, similar_scale(model.user_tower.trained_dim, model.user_tower.text_dim,
+                                                       served_text_weight(model_dir))),
         SEARCH: SearchModel(model, shared, candidate, k, settings.search_history_weight, max_history),
     }
     if index_dir is not None:

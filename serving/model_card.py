@@ -22,7 +22,7 @@ from importlib import metadata
 from typing import Any
 
 from tfrec import fileio
-from tfrec.config.derived import derived_settings, resolve
+from tfrec.config.derived import derived_settings, resolve, shop_record
 from tfrec.layout import CATALOGUE_DIR, INDEX_REPORT_FILE, METRICS_FILE, STATS_FILE, TRAIN_SUMMARY_FILE
 
 KEY_METRICS = ("recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr", "hitrate@10",
@@ -145,6 +145,21 @@ def _text_term(training: dict | None) -> str:
             f"with weight {weight:.1f}, both fitted on validation (0: the two towers alone).")
 
 
+def _choices_text(training: dict | None, metrics: dict | None) -> str:
+    """The sentences naming the shop's kind the settings were derived for, and the text weight
+    ``tfrec_similar`` serves, with how each was chosen ("" when not recorded)."""
+    text = ""
+    shop = (training or {}).get("shop")
+    if shop:
+        text += (f" The data make it a {shop['kind']} shop ({shop['rule']}); the settings it leaves to the data are "
+                 "derived from that (`derived`).")
+    similar = (metrics or {}).get("similar_items")
+    if similar:
+        text += (f" tfrec_similar weighs the text part {similar['text_weight']:g} ({similar['chosen']}), chosen on "
+                 f"{similar['chosen_by']}.")
+    return text
+
+
 def _warm_start_text(training: dict | None) -> str:
     """The sentence saying which model a warm-started run began from ("" for a run from scratch)."""
     warm = (training or {}).get("warm_start")
@@ -184,7 +199,7 @@ ETHICAL_CONSIDERATIONS = (
 )
 
 
-def _architecture(config, training: dict | None) -> str:
+def _architecture(config, training: dict | None, metrics: dict | None = None) -> str:
     """The model's architecture in one paragraph, from the config (and the training summary)."""
     data, encoder, tower = config.data, config.model.text_encoder, config.model.user_tower
     ensemble = (f": an ensemble of {config.model.members} members of {config.model.embedding_dim}-d, "
@@ -202,6 +217,7 @@ def _architecture(config, training: dict | None) -> str:
         f"{', logQ correction' if config.train.logq_correction else ''}); served score "
         f"{'plus a repeat-aware term fitted on validation' if config.model.repeat_term else 'without repeat term'}."
         + _text_term(training)
+        + _choices_text(training, metrics)
         + _warm_start_text(training)
     )
 
@@ -289,7 +305,7 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
             "path": str(export_dir),
         },
         "model_parameters": {
-            "model_architecture": _architecture(config, training),
+            "model_architecture": _architecture(config, training, metrics),
             "data": _datasets(config, stats, metrics),
             "input_format": "a customer's history: item ids, oldest first (tfrec_retrieve's `history`)",
             "output_format": "item ids and scores, best first (tfrec_retrieve's `item_ids`, `scores`)",
@@ -308,6 +324,7 @@ def build_model_card(config, model_dir: str | os.PathLike, index_dir: str | os.P
         "index": index,
         "config": config.to_dict(),
         "derived": derived,
+        "shop": shop_record(stats),
         "packages": package_versions(),
     }
 

@@ -323,11 +323,21 @@ class RetrieveModel(ServingModule):
 
 
 class SimilarModel(tf.Module):
-    """``item_id`` -> the top-``k`` most similar items by item vector (itself excluded)."""
+    """``item_id`` -> the top-``k`` most similar items by item vector (itself excluded).
 
-    def __init__(self, catalogue: ServingCatalogue, default_k: int):
+    ``scale`` (``[D]``, default all ones) weighs each dimension of the item's vector: with a
+    text part, ``tfrec.evaluation.similar.similar_scale`` of the text weight evaluation chose,
+    so the served ranking is the evaluated one.
+    """
+
+    def __init__(self, catalogue: ServingCatalogue, default_k: int, scale: np.ndarray | None = None):
         super().__init__()
         self.catalogue, self.default_k = catalogue, default_k
+        dim = int(catalogue.item_vectors.shape[1])
+        scale = np.ones(dim, np.float32) if scale is None else np.asarray(scale, np.float32)
+        if scale.shape != (dim,):
+            raise ValueError(f"scale has shape {scale.shape}; the item vectors have {dim} values")
+        self.scale = tf.Variable(scale, trainable=False, name="similar_scale")
         self.serve = self._signature()
 
     def _signature(self):
@@ -336,7 +346,7 @@ class SimilarModel(tf.Module):
             items = self.catalogue.indices(item_id)
             tf.debugging.Assert(tf.reduce_all(items >= 0), [
                 "every item_id must be a catalogue item; unknown:", tf.boolean_mask(item_id, items < 0)], summarize=5)
-            vectors = tf.gather(self.catalogue.item_vectors, tf.maximum(items, 0))
+            vectors = tf.gather(self.catalogue.item_vectors, tf.maximum(items, 0)) * self.scale[None, :]
             scores = tf.matmul(vectors, self.catalogue.item_vectors, transpose_b=True)
             batch = tf.shape(items)[0]
             itself = items[:, None]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from tfrec.config import Config, apply_overrides, config_from_dict, load_config
 
@@ -49,6 +50,7 @@ def sample_data_dir(sample_config, tmp_path_factory) -> Path:
 
 TINY = [
     "model.embedding_dim=16",
+    "model.members=1",
     "model.text_encoder.kind=scratch",
     "model.text_encoder.sequence_length=12",
     "model.text_encoder.scratch.vocabulary_size=300",
@@ -66,8 +68,14 @@ TINY = [
 ]
 
 
+def config_yaml(config: Config) -> str:
+    """``config`` as a file a user writes: only what it sets; the rest stays left to the data."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_unset=True), sort_keys=False)
+
+
 def tiny_config(base, *extra: str):
-    return config_from_dict(apply_overrides(base.to_dict(), [*TINY, *extra]))
+    """``base`` made tiny; what ``base`` leaves out stays left to the data (``tfrec.config.derived``)."""
+    return config_from_dict(apply_overrides(base.model_dump(mode="json", exclude_unset=True), [*TINY, *extra]))
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ def test_every_bundled_config_loads():
 
 def test_unknown_key_names_the_file_and_the_key(tmp_path):
     raw = _bundled()
-    raw["train"]["epochz"] = 3
+    raw["train"] = {"epochz": 3}
     path = _write(tmp_path, raw)
     with pytest.raises(ConfigError, match=rf"{path}.*\n.*train\.epochz: unknown key"):
         load_config(path)
@@ -38,7 +38,7 @@ def test_unknown_key_names_the_file_and_the_key(tmp_path):
 
 def test_wrong_type_names_the_key_and_the_value(tmp_path):
     raw = _bundled()
-    raw["train"]["batch_size"] = "large"
+    raw["train"] = {"batch_size": "large"}
     with pytest.raises(ConfigError, match=r"train\.batch_size: .*'large'"):
         load_config(_write(tmp_path, raw))
 
@@ -84,7 +84,7 @@ def test_a_number_in_exponent_notation_is_a_number_in_overrides_and_files(tmp_pa
     config = load_config(BUNDLED, ["train.learning_rate=3e-4", "train.weight_decay=1E-5"])
     assert (config.train.learning_rate, config.train.weight_decay) == (3e-4, 1e-5)
     raw = _bundled()
-    raw["train"]["learning_rate"] = "placeholder"
+    raw["train"] = {"learning_rate": "placeholder"}
     path = _write(tmp_path, raw)
     path.write_text(path.read_text().replace("placeholder", "2e-3"))
     assert load_config(path).train.learning_rate == 2e-3

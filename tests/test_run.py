@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import config_yaml, tiny_config
 
 LAYOUT = [
     "data/stats.json", "data/items.tfrecord.gz", "data/vocab/items.txt", "data/config.yaml",
@@ -31,7 +31,8 @@ def run(sample_config, tmp_path_factory):
     config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200")
     folder = tmp_path_factory.mktemp("run")
     config_path = folder / "tiny.yaml"
-    config_path.write_text(config.to_yaml())
+    # What the config leaves out stays left to the data, as in the bundled file.
+    config_path.write_text(config_yaml(config))
     command = [sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
                "--output", str(folder / "out")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -69,6 +70,12 @@ def test_report_has_every_section_filled_from_the_run(run):
     assert f"{stats['rows_read']:,}" in report
     metrics = json.loads((out / "model" / "metrics.json").read_text())
     assert f"{metrics['test']['explore']['als']['recall@20']:.4f}" in report
+    assert f"{metrics['test']['explore']['text_recent']['recall@20']:.4f}" in report
+    # What the data and validation chose, and how: the shop's kind, text_recent's decay, tfrec_similar's weight.
+    assert "## Chosen from the data and on validation" in report and "A **basket** shop" in report
+    assert f"`text_recent` baseline: decay {metrics['text_recent']['decay']:g}" in report
+    assert f"{metrics['similar_items']['test']['trained']['recall@10']:.4f}" in report
+    assert "early stopping on validation `recall@20`" in report
     index = json.loads((out / "index" / "index_report.json").read_text())
     assert f"{index['recall@10_vs_exact']:,.4g}" in report
     # Three example users, each with ten recommendations, and three products' neighbours.
@@ -100,7 +107,8 @@ def test_changing_a_setting_redoes_only_the_stages_that_read_it(run, sample_conf
     out, _, _ = run
     config = tiny_config(sample_config, "train.epochs=1", "index.eval_queries=200", "export.k=7")
     config_path = out.parent / "changed.yaml"
-    config_path.write_text(config.to_yaml())
+    # What the config leaves out stays left to the data, as in the bundled file.
+    config_path.write_text(config_yaml(config))
     result = subprocess.run([sys.executable, "-m", "tfrec.app.cli", "run", "--config", str(config_path),
                              "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -3,7 +3,7 @@
 import numpy as np
 
 from tfrec.data import EvalSplit
-from tfrec.evaluation.baselines import Als, ItemCooccurrence, MostPopular, Repeat, TextZeroShot
+from tfrec.evaluation.baselines import Als, ItemCooccurrence, MostPopular, Repeat, TextRecent, TextZeroShot
 from tfrec.topk import top_k_indices
 
 N = 6
@@ -43,3 +43,55 @@ def test_als_and_text_zero_shot_score_the_catalogue():
     text = TextZeroShot(vectors).fit(TRAIN, N)
     ranking = top_k_indices(text.scores([np.array([1])]), 2)[0]
     assert ranking[0] == 1  # an item's own text is its nearest
+
+
+def test_text_recent_is_the_recency_weighted_mean_against_every_text_vector():
+    """By hand with numpy: the last ``max_history`` items weighted ``d ** age``, L2-normalised, by cosine."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(N, 4)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    text = TextRecent(vectors, max_history=3, decays=(0.5,)).fit(TRAIN, N)
+    history = np.array([4, 0, 1, 2])  # item 4 falls out of the last 3
+    query = 0.25 * vectors[0].astype(np.float64) + 0.5 * vectors[1] + 1.0 * vectors[2]
+    query /= np.linalg.norm(query)
+    expected = vectors.astype(np.float64) @ query
+    np.testing.assert_allclose(text.scores([history])[0], expected, atol=1e-5)
+    assert text.decay == 0.5
+    np.testing.assert_array_equal(text.scores([np.array([], np.int64)])[0] > 0.5, False)  # no history: no text
+
+
+def test_text_recent_with_decay_one_ranks_as_text_zero_shot():
+    vectors = np.random.default_rng(1).normal(size=(N, 4))
+    histories = [np.array([0, 1, 2]), np.array([3, 3, 5])]
+    recent = TextRecent(vectors, decays=(1.0,)).fit(TRAIN, N)
+    np.testing.assert_array_equal(top_k_indices(recent.scores(histories), N),
+                                  top_k_indices(TextZeroShot(vectors).fit(TRAIN, N).scores(histories), N))
+
+
+def _recency_shop(recent_target: bool) -> tuple[np.ndarray, EvalSplit]:
+    """Twelve items; every user's history is two "old" items then one "recent" item. Item 9 lies
+    near the recent item, item 10 near the mean of the history; the validation target is item 9
+    (``recent_target``) or item 10."""
+    vectors = np.zeros((12, 4))
+    vectors[0], vectors[1], vectors[2] = [1, 0, 0, 0], [1, 0.1, 0, 0], [0, 1, 0, 0]
+    vectors[9] = [0.05, 1, 0.1, 0]  # close to the recent item 2
+    vectors[10] = [1, 0.6, 0.1, 0]  # close to the plain mean of 0, 1, 2
+    vectors[3:9] = np.eye(4)[[2, 3, 2, 3, 2, 3]] + 0.01
+    vectors[11] = [0, 0, 0, 1]
+    users = 20
+    split = EvalSplit(user_ids=np.array([f"u{i}" for i in range(users)], dtype=object),
+                      histories=[np.array([0, 1, 2])] * users, history_groups=[np.array([0, 1, 2])] * users,
+                      targets=[np.array([9 if recent_target else 10])] * users)
+    return vectors, split
+
+
+def test_text_recent_chooses_its_decay_on_the_validation_targets():
+    """The split given to ``fit`` holds the validation targets: where the next item follows the most
+    recent one, a small decay wins; where it follows the whole history, the plain mean (decay 1)."""
+    for recent_target, decay in ((True, 0.05), (False, 1.0)):
+        vectors, valid = _recency_shop(recent_target)
+        text = TextRecent(vectors, metric="ndcg@10", decays=(1.0, 0.5, 0.05), max_users=None).fit(valid, 12)
+        assert text.decay == decay, (recent_target, text.validation)
+        assert text.validation[decay] == max(text.validation.values())
+        record = text.record()
+        assert record["decay"] == decay and "validation" in record["chosen_by"] and len(record["validation"]) == 3

@@ -74,6 +74,9 @@ def test_stats_match_pandas(expected, sample_config, sample_data_dir):
     assert stats["users_dropped"] == {"short_history": len(groups) - len(evaluated)}
     assert stats["examples"]["train"] == sum(len(groups[u][1:-2]) for u in evaluated)
     assert stats["train_targets"] == sum(len(g) for u in evaluated for g in groups[u][1:-2])
+    repeats = sum(len(set(g) & set(sum(groups[u][:j], [])))
+                  for u in evaluated for j, g in enumerate(groups[u][:-2]) if j)
+    assert stats["train_repeat_targets"] == repeats > 0  # items bought again: in an earlier training group
     assert stats["examples"]["valid"] == stats["examples"]["test"] == len(evaluated)
     assert stats["history_length"]["max"] == max(sum(map(len, groups[u][:-1])) for u in evaluated)
     assert stats["config_fingerprint"] == sample_config.fingerprint("data")

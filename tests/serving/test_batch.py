@@ -11,6 +11,7 @@ from serving.batch.job import BatchOptions, run_batch
 from serving.client import RestClient
 from serving.export import RETRIEVE
 from serving.server import ANY_PORT, ModelServer
+from tests.conftest import config_yaml
 from tfrec.app.cli import main
 from tfrec.data import load_catalogue, load_eval_split, load_stats
 
@@ -75,7 +76,7 @@ def test_batch_from_raw_files_through_the_cli_in_parquet(tiny, export_dir, sampl
     args = ["batch", "--export", str(export_dir), "--output", str(out), "--format", "parquet", "-k", "5",
             "--exclude-history", "--interactions", str(retail_sample), "--direct_num_workers=1"]
     config = tmp_path / "tiny.yaml"
-    config.write_text(tiny.to_yaml(), encoding="utf-8")
+    config.write_text(config_yaml(tiny), encoding="utf-8")
     assert main([*args, "--config", str(config)]) == 0
     logged = capsys.readouterr().out
     assert "Beam counters:" in logged and "tfrec_batch/customers" in logged
@@ -95,7 +96,7 @@ def test_batch_from_raw_files_through_the_cli_in_parquet(tiny, export_dir, sampl
 
 def test_batch_refuses_what_it_cannot_run(tiny, export_dir, sample_data_dir, tmp_path, capsys):
     config = tmp_path / "tiny.yaml"
-    config.write_text(tiny.to_yaml(), encoding="utf-8")
+    config.write_text(config_yaml(tiny), encoding="utf-8")
     data = ["--data", str(sample_data_dir)]
     common = ["batch", "--config", str(config), "--export", str(export_dir), *data]
     assert main([*common, "--output", str(tmp_path / "a"), "--version", "9"]) == 2

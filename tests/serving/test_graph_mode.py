@@ -245,6 +245,9 @@ def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, 
     the text vectors travel inside the exported models, which answer in the session loader."""
     from serving.index import build_index
     from tests.conftest import tiny_config
+    from tfrec.data import load_catalogue
+    from tfrec.evaluation.comparison import evaluate
+    from tfrec.evaluation.similar import similar_scale, similar_scorer
     from tfrec.models import load_model
     from tfrec.training.text_weight import DECAYS, WEIGHTS
     from tfrec.training.trainer import train
@@ -260,12 +263,28 @@ def test_a_model_with_the_text_term_serves_in_graph_mode(tiny, sample_data_dir, 
     weight = float(model.user_tower.text_weight.numpy())
     assert round(weight, 3) == summary["text_weight"]
     assert round(float(model.user_tower.text_decay.numpy()), 3) == summary["text_decay"]
+    # Evaluation measures tfrec_similar at equal and at the fitted text weight and keeps one.
+    similar = evaluate(tiny_config(config, "eval.baselines=[]"), sample_data_dir, tmp_path / "model")["similar_items"]
+    assert similar["candidates"] == {"equal": 0.5, "fitted": pytest.approx(weight)}
+    assert similar["text_weight"] == similar["candidates"][similar["chosen"]]
     build_index(config, tmp_path / "model", tmp_path / "index")
     published = export_models(config, tmp_path / "model", tmp_path / "index", tmp_path / "export", version=1)
     assert sorted(published) == sorted(ALL_MODELS)
     history = list(read_items(tmp_path / "export"))[:3]
     request = {"history": [history]}
-    query = graph_answer(graph_answers(tmp_path / "export", [(QUERY, request)]), QUERY, request)
+    answers = graph_answers(tmp_path / "export", [(QUERY, request), (SIMILAR, {"item_id": history[:1]})])
+    # The served tfrec_similar is the evaluated one: the chosen weight's ranking and scores.
+    vectors = model.item_vectors().numpy()
+    item = load_catalogue(tmp_path / "model" / "catalogue").index_of()[history[0]]
+    scale = similar_scale(model.user_tower.trained_dim, model.user_tower.text_dim, similar["text_weight"])
+    expected = similar_scorer(vectors, scale)([np.array([item])])[0]
+    expected[item] = -np.inf
+    served = graph_answer(answers, SIMILAR, {"item_id": history[:1]})
+    np.testing.assert_allclose(np.asarray(served["scores"]).reshape(-1), np.sort(expected)[::-1][:config.export.k],
+                               rtol=1e-4, atol=1e-5)
+    best = load_catalogue(tmp_path / "model" / "catalogue").ids[int(np.argmax(expected))]
+    assert np.asarray(served["item_ids"]).reshape(-1)[0] in (best, best.encode())
+    query = graph_answer(answers, QUERY, request)
     vector = np.asarray(query["query_vector"], np.float32).reshape(-1)
     trained = 2 * config.model.embedding_dim
     assert vector.shape == (trained + model.item_tower.text_dim,)

@@ -43,6 +43,11 @@ def test_card_json_has_the_toolkit_sections_filled_from_the_run(exported, traine
     assert recall[0]["value"] == f"{metrics['test']['all']['model']['recall@20']:.4f}"
     ci = metrics["test"]["ci"]["all"]["model"]["recall@20"]
     assert recall[0]["confidence_interval"] == {"lower_bound": f"{ci[0]:.4f}", "upper_bound": f"{ci[1]:.4f}"}
+    # What the data and validation chose, and how: the shop's kind and the weight tfrec_similar serves.
+    architecture = card["model_parameters"]["model_architecture"]
+    assert "The data make it a basket shop" in architecture and card["shop"]["kind"] == "basket"
+    assert "tfrec_similar weighs the text part 0 (trained), chosen on validation" in architecture
+    assert card["metrics"]["text_recent"]["decay"] == metrics["text_recent"]["decay"]
     # Every exported model's signature as the export documents it: dtypes, shapes, defaults, meanings.
     assert set(card["signatures"]) == set(paths)
     retrieve = card["signatures"][RETRIEVE]

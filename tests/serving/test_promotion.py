@@ -12,7 +12,7 @@ import pytest
 
 from serving.export import QUERY, RETRIEVE, export_models
 from serving.promotion import format_decision
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, config_yaml, tiny_config
 from tfrec.app.report import promotion_section
 from tfrec.errors import ExitCode, TfrecError
 
@@ -45,7 +45,7 @@ def test_a_worse_model_is_refused_with_its_exit_code_and_forced_on_the_record(ti
     shutil.copytree(export_dir, export)  # version 1: the tiny model trained for 12 steps
     before = sorted(p.relative_to(export) for p in export.rglob("*"))
     config = tmp_path / "config.yaml"
-    config.write_text(tiny.to_yaml())
+    config.write_text(config_yaml(tiny))
     model, index = worse
     command = ["export", "--config", config, "--model", model, "--index", index, "--output", export]
 

@@ -94,3 +94,22 @@ def test_removed_items_come_last_as_blanks_and_explain_nothing():
     assert _ids(because) == [["lamp-1", "lamp-1"]]
     because, _ = catalogue.explain(tf.constant([[1, 3]], tf.int64), tf.constant([[0]], tf.int64))
     assert _ids(because) == [[""]]  # only removed items in the history: no explanation
+
+
+def test_similar_weighs_the_dimensions_it_is_given_as_evaluation_does():
+    """With a ``scale``, tfrec_similar ranks as ``tfrec.evaluation.similar.similar_scorer``: the
+    first dimension stands for the trained part, the second for the text part."""
+    from tfrec.evaluation.similar import similar_scale, similar_scorer
+
+    plain = ServingCatalogue(np.array(IDS), VECTORS)
+    for weight in (0.5, 0.9):
+        scale = similar_scale(1, 1, weight)
+        out = SimilarModel(plain, default_k=5, scale=scale).serve(
+            item_id=tf.constant(["mug-blue"]), k=tf.constant(5), exclude_ids=tf.constant([], tf.string),
+            category=tf.constant(""))
+        expected = similar_scorer(VECTORS, scale)([np.array([1])])[0]
+        order = [i for i in np.argsort(-expected, kind="stable") if i != 1]
+        assert _ids(out["item_ids"])[0] == [IDS[i] for i in order]
+        np.testing.assert_allclose(out["scores"].numpy()[0], expected[order], rtol=1e-6)
+    with pytest.raises(ValueError, match="2 values"):
+        SimilarModel(plain, default_k=5, scale=np.ones(3))

@@ -5,9 +5,10 @@ import logging
 
 import numpy as np
 
+from tfrec.evaluation.baselines import TEXT_RECENT_DECAYS
 from tfrec.evaluation.comparison import evaluate
 
-SCORERS = {"model", "most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"}
+SCORERS = {"model", "most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot", "text_recent"}
 METRICS = {"recall@10", "recall@20", "recall@50", "recall@100", "ndcg@10", "ndcg@20", "mrr",
            "hitrate@10", "coverage@10", "ils@10", "users"}
 
@@ -40,7 +41,18 @@ def test_metrics_json_has_every_split_protocol_and_scorer(tiny, sample_data_dir,
     explore = metrics["test"]["explore"]
     assert np.isclose(explore["repeat"]["recall@20"], explore["most_popular"]["recall@20"])
     out = caplog.text  # the tables are logged (the CLI prints them)
-    assert "explore" in out and "text_zero_shot" in out
+    assert "explore" in out and "text_zero_shot" in out and "text_recent" in out
+    # text_recent's decay: chosen on validation by the early-stopping metric the data gave the shop.
+    recent = metrics["text_recent"]
+    assert recent["decay"] in TEXT_RECENT_DECAYS and set(recent["validation"]) == {f"{d:g}" for d in TEXT_RECENT_DECAYS}
+    assert recent["validation"][f"{recent['decay']:g}"] == max(recent["validation"].values())
+    assert "explore recall@20" in recent["chosen_by"]  # a basket shop stops on Recall@20
+    # tfrec_similar from each user's last item: a model without a text part has one candidate.
+    similar = metrics["similar_items"]
+    assert (similar["chosen"], similar["text_weight"]) == ("trained", 0.0)
+    for split in ("valid", "test"):
+        values = similar[split]["trained"]
+        assert 0 <= values["recall@10"] <= values["recall@20"] <= 1 and 0 < values["users"] <= metrics[split]["users"]
 
 
 def test_max_users_measures_a_sample_and_says_of_how_many(tiny, sample_data_dir, trained_model_dir):

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from tests.conftest import tiny_config
+from tests.conftest import config_yaml, tiny_config
 
 
 def _free_ports(n: int) -> list[int]:
@@ -24,7 +24,7 @@ def test_two_workers_train_the_same_model(sample_config, sample_data_dir, tmp_pa
     config = tiny_config(sample_config, "train.strategy=multi_worker", "train.epochs=1", "train.steps_per_epoch=4",
                          "model.repeat_term=false")
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(config.to_yaml())
+    config_path.write_text(config_yaml(config))
     workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
     out = tmp_path / "model"
     command = [sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(config_path),

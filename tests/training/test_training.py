@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import config_yaml, tiny_config
 from tfrec.models import load_model
 from tfrec.training.trainer import train
 
@@ -43,7 +43,7 @@ def test_killed_training_resumes_from_its_checkpoint(sample_config, sample_data_
     config = tiny_config(sample_config, "train.epochs=3", "train.steps_per_epoch=12",
                          "train.early_stopping_patience=0")
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(config.to_yaml())
+    config_path.write_text(config_yaml(config))
     out = tmp_path / "model"
     command = [sys.executable, "-m", "tfrec.app.cli", "train", "--config", str(config_path),
                "--data", str(sample_data_dir), "--output", str(out)]

@@ -11,7 +11,7 @@ import tensorflow as tf
 import yaml
 
 from serving.model_card import build_model_card
-from tests.conftest import RETAIL_DATA, tiny_config
+from tests.conftest import RETAIL_DATA, config_yaml, tiny_config
 from tfrec.app.cli import main
 from tfrec.config import load_config
 from tfrec.data import load_catalogue, load_eval_split
@@ -91,8 +91,9 @@ def test_a_warm_run_keeps_the_previous_weights_when_no_epoch_beats_them(trained_
                        "train.warm_start_learning_rate=1e-12")
     summary = train(warm, data, tmp_path / "model")
     assert summary["best_epoch"] == 0 and summary["epochs_run"] == 1
-    assert summary[f"best_valid_explore_{warm.train.early_stopping_metric}"] == summary["warm_start"]["valid_before"]
-    assert yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["train"]["learning_rate"] == 1e-12
+    recorded = yaml.safe_load((tmp_path / "model" / "config.yaml").read_text())["train"]
+    assert summary[f"best_valid_explore_{recorded['early_stopping_metric']}"] == summary["warm_start"]["valid_before"]
+    assert recorded["learning_rate"] == 1e-12
     previous, kept = load_model(trained_model_dir), load_model(tmp_path / "model")
     for a, b in zip(kept.user_tower.trainable_weights, previous.user_tower.trainable_weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -115,7 +116,7 @@ def test_a_different_architecture_is_refused_naming_the_keys(trained_model_dir, 
     assert "model.embedding_dim: 16 before, 24 now" in str(refused.value)
     assert "model.user_tower.num_layers: 1 before, 2 now" in str(refused.value)
     config_file = tmp_path / "config.yaml"
-    config_file.write_text(config.to_yaml(), encoding="utf-8")
+    config_file.write_text(config_yaml(config), encoding="utf-8")
     assert main(["train", "--config", str(config_file), "--data", str(data), "--output", str(tmp_path / "m"),
                  "--warm-start", str(trained_model_dir), "--set", "model.embedding_dim=24"]) == 2
     assert "the architecture differs in model.embedding_dim" in capsys.readouterr().err

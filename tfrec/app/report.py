@@ -98,6 +98,12 @@ def data_section(stats: dict, data_dir: str, out: Path) -> str:
     ])
 
 
+def _stopping_metric(summary: dict) -> str:
+    """The early-stopping metric a training summary names (``best_valid_explore_<metric>``)."""
+    found = [k.removeprefix("best_valid_explore_") for k in summary if k.startswith("best_valid_explore_")]
+    return f"`{found[0]}`" if found else "the early-stopping metric"
+
+
 def training_section(history: list[dict], summary: dict | None, out: Path) -> str:
     epochs = [h["epoch"] for h in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
@@ -124,8 +130,8 @@ def training_section(history: list[dict], summary: dict | None, out: Path) -> st
     if summary:
         lines.append(
             f"{summary['epochs_run']} epochs, best epoch {summary['best_epoch']} (early stopping on validation "
-            f"Recall@20, explore protocol); {summary['examples_per_second']:,.0f} training examples/s (median "
-            f"over epochs)."
+            f"{_stopping_metric(summary)}, explore protocol); {summary['examples_per_second']:,.0f} training "
+            f"examples/s (median over epochs)."
         )
     return "\n\n".join(lines)
 
@@ -196,6 +202,38 @@ def quality_section(metrics: dict, curves: dict | None, out: Path, min_users: in
         plt.close(figure)
         parts.append("![Recall@K](recall_at_k.png)")
     return "\n\n".join(parts)
+
+
+def choices_section(metrics: dict | None, summary: dict | None) -> str:
+    """What the code chose from the shop's data and on validation, and how: the shop's kind and
+    the settings derived from it, the text term's fit, ``text_recent``'s decay, and the text weight
+    ``tfrec_similar`` serves with its next-item figures."""
+    summary, metrics = summary or {}, metrics or {}
+    lines = []
+    shop = summary.get("shop")
+    if shop:
+        lines.append(f"- A **{shop['kind']}** shop: its training targets hold {shop['train_basket_size']:.1f} items "
+                     f"per basket, {shop['train_repeat_share']:.1%} of them bought before ({shop['rule']}).")
+    if summary.get("derived"):
+        lines.append("- Settings derived from the data (`tfrec.config.derived`): "
+                     + ", ".join(f"`{k}={v}`" for k, v in summary["derived"].items()) + ".")
+    if summary.get("text_weight") is not None:
+        lines.append(f"- Text term: weight {summary['text_weight']:g}, decay {summary.get('text_decay', 1.0):g}, "
+                     "fitted on validation.")
+    recent = metrics.get("text_recent")
+    if recent:
+        lines.append(f"- `text_recent` baseline: decay {recent['decay']:g} of {recent['decays']}, chosen on "
+                     f"{recent['chosen_by']}.")
+    similar = metrics.get("similar_items")
+    if similar:
+        rows = [[f"**{name}**" if name == similar["chosen"] else name, f"{weight:g}",
+                 f"{similar['valid'][name]['recall@10']:.4f}", f"{similar['test'][name]['recall@10']:.4f}",
+                 f"{similar['test'][name]['ndcg@10']:.4f}"] for name, weight in similar["candidates"].items()]
+        lines.append(f"- `tfrec_similar` serves text weight {similar['text_weight']:g} ({similar['chosen']}), chosen "
+                     f"on {similar['chosen_by']}. Ranked from each customer's last item, the next basket's new "
+                     "products (`explore`):\n\n" + _table(["text weight", "w", "valid Recall@10", "test Recall@10",
+                                                         "test NDCG@10"], rows))
+    return "## Chosen from the data and on validation\n\n" + "\n".join(lines) if lines else ""
 
 
 def _protocols_line(split: dict) -> str:
@@ -348,6 +386,7 @@ def _write_report(config: Config, run_dir: str, out: Path) -> str:
         data_section(_load(join(data_dir, STATS_FILE)), data_dir, out),
         training_section(_load(join(model_dir, HISTORY_FILE)), _load(join(model_dir, TRAIN_SUMMARY_FILE)), out),
         quality_section(metrics, _load(join(model_dir, CURVES_FILE)), out, min_users),
+        choices_section(metrics, _load(join(model_dir, TRAIN_SUMMARY_FILE))),
         index_section(_load(join(index_dir, INDEX_REPORT_FILE))),
         promotion_section(_load(join(export_dir, PROMOTION_FILE))),
         examples_section(data_dir, export_dir, ids, texts),

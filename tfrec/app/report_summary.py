@@ -25,6 +25,7 @@ PLAIN = {
     "item_cooccurrence": "'bought next by others' (co-occurrence)",
     "als": "matrix factorisation (ALS)",
     "text_zero_shot": "product-text similarity without training",
+    "text_recent": "product-text similarity to recent purchases, without training",
 }
 SEGMENT_KINDS = {
     "history_length": "history length",

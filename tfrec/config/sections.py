@@ -210,35 +210,41 @@ class TextEncoderConfig(_Section):
 
 
 class UserTowerConfig(_Section):
-    """A transformer over the most recent items, beside the mean of the whole history."""
+    """A transformer over the most recent items, beside the mean of the whole history. A basket
+    shop (``tfrec.config.derived``) that leaves these settings out reads the mean of its
+    position-embedded history instead."""
 
     recent_items: int = Field(50, gt=0)
-    """Most recent history items the transformer reads (at most ``data.sequences.max_history``)."""
+    """Most recent history items the transformer reads (at most ``data.sequences.max_history``).
+    A basket shop that leaves it out: ``data.sequences.max_history`` (``tfrec.config.derived``)."""
     num_layers: int = Field(1, ge=0)
     """Transformer blocks over the recent items (keras-hub ``TransformerEncoder``, or
-    ``RelativeBlock`` with ``positions: relative``; 0: the items alone)."""
+    ``RelativeBlock`` with ``positions: relative``; 0: the items alone).
+    A basket shop that leaves it out: 0 (``tfrec.config.derived``)."""
     num_heads: int = Field(2, ge=1)
     """Attention heads per block."""
     intermediate_dim: int = Field(256, gt=0)
     """Feed-forward width of each block."""
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    """Dropout in the user tower."""
+    """Dropout in the user tower. A basket shop that leaves it out: 0.1 (``tfrec.config.derived``)."""
     pooling: Literal["last", "attention", "mean"] = "last"
-    """How the transformer's outputs become one vector."""
+    """How the transformer's outputs become one vector.
+    A basket shop that leaves it out: ``mean`` (``tfrec.config.derived``)."""
     long_term: bool = True
     """Add the mean of every history item's vector (up to ``max_history`` items; a causal
-    tower reads its last ``recent_items`` only)."""
+    tower reads its last ``recent_items`` only). A basket shop that leaves it out: false (``tfrec.config.derived``)."""
     positions: Literal["absolute", "relative", "none"] = "none"
     """How the transformer knows item order: ``absolute`` position embeddings counted from the
     most recent item; ``relative``, a learned attention bias per head and distance; or ``none``
     (a causal tower still knows which item is the query's own). With ``relative`` or ``none``
     every position of a causal training sequence is built as the served query of the same
-    items would be; ``absolute`` tells a training position how far the window's end is."""
+    items would be; ``absolute`` tells a training position how far the window's end is.
+    A basket shop that leaves it out: ``absolute`` (``tfrec.config.derived``)."""
     causal: bool = True
     """Causal attention, trained on every position at once: one pass over a user's training
     sequence (the last ``recent_items`` items) gives a query at each position, trained against
     the next item or group; no position reads its target or anything later. Serving reads
-    the query of the last position."""
+    the query of the last position. A basket shop that leaves it out: false (``tfrec.config.derived``)."""
 
 
 class GraphConfig(_Section):
@@ -277,8 +283,8 @@ class ModelConfig(_Section):
     """Independently initialised copies of both towers, each trained on its own softmax; a
     score is the mean of theirs (an ensemble). A trainable text encoder is one, shared. Vectors
     have ``members * embedding_dim`` values, so the index, the exports and any server take them
-    as they are; training and scoring cost ``members`` times as much. ``auto``: 3 while
-    ``members x training targets`` stays within 1.5M, fewer for a larger shop
+    as they are; training and scoring cost ``members`` times as much. ``auto``: 1 for a basket
+    shop, else 3 while ``members x training targets`` stays within 1.5M, fewer for a larger shop
     (``tfrec.config.derived``)."""
     user_tower: UserTowerConfig = UserTowerConfig()
     """The user tower."""
@@ -292,7 +298,8 @@ class ModelConfig(_Section):
     ``d ** a``, against each item's text vector) into every score, ``(1 - w) * two-tower + w * text``,
     with w and d fitted on validation after training (w = 0 when the text adds nothing, d = 1 the
     plain mean). The vectors carry it (the item's unit text vector after the trained
-    part), so the index, the exports and any server score with it as they are."""
+    part), so the index, the exports and any server score with it as they are.
+    A basket shop that leaves it out: false (``tfrec.config.derived``)."""
 
 
 class TrainConfig(_Section):
@@ -301,7 +308,7 @@ class TrainConfig(_Section):
     max_targets: int = Field(16, gt=0)
     """Targets per example: a larger group is split into several examples with one history."""
     epochs: int = Field(12, ge=1)
-    """Most epochs (early stopping may end sooner)."""
+    """Most epochs (early stopping may end sooner). A basket shop that leaves it out: 8 (``tfrec.config.derived``)."""
     warm_start: str | None = None
     """A previous model folder (or run folder) to start from (``--warm-start``): items in both
     catalogues keep their learned rows, new items start as a cold item is served (from text),
@@ -344,7 +351,8 @@ class TrainConfig(_Section):
     """How the extra negatives are drawn: uniformly (mixed negative sampling), or in proportion to
     the items' training-target counts."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
-    """``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero at the last epoch."""
+    """``cosine``: linear warm-up over ``warmup_steps``, then cosine decay to zero at the last epoch.
+    A basket shop that leaves it out: ``constant`` (``tfrec.config.derived``)."""
     warmup_steps: int = Field(100, ge=0)
     """Steps of linear learning-rate warm-up (``cosine`` schedule)."""
     sequence_negatives: bool = False
@@ -358,13 +366,15 @@ class TrainConfig(_Section):
     shuffle_buffer: int = Field(100_000, gt=0)
     """Examples in the shuffle buffer (at least the training set for a full shuffle)."""
     early_stopping_patience: int = Field(3, ge=0)
-    """Epochs without a better validation metric before stopping (0: never stop early)."""
+    """Epochs without a better validation metric before stopping (0: never stop early).
+    A basket shop that leaves it out: 2 (``tfrec.config.derived``)."""
     validation_users: int | None = Field(5000, gt=0)
     """Validation users measured after each epoch (a fixed random sample; None: all); the
     text term's weight and the repeat-aware term are fitted on the same users. The
     evaluation after training always reads every user."""
     early_stopping_metric: str = "ndcg@10"
-    """Validation metric (explore protocol) that picks the best epoch."""
+    """Validation metric (explore protocol) that picks the best epoch.
+    A basket shop that leaves it out: ``recall@20`` (``tfrec.config.derived``)."""
     seed: int = 42
     """Seed of initialisation, shuffling and dropout."""
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
@@ -398,9 +408,11 @@ class EvalConfig(_Section):
     whatever the shop's size. metrics.json records ``users`` (measured) and ``users_total``;
     the confidence intervals are those of the sample. None: every user."""
     baselines: list[
-        Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
-    ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot"]
-    """Baselines computed in every evaluation, beside the model."""
+        Literal["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot", "text_recent"]
+    ] = ["most_popular", "repeat", "item_cooccurrence", "als", "text_zero_shot", "text_recent"]
+    """Baselines computed in every evaluation, beside the model. ``text_recent`` weighs the
+    history's text vectors by recency, its decay chosen on validation by
+    ``train.early_stopping_metric`` (recorded in metrics.json)."""
     als: AlsConfig = AlsConfig()
     """The ALS baseline's settings."""
     bootstrap_resamples: int = Field(1000, gt=0)

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tfrec import fileio, layout
 from tfrec.config import Config, save_config
-from tfrec.config.derived import derived_settings, resolve
+from tfrec.config.derived import derived_settings, resolve, shop_record
 from tfrec.data import EvalSplit, load_eval_split, load_stats, pad_histories
 from tfrec.errors import TfrecError
 from tfrec.layout import (
@@ -246,7 +246,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     derived = derived_settings(config, stats)  # a warm start took the previous model's values already
     config = resolve(config, stats)  # the run's config.yaml spells out what was derived
     if derived:
-        log.info("Settings derived from the data: " + ", ".join(f"{k}={v}" for k, v in derived.items()))
+        log.info("Settings derived from the data (%s shop): %s", (shop_record(stats) or {}).get("kind"),
+                 ", ".join(f"{k}={v}" for k, v in derived.items()))
     only_new = previous is not None and config.train.warm_start_windows == "new"
     first_new_group = previous.first_new_group() if only_new else None
     if only_new and first_new_group is None:
@@ -260,7 +261,8 @@ def train(config: Config, data_dir: str | os.PathLike, output_dir: str | os.Path
     trained_examples = run_epochs(config, data, state, strategy, work_dir,
                                   fileio.join(output_dir, HISTORY_FILE) if chief else None)
     fitted = finish_training(config, data, state, work_dir)
-    summary = training_summary(config, state, time.time() - started, trained_examples) | {"derived": derived, **fitted}
+    summary = training_summary(config, state, time.time() - started, trained_examples)
+    summary |= {"derived": derived, "shop": shop_record(stats), **fitted}
     log.info(f"Weights digest: {weights_digest(state.model)} (equal on every worker of a distributed run)")
     if chief:
         write_outputs(state.model, data, summary, data_dir, output_dir, config.index.eval_queries, previous)

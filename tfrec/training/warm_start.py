@@ -34,6 +34,7 @@ import yaml
 
 from tfrec import fileio
 from tfrec.config import Config, config_from_dict
+from tfrec.config.derived import left_out
 from tfrec.data import Catalogue, EvalSplit, load_catalogue
 from tfrec.errors import TfrecError
 from tfrec.layout import (
@@ -249,15 +250,17 @@ class PreviousModel:
             return dict(zip(arrays["user_ids"].tolist(), arrays["groups"].tolist()))
 
     def adapt(self, config: Config) -> Config:
-        """``config`` for a warm run: ``auto`` architecture settings take the previous model's values,
-        ``train.epochs`` and ``train.learning_rate`` become ``train.warm_start_epochs`` and
-        ``train.warm_start_learning_rate`` (where set), the learning rate falls from it to zero over those
-        epochs (cosine, no warm-up: the weights are trained already), and the architecture is checked."""
+        """``config`` for a warm run: architecture settings left to the data (``auto``, or left out:
+        ``tfrec.config.derived``) take the previous model's values, ``train.epochs`` and
+        ``train.learning_rate`` become ``train.warm_start_epochs`` and ``train.warm_start_learning_rate``
+        (where set), the learning rate falls from it to zero over those epochs (cosine, no warm-up: the
+        weights are trained already), and the architecture is checked. Other settings the config
+        leaves out stay left to the data."""
         before = architecture(self.config)
         chosen = {key: before[key] for key, value in architecture(config.to_dict()).items()
-                  if value == "auto" and key in before}
+                  if (value == "auto" or left_out(config, key)) and key in before}
         train = config.train
-        raw = config.to_dict()
+        raw = config.model_dump(mode="json", exclude_unset=True)
         for key, value in {**chosen, "train.epochs": train.warm_start_epochs or train.epochs,
                            "train.learning_rate": train.warm_start_learning_rate or train.learning_rate,
                            "train.lr_schedule": "cosine", "train.warmup_steps": 0,
@@ -265,7 +268,7 @@ class PreviousModel:
             node = raw
             *parents, last = key.split(".")
             for part in parents:
-                node = node[part]
+                node = node.setdefault(part, {})
             node[last] = value
         adapted = config_from_dict(raw)
         check_architecture(adapted, self.folder, self.config)
