@@ -30,9 +30,10 @@ HERE = Path(__file__).resolve().parent
 WRK_SCRIPT = HERE / "wrk_predict.lua"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 WRK_TIMEOUT_SECONDS = 10
-CLIENTS_PER_PROCESS = 20
-"""gRPC clients per load process: 20 clients in one process cost about 0.2-0.27 ms of CPU per request,
-in two processes of 10 about 0.35 ms (each process's event loop wakes for fewer answers at a time)."""
+CLIENTS_PER_PROCESS = 10
+"""gRPC clients per load process. One process of 20 costs less CPU per request (about 0.21-0.27 ms against
+0.35 ms for two of 10), but on a busy machine a single-threaded process gets one thread's share of the
+cores and holds the load back; two keep up."""
 _MARKER = "WRK_JSON "
 
 
