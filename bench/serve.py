@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import find_export, machine, write_json
-from loadgen import ensure_wrk, run_grpc, run_wrk, write_requests
+from loadgen import CLIENTS_PER_PROCESS, ensure_wrk, run_grpc, run_wrk, write_requests
 
 from serving.client import RestClient
 from serving.export import RETRIEVE, RETRIEVE_SCANN
@@ -102,7 +102,7 @@ def run_case(server: ServerProcess, model: str, protocol: str, clients: int, arg
         result = run_wrk(server.rest_url, f"/v1/models/{model}:predict", files["ids"], clients, args.seconds,
                          args.history, args.k, args.users, args.seed)
     else:
-        result = run_grpc(server.grpc_target, files[model], clients, args.seconds)
+        result = run_grpc(server.grpc_target, files[model], clients, args.seconds, args.grpc_clients_per_process)
     used = cpu_seconds(server.process.pid) - before
     capacity = result["seconds"] * (os.cpu_count() or 1)
     result["load_generator_cpu_share"] = round(result["load_generator_cpu_s"] / capacity, 3)
@@ -238,6 +238,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="distinct histories to cycle through")
     parser.add_argument("-k", type=int, default=10, help="results per request (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grpc-clients-per-process", type=int, default=CLIENTS_PER_PROCESS,
+                        help=f"gRPC clients per load process (default {CLIENTS_PER_PROCESS})")
     parser.add_argument("--batching-set", action="append", default=[], metavar="KEY=VALUE",
                         help="a serve.batching setting for the batching server, e.g. batch_timeout_micros=500")
     parser.add_argument("--hostile", action="store_true", help="also run the soak's hostile mix with batching on")
@@ -293,7 +295,9 @@ def main() -> None:
         "export": str(export),
         "server": "tfrec serve (own process, 127.0.0.1), one with serve.batching, one with batching off",
         "batching_settings": tuned or "defaults",
-        "load_generators": {"rest": "wrk (bench/wrk_predict.lua)", "grpc": "grpc.aio processes (bench/loadgen.py)"},
+        "load_generators": {"rest": "wrk (bench/wrk_predict.lua)",
+                            "grpc": f"grpc.aio processes (bench/loadgen.py), {args.grpc_clients_per_process} "
+                                    f"clients each"},
         "clients": args.clients,
         "seconds_per_run": args.seconds,
         "repeats": args.repeats,

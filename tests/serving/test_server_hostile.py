@@ -136,6 +136,31 @@ def test_a_tiny_grpc_request_declaring_millions_of_values_is_refused_before_it_i
     assert_serving(rest, ids)
 
 
+def test_every_form_of_a_tensor_proto_gets_the_same_answer_and_a_short_content_is_a_bad_request(grpc_client, ids):
+    def item_ids(history: tensor_pb2.TensorProto, k: tensor_pb2.TensorProto) -> list:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = RETRIEVE
+        request.inputs["history"].CopyFrom(history)
+        request.inputs["k"].CopyFrom(k)
+        response = grpc_client._call(grpc_client.predictions.Predict, request)
+        return list(response.outputs["item_ids"].string_val)
+
+    history = [i.encode() for i in ids[:3]]
+    by_values = item_ids(declared_proto(types_pb2.DT_STRING, [1, 3], history),
+                         tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, int_val=[4]))
+    assert len(by_values) == 4
+    k_as_bytes = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_content=np.int32(4).tobytes())
+    assert item_ids(declared_proto(types_pb2.DT_STRING, [1, 3], history), k_as_bytes) == by_values
+    # fewer values than the shape declares: the last one fills the rest, as tf.make_ndarray reads it
+    repeated = item_ids(declared_proto(types_pb2.DT_STRING, [1, 3], history[:1]), k_as_bytes)
+    assert repeated == item_ids(declared_proto(types_pb2.DT_STRING, [1, 3], history[:1] * 3), k_as_bytes)
+    short = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT32, tensor_content=b"\x04\x00",
+                                   tensor_shape=tensor_shape_pb2.TensorShapeProto())
+    error = grpc_predict(grpc_client, RETRIEVE, {"history": declared_proto(types_pb2.DT_STRING, [1, 3], history),
+                                                 "k": short})
+    assert error.code == "INVALID_ARGUMENT" and "'k' is not a valid TensorProto" in error.message, error.message
+
+
 def test_a_batch_over_max_batch_is_refused_over_rest_and_grpc(server, grpc_client, ids):
     rows = [ids[:2]] * (LIMITS.max_batch + 1)
     status, error = post(server, RETRIEVE, {"inputs": {"history": rows}})
