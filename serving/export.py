@@ -268,8 +268,8 @@ def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str |
     The stages: a killed run's partial version is rolled back (``serving.publishing``),
     each model is staged (``stage``), checked (``verify_staged``), passed through the
     promotion gate when a version is already served, renamed into place (``publish``) and
-    described (``models.config``, ``items.tsv``, ``write_model_card``), the last two under
-    the publishing journal. A version that fails its check is never left where a model
+    described (``models.config``, ``batching_parameters.txt``, ``items.tsv``,
+    ``write_model_card``), all under the publishing journal. A version that fails its check is never left where a model
     server would load it.
 
     Args:

@@ -3,7 +3,8 @@
 Each model's version folder appears with one atomic rename (``serving.export.publish``),
 but a version of an export is several folders (``EXPORT/<name>/<version>/``), renamed one
 after another. A run killed between two renames, or before the files that describe the
-version (``items.tsv``, ``models.config``, the model card, ``removed_items.json``) are
+version (``items.tsv``, ``models.config``, ``batching_parameters.txt``, the model card,
+``removed_items.json``) are
 written, would leave some models at the new version and the rest at the old one.
 
 So a run first writes ``EXPORT/.publishing.json`` naming the version and its folders,
@@ -38,7 +39,7 @@ def journal(export_dir: str) -> dict | None:
     """The version being published now (or whose run was killed): ``{"version": N, "targets": {name: path}}``."""
     try:
         return fileio.read_json(fileio.join(export_dir, JOURNAL_FILE))
-    except (OSError, ValueError):
+    except (OSError, ValueError, tf.errors.OpError):  # OpError: removed between the check and the read
         return None
 
 

@@ -213,7 +213,7 @@ class ModelServer:
         batching = limits.batching
         lines.append(f"Batching: up to {batching.max_batch_size} examples per call, {batching.batch_timeout_micros} µs "
                      f"timeout, {batching.num_batch_threads} threads, {batching.max_enqueued_batches} batches queued "
-                     f"per model" if batching.enabled else "Batching: off (each request is its own model call)")
+                     "per request kind" if batching.enabled else "Batching: off (each request is its own model call)")
         if not _is_loopback(self.host):
             lines.append(f"warning: listening on {self.host}, beyond this machine, with no authentication")
         lines.append(f"Looking for new versions every {self.poll_seconds:g}s; Ctrl-C stops.")

@@ -246,7 +246,8 @@ class Batcher:
             with self._lock:
                 if task.lead:
                     task.lead = False
-                    task.event.clear()
+                    if not task.done:  # another leader may have answered it already: keep that signal
+                        task.event.clear()
                     return True
                 if task.done:
                     return False
@@ -281,7 +282,8 @@ class Batcher:
             with self._lock:
                 self._running -= 1
                 self._hand_on()
-        task.event.wait()  # when another leader runs its batch: its answer comes within one call
+        if not task.done:
+            task.event.wait()  # when another leader runs its batch: its answer comes within one call
 
     def _take(self, task: _Task) -> _Merge | None:
         """The oldest batch of ``task``'s queue, once it is full or has waited ``batch_timeout_micros``."""
@@ -304,6 +306,11 @@ class Batcher:
             for queued in oldest.tasks:
                 queued.batch = None
             return oldest
+
+    def _count(self, calls: int = 0, merged: int = 0) -> None:
+        with self._lock:
+            self.calls += calls
+            self.merged += merged
 
     def _hand_on(self) -> None:
         """Gives the lead to the first request of the oldest waiting batch, if a batch may run."""
@@ -335,17 +342,17 @@ class Batcher:
             size = sum(t.rows for t in tasks)
             size = self._allowed[bisect.bisect_left(self._allowed, size)] if self._allowed else size
             try:
-                self.calls += 1
+                self._count(calls=1)
                 answers = split(signature, tasks, signature.run(merge(signature, tasks, size)))
             except Exception:  # noqa: BLE001 (each request runs alone below, and fails with its own error)
                 answers = None
         if answers is None:
             for task in tasks:
-                self.calls += 1
+                self._count(calls=1)
                 _run_alone(signature, task)
             return
         if len(tasks) > 1:
-            self.merged += len(tasks)
+            self._count(merged=len(tasks))
         for task, answer in zip(tasks, answers):
             task.finish(outputs=answer)
 

@@ -491,7 +491,8 @@ class BatchingConfig(_Section):
     num_batch_threads: int = Field(2, gt=0)
     """Merged calls that run at the same time."""
     max_enqueued_batches: int = Field(16, gt=0)
-    """Batches that may wait per model and signature; a request beyond them is answered 503
+    """Batches that may wait per model, signature and request options (requests merge only with
+    their like); a request beyond them is answered 503
     (TF Serving's UNAVAILABLE), so the queue's memory is bounded."""
     allowed_batch_sizes: list[int] = []
     """Sizes a merged call may have, increasing, the last one ``max_batch_size``; a batch is
