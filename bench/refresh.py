@@ -70,7 +70,7 @@ WARM_VARIANTS = {
     "all windows, 1 epoch": ("--set", "train.warm_start_windows=all", "--set", "train.warm_start_epochs=1"),
 }
 """The warm runs compared on validation (``train.warm_start_windows`` and ``train.warm_start_epochs``)."""
-DEFAULT_VARIANT = "new windows, 1 epoch"
+DEFAULT_VARIANT = "new windows, 2 epochs"
 """The code's defaults: the variant every shop's validation chose."""
 REMOVED = 20
 """Products the catalogue change removes: those the served model recommends most."""

@@ -219,7 +219,8 @@ def test_a_model_propagating_over_the_item_graph_warm_starts_on_the_new_datas_gr
     previous = load_model(tmp_path / "first").item_tower.id_embedding[0].embeddings.numpy()
     np.testing.assert_array_equal(model.item_tower.id_embedding[0].embeddings.numpy()[shared],
                                   previous[[old_rows[after.ids[i]] for i in shared]])
-    warm = tiny_config(config, *graph_settings, f"train.warm_start={json.dumps(str(tmp_path / 'first'))}")
+    warm = tiny_config(config, *graph_settings, f"train.warm_start={json.dumps(str(tmp_path / 'first'))}",
+                       "train.warm_start_epochs=1")
     summary = train(warm, data, tmp_path / "warm")
     assert summary["epochs_run"] == 1 and summary["warm_start"]["items_added"] > 0
     assert load_model(tmp_path / "warm").item_tower.graph_edges == graph.nnz

@@ -313,9 +313,9 @@ class TrainConfig(_Section):
     """A previous model folder (or run folder) to start from (``--warm-start``): items in both
     catalogues keep their learned rows, new items start as a cold item is served (from text),
     gone ones are dropped; the ``model`` settings must be the previous model's. None: from scratch."""
-    warm_start_epochs: int | None = Field(1, ge=1)
+    warm_start_epochs: int | None = Field(2, ge=1)
     """Most epochs of a warm-started run, instead of ``epochs``: it begins from a trained model,
-    so it needs few (null: ``epochs``). Its learning rate falls to zero over them (cosine, no
+    so it needs few (null: ``epochs``); 2 was chosen on validation by ``bench/refresh.py``. Its learning rate falls to zero over them (cosine, no
     warm-up), and an epoch is kept only if it beats the previous weights on validation."""
     warm_start_learning_rate: float | None = Field(None, gt=0.0)
     """The first learning rate of a warm-started run, instead of ``learning_rate`` (None: the same)."""
