@@ -144,10 +144,10 @@ def models_config(model_base_path: str, names: list[str]) -> str:
 def batching_parameters(settings: BatchingConfig) -> str:
     """TF Serving's ``--batching_parameters_file``: ``BatchingParameters`` as a text proto.
 
-    The values are ``serve.batching``'s (the ones ``bench/serve.py`` found best for
-    ``tfrec serve``). Its wrapped fields (``google.protobuf.Int64Value``) are written
-    ``max_batch_size { value: 32 }``. ``pad_variable_length_inputs`` stays off: TF Serving
-    would pad a history on the right, where its most recent items are.
+    The values are ``serve.batching``'s, those ``tfrec serve`` runs with. Its wrapped fields
+    (``google.protobuf.Int64Value``) are written ``max_batch_size { value: 32 }``.
+    ``pad_variable_length_inputs`` stays off: TF Serving would pad a history on the right,
+    where its most recent items are.
 
     Example:
 

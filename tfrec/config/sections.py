@@ -315,8 +315,9 @@ class TrainConfig(_Section):
     gone ones are dropped; the ``model`` settings must be the previous model's. None: from scratch."""
     warm_start_epochs: int | None = Field(2, ge=1)
     """Most epochs of a warm-started run, instead of ``epochs``: it begins from a trained model,
-    so it needs few (null: ``epochs``); 2 was chosen on validation by ``bench/refresh.py``. Its learning rate falls to zero over them (cosine, no
-    warm-up), and an epoch is kept only if it beats the previous weights on validation."""
+    so it needs few (null: ``epochs``); 2 was chosen on validation by ``bench/refresh.py``. Its
+    learning rate falls to zero over them (cosine, no warm-up), and an epoch is kept only if it
+    beats the previous weights on validation."""
     warm_start_learning_rate: float | None = Field(None, gt=0.0)
     """The first learning rate of a warm-started run, instead of ``learning_rate`` (None: the same)."""
     warm_start_windows: Literal["new", "all"] = "new"
@@ -477,9 +478,8 @@ class BatchingConfig(_Section):
     """Server-side batching: concurrent requests to one model and signature, with compatible
     inputs, run as one call of the model. The names and meanings are TF Serving's
     ``BatchingParameters``; ``tfrec export`` writes these values to ``batching_parameters.txt``.
-    The defaults are the ones ``bench/serve.py --sweep`` found best for ``tfrec serve`` on the
-    bundled shop (``bench/results/serve_batching_sweep.json``; with and without them:
-    ``bench/results/serve.json``)."""
+    The defaults are measured against batching off in ``bench/results/serve.json``; not yet
+    searched (``bench/serve.py --sweep`` compares settings)."""
 
     enabled: bool = True
     """Merge concurrent requests (``--batching`` / ``--no-batching``)."""
