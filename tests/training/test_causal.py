@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 from tests.pipelines import outputs
 from tfrec.data import load_eval_split, train_examples
 from tfrec.data.sequences import causal_sequences, pieces, query_positions
-from tfrec.models.towers import UserTower
+from tfrec.models.user_tower import UserTower
 from tfrec.training.warm_start import write_trained_groups
 
 

@@ -3,7 +3,7 @@
 from tfrec.models.attention import RelativeBlock
 from tfrec.models.repeat import RepeatTerm
 from tfrec.models.text import PretrainedTextEncoder, ScratchTextEncoder, TextPipeline
-from tfrec.models.towers import ItemTower, UserTower
+from tfrec.models.towers import ItemTower
 from tfrec.models.two_tower import (
     TwoTowerModel,
     build_model,
@@ -11,6 +11,7 @@ from tfrec.models.two_tower import (
     serving_text_pipeline,
     text_pipeline,
 )
+from tfrec.models.user_tower import UserTower
 
 __all__ = [
     "ItemTower",

@@ -22,7 +22,8 @@ from tfrec.models.text import (
     scratch_pipeline,
     word_piece_vocabulary,
 )
-from tfrec.models.towers import ItemTower, UserTower
+from tfrec.models.towers import ItemTower
+from tfrec.models.user_tower import UserTower
 
 
 @keras.saving.register_keras_serializable(package="tfrec")
