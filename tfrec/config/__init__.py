@@ -14,16 +14,14 @@ Example:
 2
 """
 
+from tfrec.config.base import ConfigError
 from tfrec.config.loading import apply_overrides, config_from_dict, load_config, save_config, serve_settings
 from tfrec.config.reference import reference, reference_markdown
 from tfrec.config.sections import (
     AlsConfig,
-    BatchingConfig,
     CatalogueConfig,
     ColumnsConfig,
     Config,
-    ConfigError,
-    CopyConfig,
     DataConfig,
     EvalConfig,
     ExportConfig,
@@ -34,11 +32,11 @@ from tfrec.config.sections import (
     ModelConfig,
     ScratchEncoderConfig,
     SequencesConfig,
-    ServeConfig,
     TextEncoderConfig,
     TrainConfig,
     UserTowerConfig,
 )
+from tfrec.config.serving_sections import BatchingConfig, CopyConfig, ServeConfig
 
 __all__ = [
     "AlsConfig", "BatchingConfig", "CatalogueConfig", "ColumnsConfig", "Config", "ConfigError", "CopyConfig",

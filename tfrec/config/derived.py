@@ -50,7 +50,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tfrec.config.sections import Config, ConfigError
+from tfrec.config.base import ConfigError
+from tfrec.config.sections import Config
 
 LARGE_CATALOGUE = 10_000
 """Catalogues of at least this many items get 256-d vectors (per member), smaller ones 128-d."""

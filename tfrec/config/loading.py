@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from tfrec.config.sections import Config, ConfigError, ServeConfig
+from tfrec.config.base import ConfigError
+from tfrec.config.sections import Config
+from tfrec.config.serving_sections import ServeConfig
 
 
 class _Loader(yaml.SafeLoader):

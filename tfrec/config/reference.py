@@ -6,7 +6,8 @@ import json
 import typing
 from typing import Any
 
-from tfrec.config.sections import Config, _Section
+from tfrec.config.base import _Section
+from tfrec.config.sections import Config
 
 
 def _sections_in(annotation: Any) -> tuple[type[_Section] | None, str]:
