@@ -8,7 +8,7 @@ reports, under ``shops.<name>``:
 - ``generated_share``: the share published as generated, not as a template;
 - ``invented_facts``, ``repeated_ngrams``: published pitches holding a number, price, URL or
   capitalised name absent from the title, or a repeated 3-gram, counted by a check written
-  apart from the guard's;
+  apart from the guard's (``flagged`` lists them);
 - ``describes_product``: top-10 rate of MiniLM text search over the whole catalogue with the
   pitch's words minus the title's, for the generated pitches and for the template sentences
   of the same products;
@@ -56,7 +56,7 @@ TOP = 10
 
 def independent_facts(pitch: str, title: str, because: str | None = None) -> list[str]:
     """Numbers, currency, URLs and mid-sentence capitalised words of ``pitch`` absent from the inputs
-    (a plain reading, apart from the guard's rules)."""
+    (a plain reading, apart from the guard's rules; a word is present in the singular or plural)."""
     source = f"{title} {because or ''}".lower()
     source_words = set(re.findall(r"[a-z0-9]+", source))
     found = [n for n in re.findall(r"\d+(?:[.,]\d+)?", pitch) if n not in source]
@@ -64,7 +64,7 @@ def independent_facts(pitch: str, title: str, because: str | None = None) -> lis
     for sentence in re.split(r"(?<=[.!?])\s+", pitch):
         tokens = sentence.split()
         for word in (part for token in tokens[1:] for part in re.findall(r"[A-Za-z]+", token)):
-            known = word.lower() in source_words or word.lower().rstrip("s") in source_words
+            known = bool({word.lower(), word.lower().rstrip("s"), word.lower() + "s"} & source_words)
             if word[:1].isupper() and not known and word not in ("I", "Christmas"):
                 found.append(word)
     return found
@@ -159,6 +159,8 @@ def shop_report(args, config) -> dict:
         "failed_rules": dict(sum((Counter(v.failed) for v in verdicts), Counter())),
         "invented_facts": sum(bool(independent_facts(p, t)) for t, p in published),
         "repeated_ngrams": sum(has_repeated_trigram(p) for _, p in published),
+        "flagged": [{"title": t, "pitch": p, "facts": independent_facts(p, t), "repeated": has_repeated_trigram(p)}
+                    for t, p in published if independent_facts(p, t) or has_repeated_trigram(p)],
         "describes_product": {
             "generated": describes([without_title_words(verdicts[k].pitch, titles[k]) for k in generated], rows,
                                    embed, catalogue_vectors),

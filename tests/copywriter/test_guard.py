@@ -49,6 +49,12 @@ def test_repeated_ngrams_are_listed():
     assert repeated_ngrams(GOOD) == []
 
 
+def test_a_repeat_hidden_by_a_hyphen_is_found():
+    assert repeated_ngrams("Tea light, a tea-light, a tea light.") == [
+        ("tea", "light", "a"), ("light", "a", "tea"), ("a", "tea", "light")]
+    assert "repeated_ngram" in violations("A heart tea light and a heart tea-light holder.", TITLE)
+
+
 def test_the_best_passing_sample_by_score_is_published():
     samples = ["A lovely thing.", GOOD, "A white heart holder for a cosy evening at home."]
     verdict = choose(samples, TITLE, prompt_text=PROMPT, score=lambda texts, title: [len(t) for t in texts])

@@ -5,7 +5,8 @@ A pitch is published only when every rule holds:
 - ``names_product``: it names the product (a word of its title);
 - ``invented_fact``: it holds no number, size, price, brand, URL, material or colour absent
   from its inputs (the title, and the title of the product bought before when personalised);
-- ``repeated_ngram``: no sequence of ``REPEAT_N`` words occurs twice;
+- ``repeated_ngram``: no sequence of ``REPEAT_N`` words occurs twice, counting a hyphenated
+  word as one word and as its parts ("hand-made hand-made gift" and "tea light tea-light" both fail);
 - ``echo``: it does not repeat the prompt's instructions, and says at least ``MIN_NEW_WORDS``
   words beyond the title's (a bare title is no pitch);
 - ``length``: one or two sentences, ``MIN_WORDS`` to ``MAX_WORDS`` words;
@@ -34,7 +35,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
-RULES_VERSION = 3
+RULES_VERSION = 4
 """Changes whenever a rule does: cached answers judged by other rules are not reused."""
 MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
@@ -43,6 +44,8 @@ ECHO_N = 4
 """A pitch sharing a run of this many words with the prompt's own text (title aside) echoes it."""
 
 WORD = re.compile(r"[^\W_]+(?:['’-][^\W_]+)*")
+PART = re.compile(r"[^\W_]+")
+"""A word's parts: a hyphenated or possessive word split where its hyphens and apostrophes are."""
 SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
 URL = re.compile(r"https?://|www\.|\b[\w-]+\.(?:com|net|org|co|uk|io|shop|store)\b|@\w", re.I)
 CURRENCY = re.compile(r"[$£€¥₹]")
@@ -115,10 +118,13 @@ def invented(pitch: str, inputs: Sequence[str]) -> list[str]:
 
 
 def repeated_ngrams(text: str, n: int = REPEAT_N) -> list[tuple[str, ...]]:
-    """The runs of ``n`` words (lower-cased) that occur more than once in ``text``."""
-    tokens = [w.lower() for w in words(text)]
-    counts = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
-    return [gram for gram, count in counts.items() if count > 1]
+    """The runs of ``n`` words (lower-cased) that occur more than once in ``text``, read once with
+    hyphenated words whole and once split into their parts."""
+    found = []
+    for tokens in ([w.lower() for w in words(text)], PART.findall(text.lower())):
+        counts = Counter(tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1))
+        found += [gram for gram, count in counts.items() if count > 1 and gram not in found]
+    return found
 
 
 def echoes(pitch: str, prompt_text: str, title: str) -> bool:
