@@ -13,11 +13,14 @@ import sys
 from typing import TYPE_CHECKING
 
 from tfrec.app.flags import CONFIG, OPTIONAL_CONFIG, Command, OneOf, flag
+from tfrec.config.serving_sections import BatchingConfig
 
 if TYPE_CHECKING:
     from tfrec.config import ServeConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_BATCHING = BatchingConfig().model_dump()
 
 EPILOG = """\
 stages and their folders:
@@ -343,12 +346,14 @@ COMMANDS = (
             flag("--max-batch", type=int, help="largest batch a request may carry (default 256)"),
             flag("--batching", dest="enabled", action=argparse.BooleanOptionalAction, default=None,
                  help="merge concurrent requests into one model call (default: serve.batching.enabled, on)"),
-            flag("--max-batch-size", type=int, help="most examples in one merged call (default 32)"),
+            flag("--max-batch-size", type=int, help=f"most examples in one merged call (default {_BATCHING['max_batch_size']})"),
             flag("--batch-timeout-micros", type=int,
-                 help="how long a batch that is not full waits for more requests (default 0: none)"),
-            flag("--num-batch-threads", type=int, help="merged calls running at once (default 2)"),
+                 help="how long a batch that is not full waits for more requests, 0 for not at all "
+                      f"(default {_BATCHING['batch_timeout_micros']})"),
+            flag("--num-batch-threads", type=int, help=f"merged calls running at once (default {_BATCHING['num_batch_threads']})"),
             flag("--max-enqueued-batches", type=int,
-                 help="batches that may wait per model; more requests are answered 503 (default 16)"),
+                 help="batches that may wait per model; more requests are answered 503 "
+                      f"(default {_BATCHING['max_enqueued_batches']})"),
             flag("--allowed-batch-sizes", type=_sizes, metavar="N,N,...",
                  help="sizes a merged call is padded up to, the last one --max-batch-size (default: any)"),
             flag("--examples", metavar="DATA_DIR",
