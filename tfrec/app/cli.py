@@ -175,6 +175,10 @@ def serve_settings_of(args: argparse.Namespace) -> ServeConfig:
 
 
 def _serve(args: argparse.Namespace, _: list[str]) -> int:
+    # Before TensorFlow allocates its first tensor: the server loads each new version beside the one in
+    # service, and oneDNN's own memory pool (TensorFlow's default on x86) would keep that peak of two
+    # versions for good; with the system allocator the old version's memory goes back to the system.
+    os.environ.setdefault("TF_ONEDNN_USE_SYSTEM_ALLOCATOR", "1")
     from serving.server import serve
 
     serve(args.export, serve_settings_of(args), page=not args.no_page, examples=args.examples, copy=args.copy)
