@@ -350,11 +350,13 @@ COMMANDS = (
             flag("--max-batch", type=int, help="largest batch a request may carry (default 256)"),
             flag("--batching", dest="enabled", action=argparse.BooleanOptionalAction, default=None,
                  help="merge concurrent requests into one model call (default: serve.batching.enabled, on)"),
-            flag("--max-batch-size", type=int, help=f"most examples in one merged call (default {_BATCHING['max_batch_size']})"),
+            flag("--max-batch-size", type=int,
+                 help=f"most examples in one merged call (default {_BATCHING['max_batch_size']})"),
             flag("--batch-timeout-micros", type=int,
                  help="how long a batch that is not full waits for more requests, 0 for not at all "
                       f"(default {_BATCHING['batch_timeout_micros']})"),
-            flag("--num-batch-threads", type=int, help=f"merged calls running at once (default {_BATCHING['num_batch_threads']})"),
+            flag("--num-batch-threads", type=int,
+                 help=f"merged calls running at once (default {_BATCHING['num_batch_threads']})"),
             flag("--max-enqueued-batches", type=int,
                  help="batches that may wait per model; more requests are answered 503 "
                       f"(default {_BATCHING['max_enqueued_batches']})"),
