@@ -3,7 +3,7 @@
 import pytest
 
 from tfrec.copywriter.generator import instruction
-from tfrec.copywriter.guard import RULES, choose, invented, repeated_ngrams, template, violations
+from tfrec.copywriter.guard import RULES, choose, invented, repeated_ngrams, stutters, template, violations
 
 TITLE = "WHITE HANGING HEART T-LIGHT HOLDER"
 PROMPT = instruction(TITLE)
@@ -47,6 +47,13 @@ def test_facts_in_the_inputs_are_not_invented():
 def test_repeated_ngrams_are_listed():
     assert repeated_ngrams("paisley paisley paisley paisley") == [("paisley", "paisley", "paisley")]
     assert repeated_ngrams(GOOD) == []
+
+
+def test_a_word_that_comes_straight_back_is_a_repeat():
+    assert stutters("A stylish and stylish spotty bunting.") == ["stylish"]
+    assert stutters("A vegan vegan pizza.") == ["vegan"]
+    assert stutters("A heart holder for a heart.") == []  # four words apart
+    assert "repeated_ngram" in violations("A stylish and stylish heart holder for tea lights.", TITLE)
 
 
 def test_a_repeat_hidden_by_a_hyphen_is_found():

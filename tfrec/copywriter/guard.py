@@ -6,7 +6,9 @@ A pitch is published only when every rule holds:
 - ``invented_fact``: it holds no number, size, price, brand, URL, material or colour absent
   from its inputs (the title, and the title of the product bought before when personalised);
 - ``repeated_ngram``: no sequence of ``REPEAT_N`` words occurs twice, counting a hyphenated
-  word as one word and as its parts ("hand-made hand-made gift" and "tea light tea-light" both fail);
+  word as one word and as its parts ("tea light, a tea-light, a tea light" fails), and no word
+  of ``MIN_STUTTER_LETTERS`` letters or more comes back within ``STUTTER_WINDOW`` words
+  ("stylish and stylish", "vegan vegan");
 - ``echo``: it does not repeat the prompt's instructions, and says at least ``MIN_NEW_WORDS``
   words beyond the title's (a bare title is no pitch);
 - ``length``: one or two sentences, ``MIN_WORDS`` to ``MAX_WORDS`` words;
@@ -35,11 +37,12 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
-RULES_VERSION = 4
+RULES_VERSION = 5
 """Changes whenever a rule does: cached answers judged by other rules are not reused."""
 MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
 REPEAT_N = 3
+STUTTER_WINDOW, MIN_STUTTER_LETTERS = 3, 4
 ECHO_N = 4
 """A pitch sharing a run of this many words with the prompt's own text (title aside) echoes it."""
 
@@ -127,6 +130,14 @@ def repeated_ngrams(text: str, n: int = REPEAT_N) -> list[tuple[str, ...]]:
     return found
 
 
+def stutters(text: str) -> list[str]:
+    """The words of ``MIN_STUTTER_LETTERS`` letters or more that come back within ``STUTTER_WINDOW``
+    words ("stylish and stylish")."""
+    tokens = [_fold(w) for w in words(text)]
+    return [word for i, word in enumerate(tokens)
+            if len(word) >= MIN_STUTTER_LETTERS and word in tokens[i + 1:i + 1 + STUTTER_WINDOW]]
+
+
 def echoes(pitch: str, prompt_text: str, title: str) -> bool:
     """Whether ``pitch`` repeats ``ECHO_N`` words in a row of the prompt's own text or a label of it,
     or says fewer than ``MIN_NEW_WORDS`` words (stopwords aside) beyond the title's."""
@@ -150,7 +161,7 @@ def violations(pitch: str, title: str, because: str | None = None, prompt_text: 
         failed.append("names_product")
     if invented(pitch, [title] + ([because] if because else [])):
         failed.append("invented_fact")
-    if repeated_ngrams(pitch):
+    if repeated_ngrams(pitch) or stutters(pitch):
         failed.append("repeated_ngram")
     if echoes(pitch, prompt_text, title):
         failed.append("echo")
