@@ -36,7 +36,7 @@ import tensorflow as tf
 from serving.export import RETRIEVE, RETRIEVE_SCANN, SEARCH, SIMILAR, next_version, publish
 from serving.items import read_items
 from serving.model_card import render_model_card_md
-from serving.publishing import publish_version, recover
+from serving.publishing import publish_version, publishes, recover
 from serving.saved_model import newest_version
 from serving.verify import check_versions, format_checks
 from tfrec import fileio
@@ -133,6 +133,7 @@ def _probes(removed: list[str], texts: dict[str, str], size: int) -> dict[str, l
             SIMILAR: [{"item_id": some, "k": k}], SEARCH: [{"query": [texts.get(i, i) for i in some], "k": k}]}
 
 
+@publishes
 def change_catalogue(export_dir: str | os.PathLike, remove: list[str] = (), restore: list[str] = ()) -> dict:
     """Publishes a new version of every model of ``export_dir`` that never returns the ids of
     ``remove`` and returns those of ``restore`` again; returns what was done.

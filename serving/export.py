@@ -42,7 +42,7 @@ from serving.index import IndexCatalogue
 from serving.items import read_removed, write_items
 from serving.model_card import build_model_card, render_model_card_md
 from serving.promotion import promotion_gate, require_data, served_version
-from serving.publishing import publish_version, recover
+from serving.publishing import publish_version, publishes, recover
 from serving.saved_model import DEFAULT_SIGNATURE, read_signature_defs
 from serving.signatures import (
     CandidateModel,
@@ -258,6 +258,7 @@ def write_model_card(config: Config, model_dir: str, index_dir: str | None, expo
     fileio.write_text(fileio.join(export_dir, MODEL_CARD_MD_FILE), render_model_card_md(card))
 
 
+@publishes
 def export_models(config: Config, model_dir: str | os.PathLike, index_dir: str | os.PathLike | None,
                   export_dir: str | os.PathLike,
                   version: int | None = None, model_base_path: str | None = None,

@@ -16,23 +16,77 @@ or ``tfrec index --remove/--restore`` first rolls a journaled version back
 server loads, and then deleted, with any temporary folders killed runs left. TF Serving
 does not read the journal: there a killed run's partial version is served from the moment
 of its rename until the next run rolls it back.
+
+Only one run publishes into a local export folder at a time: ``exclusive`` holds an
+advisory lock on ``EXPORT/.publishing.lock`` from the roll-back to the end, and a second
+``tfrec export`` or ``tfrec index --remove/--restore`` fails at once with exit code 4, naming
+the run that holds it, instead of rolling back a version that run is still publishing. The system
+drops the lock of a killed run. A bucket has no such lock: run one publisher at a time there.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import inspect
 import logging
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import tensorflow as tf
 
 from tfrec import fileio
+from tfrec.errors import ExportBusy
 
 log = logging.getLogger(__name__)
 
 JOURNAL_FILE = ".publishing.json"
 """In the export folder while a version is being published."""
+LOCK_FILE = ".publishing.lock"
+"""Locked by the run publishing into a local export folder; it names that run."""
+
+
+@contextlib.contextmanager
+def exclusive(export_dir: str | os.PathLike) -> Iterator[None]:
+    """Holds the export folder's publishing lock (local folders; on a bucket, nothing).
+
+    Raises:
+        ExportBusy: when another run holds it (exit code 4).
+    """
+    export_dir = os.fspath(export_dir)
+    if fileio.is_url(export_dir):
+        yield
+        return
+    os.makedirs(export_dir, exist_ok=True)
+    with open(os.path.join(export_dir, LOCK_FILE), "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise ExportBusy(f"{export_dir}: another run is publishing into it ({lock.read().strip() or 'unknown'}); "
+                             "run one `tfrec export` or `tfrec index --remove/--restore` at a time") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def publishes(function: Callable) -> Callable:
+    """Runs ``function`` holding the publishing lock of its ``export_dir`` argument (``exclusive``)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        with exclusive(signature.bind(*args, **kwargs).arguments["export_dir"]):
+            return function(*args, **kwargs)
+
+    return locked
 
 
 def journal(export_dir: str) -> dict | None:

@@ -13,6 +13,7 @@ class ExitCode(IntEnum):
     CHECK_FAILED = 1
     ERROR = 2
     REFUSED = 3
+    BUSY = 4
     INTERRUPTED = 130
 
     @property
@@ -26,6 +27,8 @@ _MEANINGS = {
     ExitCode.ERROR: "bad input, configuration, state or command line (the message names the file, row or field)",
     ExitCode.REFUSED: "tfrec export / run: the promotion gate refused the new version (significantly worse than the "
                       "served one); nothing was published: EXPORT/promotion.json says why",
+    ExitCode.BUSY: "tfrec export / index --remove / --restore: another run is publishing into the export folder; "
+                   "nothing was done: run again once it ends",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
 }
 
@@ -43,3 +46,10 @@ class PromotionRefused(TfrecError):
 
     exit_code = ExitCode.REFUSED
     label = "refused"
+
+
+class ExportBusy(TfrecError):
+    """Another run is publishing into the export folder; this one did nothing."""
+
+    exit_code = ExitCode.BUSY
+    label = "busy"
