@@ -42,6 +42,9 @@ from tfrec.models import TextPipeline, TwoTowerModel
 EXCLUDED = -1e30
 _REMOVED = 2 * EXCLUDED
 """What a removed item scores inside ``top_k``: below every excluded item, so it is picked last."""
+EXPLAINED_RESULTS = 100
+"""Results per row given a ``because``: explaining every result of a large ``k`` would cost a row's
+results times its history in memory (for a whole catalogue and a long history, gigabytes per request)."""
 REMOVED_VARIABLE = "removed"
 """The name of the catalogue's removed-items variable (``tfrec index --remove`` rewrites it)."""
 _EMPTY = tf.constant([], tf.string)
@@ -74,7 +77,8 @@ def output_meanings() -> dict[str, str]:
         "scores": "served score per result, higher is better: tfrec_retrieve(_scann): the repeat-aware score "
                   "(scale x similarity + history term, unbounded); tfrec_similar / tfrec_search: cosine "
                   "similarity in [-1, 1]; an excluded item that fills a short list scores -1e30",
-        "because_ids": "per result, the history item whose vector is closest to it (\"\": none)",
+        "because_ids": f"per result, the history item whose vector is closest to it (\"\": none, and for every "
+                       f"result after the first {EXPLAINED_RESULTS})",
         "because_scores": "the dot product of that history item's vector with the result's, in [-1, 1]",
     }
 
@@ -187,8 +191,11 @@ class ServingCatalogue(tf.Module):
         return tf.cast(indices, tf.int64), tf.maximum(top.values, EXCLUDED)
 
     def explain(self, history, results):
-        """For each result, the history item whose vector scores highest with it, and that score."""
+        """For each of the first ``EXPLAINED_RESULTS`` results, the history item whose vector scores
+        highest with it, and that score (``""`` and 0 for the results after them)."""
         history = tf.pad(history, [[0, 0], [0, 1]], constant_values=-1)  # an empty history explains nothing
+        unexplained = tf.maximum(tf.shape(results)[1] - EXPLAINED_RESULTS, 0)
+        results = results[:, :EXPLAINED_RESULTS]
         affinity = tf.einsum("bkd,bhd->bkh", tf.gather(self.item_vectors, results),
                              tf.gather(self.item_vectors, tf.maximum(history, 0)))
         named = (history >= 0) & ~tf.gather(self.removed, tf.maximum(history, 0))
@@ -197,7 +204,9 @@ class ServingCatalogue(tf.Module):
         score = tf.reduce_max(affinity, axis=-1)
         found = score > EXCLUDED / 2
         because = self.ids(tf.maximum(tf.gather(history, best, batch_dims=1), 0))
-        return tf.where(found, because, ""), tf.where(found, score, 0.0)
+        rest = [[0, 0], [0, unexplained]]
+        return (tf.pad(tf.where(found, because, ""), rest, constant_values=""),
+                tf.pad(tf.where(found, score, 0.0), rest))
 
 
 _K = tf.TensorSpec([], tf.int32, name="k")

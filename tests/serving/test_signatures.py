@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from serving import signatures
 from serving.scann_retrieve import first_occurrences
 from serving.signatures import EXCLUDED, ServingCatalogue, SimilarModel
 
@@ -73,6 +74,15 @@ def test_explanations_name_the_closest_history_item():
     np.testing.assert_allclose(score.numpy(), [[0.9, 0.9], [0, 0]], rtol=1e-6)
     empty = catalogue.explain(tf.zeros([1, 0], tf.int64), tf.constant([[1]], tf.int64))[0]
     assert _ids(empty) == [[""]]
+
+
+def test_only_the_first_results_are_explained_so_a_large_k_costs_no_more(monkeypatch):
+    monkeypatch.setattr(signatures, "EXPLAINED_RESULTS", 2)
+    vectors = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
+    catalogue = ServingCatalogue(np.array(["a", "b", "c", "d"]), vectors)
+    because, score = catalogue.explain(tf.constant([[0, 2]], tf.int64), tf.constant([[1, 3, 0, 2]], tf.int64))
+    assert _ids(because) == [["a", "c", "", ""]]
+    np.testing.assert_allclose(score.numpy(), [[0.9, 0.9, 0, 0]], rtol=1e-6)
 
 
 def test_first_occurrences_keeps_one_of_each_item():
