@@ -12,7 +12,8 @@ reports, under ``shops.<name>``:
 - ``describes_product``: top-10 rate of MiniLM text search over the whole catalogue with the
   pitch's words minus the title's, for the generated pitches and for the template sentences
   of the same products;
-- ``seconds_per_pitch``: median per product after the first (compilation) call;
+- ``seconds_per_pitch``: median over the calls after the first (compilation), each call's time
+  over its products (``copy.prompts_per_call`` at a time, as ``tfrec copy`` runs);
 - ``perplexity_titles``: the generator's perplexity on ``--titles`` catalogue titles, beside
   ``unigram_perplexity_titles``, a unigram model over the same tokenizer fitted on the other titles;
 - ``personalised``: the generated share of "because you bought X" prompts on ``--personalised``
@@ -94,16 +95,19 @@ def describes(texts: list[str], item_rows: list[int], embed, catalogue_vectors: 
 
 
 def pitches(generator: Generator, embed, titles: list[str], because: list[str | None]) -> tuple[list, list[float]]:
-    """A verdict per title (as ``tfrec copy`` publishes), and the seconds each took."""
+    """A verdict per title (as ``tfrec copy`` publishes: ``copy.prompts_per_call`` products per
+    call), and the seconds per pitch of each call (its time over its products)."""
     score = lambda texts, title: (embed.encode(texts, verbose=False) @ embed.encode([title], verbose=False)[0]).tolist()  # noqa: E731
-    verdicts, seconds = [], []
-    for number, (title, bought) in enumerate(zip(titles, because), 1):
-        start = time.perf_counter()
-        text = instruction(title, bought)
-        verdict = choose(generator.generate(text), title, bought, generator.prompt(text), score=score)
-        seconds.append(time.perf_counter() - start)
-        verdicts.append(verdict)
-        print(f"  {number}/{len(titles)} {verdict.source:9s} {seconds[-1]:5.1f}s  {verdict.pitch}", flush=True)
+    verdicts, seconds, per_call = [], [], generator.sampling.prompts
+    for start in range(0, len(titles), per_call):
+        began = time.perf_counter()
+        pairs = list(zip(titles[start:start + per_call], because[start:start + per_call]))
+        texts = [instruction(title, bought) for title, bought in pairs]
+        for (title, bought), text, samples in zip(pairs, texts, generator.generate_many(texts)):
+            verdicts.append(choose(samples, title, bought, generator.prompt(text), score=score))
+        seconds.append((time.perf_counter() - began) / len(pairs))
+        for number, verdict in enumerate(verdicts[start:], start + 1):
+            print(f"  {number}/{len(titles)} {verdict.source:9s} {seconds[-1]:5.1f}s  {verdict.pitch}", flush=True)
     return verdicts, seconds
 
 
@@ -135,7 +139,8 @@ def shop_report(args, config) -> dict:
     chosen = ids[:args.items]
     c = config.copy
     generator = Generator.from_preset(c.generator, os.path.expanduser(c.model_cache),
-                                      Sampling(c.samples, c.max_length, c.top_k, c.temperature, c.seed))
+                                      Sampling(c.samples, c.max_length, c.top_k, c.temperature, c.seed,
+                                               c.prompts_per_call))
     embed = pretrained_pipeline(TextEncoderConfig(preset=c.scorer, sequence_length=64))
     titles = [texts[i] for i in chosen]
     print(f"{args.shop}: {len(chosen)} products", flush=True)

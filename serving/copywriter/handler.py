@@ -2,9 +2,10 @@
 
 Like ``serving.batch.handler``, it is a ``ModelHandler`` of our own: RunInference loads the
 generator once per worker (``load_model``), shares it between threads and reports its
-metrics. Each request is one prompt: its N samples are generated as one batch (fixed
-shapes, so keras-hub compiles once), judged by the guard, the passing ones ranked by their
-text-embedding similarity to the title; the verdict is the inference.
+metrics. Each request is one prompt; the N samples of up to ``copy.prompts_per_call`` prompts
+are generated as one batch (fixed shapes, so keras-hub compiles once), judged by the guard,
+the passing ones ranked by their text-embedding similarity to the title; the verdict is the
+inference.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class CopyModelHandler(ModelHandler[CopyRequest, PredictionResult, CopyModel]):
 
     def __init__(self, generator: str, model_cache: str, sampling: Sampling = Sampling(),
                  scorer: str | None = None):
-        super().__init__(min_batch_size=1, max_batch_size=1)
+        super().__init__(min_batch_size=1, max_batch_size=sampling.prompts)
         self.generator = generator
         self.model_cache = model_cache
         self.sampling = sampling
@@ -79,8 +80,8 @@ class CopyModelHandler(ModelHandler[CopyRequest, PredictionResult, CopyModel]):
     def run_inference(self, batch: Sequence[CopyRequest], model: CopyModel, inference_args: dict | None = None
                       ) -> Iterable[PredictionResult]:
         results = []
-        for request in batch:
-            samples = model.generator.generate(request.instruction)
+        sampled = model.generator.generate_many([request.instruction for request in batch])
+        for request, samples in zip(batch, sampled, strict=True):
             verdict = choose(samples, request.title, request.because, model.generator.prompt(request.instruction),
                              score=model.score)
             results.append(PredictionResult(request, verdict.to_json(), self.generator))

@@ -168,7 +168,7 @@ class CopyOptions:
 
 def sampling_of(config: Config) -> Sampling:
     c = config.copy
-    return Sampling(c.samples, c.max_length, c.top_k, c.temperature, c.seed)
+    return Sampling(c.samples, c.max_length, c.top_k, c.temperature, c.seed, c.prompts_per_call)
 
 
 def build_pipeline(pipeline: beam.Pipeline, titles: dict[str, str], handler: CopyModelHandler, fingerprint: str,

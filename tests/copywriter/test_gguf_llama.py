@@ -63,6 +63,10 @@ def test_a_generator_samples_as_many_pitches_as_asked(tiny_preset):
     generator = Generator(causal_lm, is_chat, Sampling(samples=3, max_length=64))
     pitches = generator.generate("Product: red mug\nWrite a one-sentence product description.")
     assert len(pitches) == 3 and all(isinstance(p, str) for p in pitches)
+    several = Generator(causal_lm, is_chat, Sampling(samples=2, max_length=64, prompts=2))
+    sampled = several.generate_many([f"Product: {t}\nWrite a one-sentence product description."
+                                     for t in ("red mug", "blue lamp", "heart tin")])
+    assert [len(s) for s in sampled] == [2, 2, 2]  # the second call's batch filled up, its extra dropped
     tokenizer = generator.causal_lm.preprocessor.tokenizer
     scored = generator.token_losses(["the red mug", "then"])
     assert [len(ids) for ids, _ in scored] == [len(tokenizer(t)) - 1 for t in ("the red mug", "then")]

@@ -94,6 +94,9 @@ class CopyConfig(_Section):
     """Where a GGUF generator is converted for keras-hub (once per file)."""
     samples: int = Field(4, ge=1, le=64)
     """Pitches sampled per product, as one batch; the best that passes the guard is published."""
+    prompts_per_call: int = Field(4, ge=1, le=64)
+    """Products whose samples are generated in one call (a batch of ``prompts_per_call`` x
+    ``samples``): each step of a small model costs about the same for one product as for four."""
     max_length: int = Field(96, ge=16, le=4096)
     """Prompt plus pitch, in tokens (fixed, so keras-hub compiles generation once)."""
     top_k: int = Field(20, ge=1)

@@ -59,6 +59,7 @@ class Sampling:
       top_k: the sampler keeps the ``top_k`` likeliest tokens.
       temperature: the sampler's temperature.
       seed: the sampler's seed.
+      prompts: prompts sampled in one call (``generate_many``), each ``samples`` times.
     """
 
     samples: int = 4
@@ -66,6 +67,7 @@ class Sampling:
     top_k: int = 20
     temperature: float = 0.7
     seed: int = 0
+    prompts: int = 4
 
 
 def resolve_generator(preset: str, cache_dir: str | os.PathLike) -> str:
@@ -148,10 +150,25 @@ class Generator:
 
     def generate(self, instruction_text: str) -> list[str]:
         """``sampling.samples`` pitches for one instruction, sampled as one batch."""
-        prompt = self.prompt(instruction_text)
-        outputs = self.causal_lm.generate([prompt] * self.sampling.samples, max_length=self.sampling.max_length,
-                                          strip_prompt=True)
-        return [clean(text) for text in np.asarray(outputs).reshape(-1).tolist()]
+        return self._sample([self.prompt(instruction_text)])[0]
+
+    def generate_many(self, instruction_texts: list[str]) -> list[list[str]]:
+        """``sampling.samples`` pitches for each instruction. The prompts go ``sampling.prompts`` at a
+        time, as one batch of prompts times samples (the last one filled up with its last prompt, so
+        every call has one shape and compiles once): a step of a small model costs about the same
+        for one prompt as for several."""
+        per_call, found = self.sampling.prompts, []
+        for start in range(0, len(instruction_texts), per_call):
+            prompts = [self.prompt(text) for text in instruction_texts[start:start + per_call]]
+            found += self._sample(prompts + prompts[-1:] * (per_call - len(prompts)))[:len(prompts)]
+        return found
+
+    def _sample(self, prompts: list[str]) -> list[list[str]]:
+        n = self.sampling.samples
+        outputs = self.causal_lm.generate([p for p in prompts for _ in range(n)],
+                                          max_length=self.sampling.max_length, strip_prompt=True)
+        texts = [clean(text) for text in np.asarray(outputs).reshape(-1).tolist()]
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def title_context(self) -> str:
         """The text before a title in this generator's prompts (the context its perplexity is taken in)."""
