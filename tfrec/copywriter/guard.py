@@ -31,13 +31,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
-RULES_VERSION = 5
+RULES_VERSION = 6
 """Changes whenever a rule does: cached answers judged by other rules are not reused."""
 MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
@@ -86,8 +87,18 @@ def _fold(word: str) -> str:
     return word[:-2] if word.endswith("'s") else word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
+def plain(text: str) -> str:
+    """A catalogue text without HTML escapes (``&amp;`` is ``&``, ``&nbsp;`` a space), spaces squeezed."""
+    return " ".join(html.unescape(text).split())
+
+
 def display_title(title: str) -> str:
-    """A title as a person writes it: an all-capitals title in capitalised words."""
+    """A title as a person writes it: ``plain``, and an all-capitals title in capitalised words.
+
+    >>> display_title("Melissa &amp; Doug Easel"), display_title("RED  MUG")
+    ('Melissa & Doug Easel', 'Red Mug')
+    """
+    title = plain(title)
     return string.capwords(title) if title.upper() == title else title
 
 
@@ -155,6 +166,7 @@ def echoes(pitch: str, prompt_text: str, title: str) -> bool:
 
 def violations(pitch: str, title: str, because: str | None = None, prompt_text: str = "") -> list[str]:
     """The rules (of ``RULES``, in order) that ``pitch`` fails for a product titled ``title``."""
+    title, because = plain(title), because and plain(because)
     failed = []
     pitch_words = words(pitch)
     if not _title_words(title) & {_fold(w) for w in pitch_words}:
