@@ -145,14 +145,14 @@ def batching_parameters(settings: BatchingConfig) -> str:
     """TF Serving's ``--batching_parameters_file``: ``BatchingParameters`` as a text proto.
 
     The values are ``serve.batching``'s, those ``tfrec serve`` runs with. Its wrapped fields
-    (``google.protobuf.Int64Value``) are written ``max_batch_size { value: 32 }``.
+    (``google.protobuf.Int64Value``) are written ``max_batch_size { value: 64 }``.
     ``pad_variable_length_inputs`` stays off: TF Serving would pad a history on the right,
     where its most recent items are.
 
     Example:
 
-    >>> print(batching_parameters(BatchingConfig(allowed_batch_sizes=[8, 32])).splitlines()[-2])
-    allowed_batch_sizes: 32
+    >>> print(batching_parameters(BatchingConfig(allowed_batch_sizes=[8, 64])).splitlines()[-2])
+    allowed_batch_sizes: 64
     """
     lines = ["# tensorflow_model_server --enable_batching --batching_parameters_file=batching_parameters.txt",
              "# Every fed input is merged along its first dimension: send `history` only (the options keep",

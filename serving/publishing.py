@@ -74,6 +74,8 @@ def exclusive(export_dir: str | os.PathLike) -> Iterator[None]:
         try:
             yield
         finally:
+            if os.listdir(export_dir) == [LOCK_FILE]:  # nothing published: leave no folder behind
+                os.remove(os.path.join(export_dir, LOCK_FILE))
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
