@@ -379,7 +379,8 @@ def test_tfrec_serve_prints_what_it_serves_and_stops_cleanly_on_ctrl_c(served, k
             assert client.predict(SIMILAR, {"item_id": [known_id], "k": 1})["item_ids"].shape == (1, 1)
         with GrpcClient(process.grpc_target) as client:
             assert client.status(SIMILAR)[0]["state"] == "AVAILABLE"
-        assert process.stop() == 0
+        code = process.stop()
+        assert code == 0, process.output()[-3000:]
     with pytest.raises(ServingClientError) as caught:
         RestClient(process.rest_url, timeout=5).status(SIMILAR)
     assert caught.value.code == "UNAVAILABLE"
