@@ -54,6 +54,8 @@ from tfrec.data.readers import load_catalogue
 from tfrec.models.text import pretrained_pipeline
 
 EXAMPLES = 20
+PLAIN_CAPITALS = ("I", "Christmas", "Easter", "Halloween")
+"""Capitalised words that name no brand, place or person."""
 TOP = 10
 
 
@@ -65,11 +67,13 @@ def independent_facts(pitch: str, title: str, because: str | None = None) -> lis
     found = [n for n in re.findall(r"\d+(?:[.,]\d+)?", pitch) if n not in source]
     found += re.findall(r"[$£€¥]|https?://\S+|www\.\S+|\S+\.com\b", pitch)
     for sentence in re.split(r"(?<=[.!?])\s+", pitch):
-        tokens = sentence.split()
-        for word in (part for token in tokens[1:] for part in re.findall(r"[A-Za-z]+", token)):
-            known = bool({word.lower(), word.lower().rstrip("s"), word.lower() + "s"} & source_words)
-            if word[:1].isupper() and not known and word not in ("I", "Christmas"):
-                found.append(word)
+        for token in sentence.split()[1:]:
+            if set(re.findall(r"[a-z0-9]+", token.lower())) <= source_words:
+                continue  # the title's own word, whole ("LeapPad2", "S107G")
+            for word in re.findall(r"[A-Za-z]+", token):
+                known = bool({word.lower(), word.lower().rstrip("s"), word.lower() + "s"} & source_words)
+                if word[:1].isupper() and not known and word not in PLAIN_CAPITALS:
+                    found.append(word)
     return found
 
 
