@@ -2,10 +2,15 @@
 
 - REST: Debian's ``wrk`` (C, an event loop per thread) with ``wrk_predict.lua``, which builds
   TF Serving's REST predict bodies and counts status codes. Installed with apt when missing.
-- gRPC: ``python bench/loadgen.py grpc ...`` in separate processes, each driving its clients
-  as ``grpc.aio`` tasks that send requests serialized once in advance and do not parse the
-  answers (only their status). This module imports nothing heavy, so that those processes
-  start fast and stay small.
+- gRPC: nghttp2's ``h2load`` (C, HTTP/2), sending one serialized request as a gRPC frame
+  (installed with apt, package ``nghttp2-client``, when missing). It reads no gRPC status: an
+  answer that failed carries no message, so the errors are the answers fewer than the bytes
+  received make (every answer to the one request is the same size, measured before).
+- gRPC, second mode: ``python bench/loadgen.py grpc ...`` in separate processes, each driving
+  its clients as ``grpc.aio`` tasks that send requests serialized once in advance and do not
+  parse the answers (only their status). It cycles through many histories, but costs the
+  machine three to four times the CPU of ``h2load``. This module imports nothing heavy, so
+  that those processes start fast and stay small.
 
 Each run reports requests, errors, status codes and latency percentiles, and the CPU
 seconds the load generator itself used (from the kernel's accounting of its processes),
@@ -18,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -37,16 +43,24 @@ cores and holds the load back; two keep up."""
 _MARKER = "WRK_JSON "
 
 
-def ensure_wrk() -> str:
-    """The path of ``wrk``, installed with apt (as root) when it is missing."""
-    found = shutil.which("wrk")
+def ensure_tool(command: str, package: str) -> str:
+    """The path of ``command``, with Debian's ``package`` installed by apt (as root) when it is missing."""
+    found = shutil.which(command)
     if found:
         return found
     if os.geteuid() != 0:
-        sys.exit("bench/serve.py needs wrk: sudo apt-get install -y wrk")
+        sys.exit(f"bench/serve.py needs {command}: sudo apt-get install -y {package}")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-    return shutil.which("wrk") or sys.exit("bench/serve.py: apt installed wrk but it is not on PATH")
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True)
+    return shutil.which(command) or sys.exit(f"bench/serve.py: apt installed {package} but {command} is not on PATH")
+
+
+def ensure_wrk() -> str:
+    return ensure_tool("wrk", "wrk")
+
+
+def ensure_h2load() -> str:
+    return ensure_tool("h2load", "nghttp2-client")
 
 
 def _wait_with_cpu(process: subprocess.Popen, timeout: float) -> float:
@@ -89,6 +103,47 @@ def run_wrk(url: str, path: str, ids_file: Path, clients: int, seconds: float, h
 
 
 # ------------------------------------------------------------------ gRPC
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC message on the wire: not compressed (0), its length (4 bytes, big-endian), the bytes."""
+    return b"\0" + struct.pack(">I", len(message)) + message
+
+
+def run_h2load(target: str, request: bytes, answer_bytes: int, clients: int, seconds: float) -> dict:
+    """``clients`` HTTP/2 connections, one call in flight on each, sending ``request`` for ``seconds``.
+    ``answer_bytes``: the size of the message answering ``request``."""
+    with tempfile.TemporaryDirectory(prefix="tfrec-h2load-") as folder:
+        body, log = Path(folder) / "request.grpc", Path(folder) / "requests.tsv"
+        body.write_bytes(grpc_frame(request))
+        command = [ensure_h2load(), "-c", str(clients), "-t", str(max(1, min(clients, 2))), "-m", "1",
+                   "-D", f"{seconds:g}", "-H", "content-type: application/grpc", "-H", "te: trailers",
+                   "-d", str(body), "--log-file", str(log), f"http://{target}{PREDICT_METHOD}"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cpu = _wait_with_cpu(process, seconds + 60)
+        output = process.stdout.read()
+        counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                           r"(\d+) errored, (\d+) timeout", output)
+        data = re.search(r"traffic: .*\((\d+)\) data", output)
+        if process.returncode != 0 or not counts or not data:
+            raise RuntimeError(f"h2load failed ({process.returncode}):\n{output[-2000:]}")
+        rows = [line.split("\t") for line in log.read_text().splitlines()]
+    done, succeeded, failed, errored, timeouts = (int(x) for x in counts.groups()[1:])
+    answered = int(data.group(1)) // (answer_bytes + 5)  # each answer is one frame of the same size
+    latencies = sorted(int(row[2]) / 1000 for row in rows)
+    began = min(int(row[0]) for row in rows) / 1e6 if rows else 0.0
+    ended = max(int(row[0]) + int(row[2]) for row in rows) / 1e6 if rows else 0.0
+    return {
+        "requests": done,
+        "errors": failed + errored + timeouts + max(0, succeeded - answered),
+        "status_codes": {"OK": min(answered, succeeded), "not OK": max(0, succeeded - answered),
+                         "failed": failed + errored + timeouts},
+        "p50_ms": round(_percentile(latencies, 50), 2) if latencies else None,
+        "p99_ms": round(_percentile(latencies, 99), 2) if latencies else None,
+        "requests_per_s": round(done / (ended - began), 1) if ended > began else None,
+        "load_generator_cpu_s": round(cpu, 2),
+        "seconds": round(ended - began, 3),
+    }
 
 
 def write_requests(path: Path, requests: list[bytes]) -> None:

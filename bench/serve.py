@@ -10,10 +10,11 @@ export's ``items.tsv`` with a fixed seed) and ``k``. The cases alternate within 
 medians are reported.
 
 The load generators cost the machine little (``bench/loadgen.py``): ``wrk`` with a Lua
-script for REST (installed with apt when missing), ``grpc.aio`` processes sending
-pre-serialized requests for gRPC. Each case reports the CPU share the load generator
-and the server used (CPU seconds over wall seconds x cores), so a reader sees what was
-left for the server.
+script for REST, nghttp2's ``h2load`` sending the first history's request for gRPC (both
+installed with apt when missing); ``--grpc-load python`` uses ``grpc.aio`` processes
+cycling through every history instead, at three to four times the CPU. Each case reports
+the CPU share the load generator and the server used (CPU seconds over wall seconds x
+cores), so a reader sees what was left for the server.
 
 ``--hostile`` then runs the soak's mix (``bench/soak.py``: 30% hostile requests, one of
 every class the server must refuse) against the batching server, and reports each
@@ -42,7 +43,17 @@ from pathlib import Path
 
 import numpy as np
 from benchlib import find_export, machine, write_json
-from loadgen import CLIENTS_PER_PROCESS, ensure_wrk, run_grpc, run_wrk, write_requests
+from loadgen import (
+    CLIENTS_PER_PROCESS,
+    PREDICT_METHOD,
+    ensure_h2load,
+    ensure_wrk,
+    read_requests,
+    run_grpc,
+    run_h2load,
+    run_wrk,
+    write_requests,
+)
 
 from serving.client import RestClient
 from serving.export import RETRIEVE, RETRIEVE_SCANN
@@ -101,6 +112,9 @@ def run_case(server: ServerProcess, model: str, protocol: str, clients: int, arg
     if protocol == "rest":
         result = run_wrk(server.rest_url, f"/v1/models/{model}:predict", files["ids"], clients, args.seconds,
                          args.history, args.k, args.users, args.seed)
+    elif args.grpc_load == "h2load":
+        request = read_requests(files[model])[0]
+        result = run_h2load(server.grpc_target, request, answer_size(server, request), clients, args.seconds)
     else:
         result = run_grpc(server.grpc_target, files[model], clients, args.seconds, args.grpc_clients_per_process)
     used = cpu_seconds(server.process.pid) - before
@@ -108,6 +122,14 @@ def run_case(server: ServerProcess, model: str, protocol: str, clients: int, arg
     result["load_generator_cpu_share"] = round(result["load_generator_cpu_s"] / capacity, 3)
     result["server_cpu_share"] = round(used / capacity, 3)
     return result
+
+
+def answer_size(server: ServerProcess, request: bytes) -> int:
+    """The bytes of the message answering ``request`` over gRPC (``h2load`` counts answers by them)."""
+    import grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        return len(channel.unary_unary(PREDICT_METHOD)(request, timeout=60))
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -238,6 +260,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=1000, help="distinct histories to cycle through")
     parser.add_argument("-k", type=int, default=10, help="results per request (default 10)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--grpc-load", choices=("h2load", "python"), default="h2load",
+                        help="gRPC load generator: h2load (C, the first history's request) or grpc.aio processes "
+                             "(every history, more CPU); default h2load")
     parser.add_argument("--grpc-clients-per-process", type=int, default=CLIENTS_PER_PROCESS,
                         help=f"gRPC clients per load process (default {CLIENTS_PER_PROCESS})")
     parser.add_argument("--batching-set", action="append", default=[], metavar="KEY=VALUE",
@@ -262,6 +287,8 @@ def main() -> None:
     except TfrecError as e:
         sys.exit(f"bench/serve.py: {e}")
     ensure_wrk()
+    if args.grpc_load == "h2load":
+        ensure_h2load()
     models = [m for m in args.models if (export / m).is_dir()]
     histories = user_histories(list(read_items(export)), args.users, args.history, args.seed)
     tuned = dict(setting.split("=", 1) for setting in args.batching_set)
@@ -296,7 +323,8 @@ def main() -> None:
         "server": "tfrec serve (own process, 127.0.0.1), one with serve.batching, one with batching off",
         "batching_settings": tuned or "defaults",
         "load_generators": {"rest": "wrk (bench/wrk_predict.lua)",
-                            "grpc": f"grpc.aio processes (bench/loadgen.py), {args.grpc_clients_per_process} "
+                            "grpc": "h2load, the first history's request" if args.grpc_load == "h2load" else
+                                    f"grpc.aio processes (bench/loadgen.py), {args.grpc_clients_per_process} "
                                     f"clients each"},
         "clients": args.clients,
         "seconds_per_run": args.seconds,
