@@ -44,6 +44,11 @@ def test_facts_in_the_inputs_are_not_invented():
     assert invented("A heart holder to match your Ikea bowls.", [TITLE]) == ["Ikea"]
 
 
+def test_a_preposition_is_no_unit_but_a_size_after_a_number_is_invented():
+    assert invented("A white heart holder that glows in any room.", [TITLE]) == []
+    assert invented("A white heart holder, 12 in tall.", [TITLE]) == ["12"]
+
+
 def test_repeated_ngrams_are_listed():
     assert repeated_ngrams("paisley paisley paisley paisley") == [("paisley", "paisley", "paisley")]
     assert repeated_ngrams(GOOD) == []

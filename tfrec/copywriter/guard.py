@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 RULES = ("names_product", "invented_fact", "repeated_ngram", "echo", "length", "unfinished")
-RULES_VERSION = 6
+RULES_VERSION = 7
 """Changes whenever a rule does: cached answers judged by other rules are not reused."""
 MIN_NEW_WORDS = 3
 MAX_WORDS, MIN_WORDS, MAX_SENTENCES = 40, 4, 2
@@ -59,10 +59,11 @@ NUMBER_WORDS = frozenset(
     "dozen half quarter single double triple pair".split())
 """Counting words: a count is a fact, so one absent from the inputs is invented ("a pair of" included)."""
 UNIT_WORDS = frozenset(
-    "cm mm m km inch inches in ft feet foot yard yards metre metres meter meters litre litres liter liters "
+    "cm mm m km inch inches ft feet foot yard yards metre metres meter meters litre litres liter liters "
     "ml oz ounce ounces lb lbs pound pounds kg g gram grams grams xs xl xxl size sizes dollar dollars cent "
     "cents euro euros pence price prices priced cost costs discount sale".split())
-"""Sizes and prices said in words."""
+"""Sizes and prices said in words. Not "in": as a unit it follows a number, which is a fact on its own
+("12 in"), and as the preposition it is none ("a glow in any room")."""
 MATERIAL_WORDS = frozenset(
     "glass wood wooden metal steel iron brass copper tin aluminium aluminum silver gold golden ceramic porcelain "
     "china stoneware pottery clay stone marble granite crystal plastic acrylic resin rubber paper cardboard "
