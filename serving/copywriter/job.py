@@ -35,7 +35,7 @@ from pipelines.preprocess import job_counters, local_runner
 from serving.copywriter.handler import METRICS_NAMESPACE, CopyModelHandler, CopyRequest
 from tfrec import fileio
 from tfrec.config import Config
-from tfrec.copywriter.generator import Sampling, instruction
+from tfrec.copywriter.generator import PROMPT_VERSION, Sampling, instruction
 from tfrec.copywriter.guard import RULES_VERSION
 from tfrec.errors import TfrecError
 from tfrec.layout import COPY_CACHE_DIR, COPY_PREFIX, COPY_SUMMARY_FILE, RECOMMENDATIONS_PREFIX
@@ -245,7 +245,7 @@ def run_copy(config: Config, output: str | os.PathLike, export_dir: str | None =
     c = config.copy
     handler = handler or CopyModelHandler(c.generator, c.model_cache, sampling_of(config), c.scorer)
     fingerprint = prompt_key(f"{handler.generator}|{dataclasses.astuple(handler.sampling)}|{handler.scorer}|"
-                             f"rules {RULES_VERSION}", "")
+                             f"rules {RULES_VERSION}|prompts {PROMPT_VERSION}", "")
     cache_dir = options.cache_dir or fileio.join(output, COPY_CACHE_DIR)
     fileio.makedirs(cache_dir)
     clear_outputs(output)

@@ -97,8 +97,9 @@ class CopyConfig(_Section):
     prompts_per_call: int = Field(4, ge=1, le=64)
     """Products whose samples are generated in one call (a batch of ``prompts_per_call`` x
     ``samples``): each step of a small model costs about the same for one product as for four."""
-    max_length: int = Field(96, ge=16, le=4096)
-    """Prompt plus pitch, in tokens (fixed, so keras-hub compiles generation once)."""
+    max_length: int = Field(176, ge=16, le=4096)
+    """Prompt plus pitch, in tokens (fixed, so keras-hub compiles generation once). The default's
+    prompts, worked examples included, take 105 to 165 tokens."""
     top_k: int = Field(20, ge=1)
     """The sampler keeps the ``top_k`` likeliest next tokens."""
     temperature: float = Field(0.7, gt=0.0)

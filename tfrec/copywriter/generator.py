@@ -37,6 +37,24 @@ DEFAULT_GENERATOR = "smollm2"
 
 CHAT_TURN = "<|im_start|>{role}\n{text}<|im_end|>\n"
 CHAT_SYSTEM = "You are a helpful shop assistant. You write short, accurate product descriptions."
+EXAMPLES = (
+    ("Hanging Bird Feeder", None,
+     "A hanging bird feeder that brings cheerful visitors to your garden all year round."),
+    ("Travel Alarm Clock", None,
+     "A travel alarm clock that wakes you gently and tucks neatly into any bag."),
+    ("Travel Alarm Clock", "Weekend Holdall Bag",
+     "A travel alarm clock that fits neatly into the weekend holdall bag you bought."),
+)
+"""Worked examples ``(title, bought before or None, pitch)`` put before every prompt of the same kind
+(plain or personalised). They name nothing the title does not (no material, colour, size or brand).
+With them, 98% of the bundled shop's products ranked 201 to 280 got a pitch passing the guard,
+against 79% without (``bench/product_copy.py --skip 200``): the instruction alone made a small
+model claim materials, sizes and brands."""
+PROMPT_VERSION = 2
+"""Changes whenever the prompts' wording or examples do: a cached pitch from other prompts is not reused."""
+
+
+PERSONAL_LINE = "The customer bought: "
 
 
 def instruction(title: str, because: str | None = None) -> str:
@@ -44,7 +62,7 @@ def instruction(title: str, because: str | None = None) -> str:
     titles in capitals are written in capitalised words, which small models read better."""
     title, because = display_title(title), because and display_title(because)
     if because:
-        return (f"Product: {title}\nThe customer bought: {because}\n"
+        return (f"Product: {title}\n{PERSONAL_LINE}{because}\n"
                 "Write one sentence recommending the product to this customer.")
     return f"Product: {title}\nWrite a one-sentence product description."
 
@@ -63,7 +81,7 @@ class Sampling:
     """
 
     samples: int = 4
-    max_length: int = 128
+    max_length: int = 176
     top_k: int = 20
     temperature: float = 0.7
     seed: int = 0
@@ -138,15 +156,22 @@ class Generator:
     @property
     def fingerprint(self) -> str:
         """Names the generator and its sampling: part of every cache key."""
-        text = f"{self.name}|{dataclasses.astuple(self.sampling)}|{self.is_chat}"
+        text = f"{self.name}|{dataclasses.astuple(self.sampling)}|{self.is_chat}|prompts {PROMPT_VERSION}"
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def prompt(self, instruction_text: str) -> str:
-        """The model's input for an instruction: a ChatML conversation, or the plain text."""
+        """The model's input for an instruction, after the ``EXAMPLES`` of its kind: a ChatML
+        conversation, or plain text."""
+        personal = PERSONAL_LINE in instruction_text
+        shots = [(instruction(title, because), pitch) for title, because, pitch in EXAMPLES
+                 if bool(because) == personal]
         if not self.is_chat:
-            return f"{instruction_text}\nDescription:"
-        return (CHAT_TURN.format(role="system", text=CHAT_SYSTEM) + CHAT_TURN.format(role="user", text=instruction_text)
-                + "<|im_start|>assistant\n")
+            return "".join(f"{text}\nDescription: {pitch}\n\n" for text, pitch in shots) + \
+                f"{instruction_text}\nDescription:"
+        turns = [CHAT_TURN.format(role="system", text=CHAT_SYSTEM)]
+        for text, pitch in shots:
+            turns += [CHAT_TURN.format(role="user", text=text), CHAT_TURN.format(role="assistant", text=pitch)]
+        return "".join(turns) + CHAT_TURN.format(role="user", text=instruction_text) + "<|im_start|>assistant\n"
 
     def generate(self, instruction_text: str) -> list[str]:
         """``sampling.samples`` pitches for one instruction, sampled as one batch."""
