@@ -1,6 +1,6 @@
 """Product copy: how often the generator's pitches are published, what they say, how fast, how fluent.
 
-For the ``--items`` most bought products of a data folder (``tfrec preprocess``'s output; no
+For the ``--items`` most bought products of a data folder (after the ``--skip`` most bought) (``tfrec preprocess``'s output; no
 trained model needed), writes a pitch as ``tfrec copy`` does (N samples as one batch, the
 guard, the best passing sample by MiniLM similarity to the title, else the template) and
 reports, under ``shops.<name>``:
@@ -140,7 +140,7 @@ def shop_report(args, config) -> dict:
     catalogue = load_catalogue(args.data)
     texts = read_items(args.export) if args.export else dict(zip(catalogue.ids.tolist(), catalogue.texts.tolist()))
     ids = [i for i in catalogue.ids[np.argsort(-catalogue.counts, kind="stable")].tolist() if texts.get(i)]
-    chosen = ids[:args.items]
+    chosen = ids[args.skip:args.skip + args.items]
     c = config.copy
     generator = Generator.from_preset(c.generator, os.path.expanduser(c.model_cache),
                                       Sampling(c.samples, c.max_length, c.top_k, c.temperature, c.seed,
@@ -166,6 +166,7 @@ def shop_report(args, config) -> dict:
     perplexity, unigram = perplexities(generator, eval_titles, other_titles)
     return {
         "generator": c.generator, "sampling": dataclasses.asdict(generator.sampling), "items": len(chosen),
+        "skipped": args.skip,
         "generated_share": share(verdicts),
         "failed_rules": dict(sum((Counter(v.failed) for v in verdicts), Counter())),
         "invented_facts": sum(bool(independent_facts(p, t)) for t, p in published),
@@ -196,6 +197,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--shop", default="online_retail")
     parser.add_argument("--items", type=int, default=200, help="most bought products to write for")
+    parser.add_argument("--skip", type=int, default=0,
+                        help="start after the N most bought products: settings are chosen on products apart "
+                             "from the reported ones (e.g. --skip 200 --items 80)")
     parser.add_argument("--titles", type=int, default=1000, help="titles the perplexities are measured on")
     parser.add_argument("--personalised", type=int, default=50, help="products given a personalised prompt too")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "copy.json")
