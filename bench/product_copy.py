@@ -2,7 +2,8 @@
 
 For the ``--items`` most bought products of a data folder (``tfrec preprocess``'s output; no
 trained model needed; after the ``--skip`` most bought when given), writes a pitch as
-``tfrec copy`` does (N samples as one batch, the guard, the best passing sample by MiniLM similarity to the title, else the template) and
+``tfrec copy`` does (N samples as one batch, the guard, the best passing sample by MiniLM
+similarity to the title, else the template) and
 reports, under ``shops.<name>``:
 
 - ``generated_share``: the share published as generated, not as a template;
