@@ -16,6 +16,8 @@ L2-normalised vector per text.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import importlib.resources
 import io
@@ -209,13 +211,20 @@ class TextPipeline:
         self.tokenizer = tokenizer
         """The keras-hub layer behind ``tokenize`` (kept for export)."""
 
+    @functools.cached_property
+    def _encode_batch(self) -> Callable[[tf.Tensor], tf.Tensor]:
+        """The encoder over a batch of strings, traced once for every batch size: callers that
+        encode a few texts at a time (scoring pitches) do not pay for a trace per call."""
+        return tf.function(lambda texts: self.encoder(self.tokenize(texts), training=False),
+                           input_signature=[tf.TensorSpec([None], tf.string)])
+
     def encode(self, texts: Sequence[str], batch_size: int = 256, verbose: bool = True) -> np.ndarray:
         """Encodes texts in batches (inference mode), with a progress bar when ``verbose`` and
         standard output is a terminal."""
         texts = list(texts)
         out = np.zeros((len(texts), self.encoder.output_dim), np.float32)
         progress = keras.utils.Progbar(len(texts), unit_name="text") if verbose and sys.stdout.isatty() else None
-        run = tf.function(lambda t: self.encoder(self.tokenize(t), training=False))
+        run = self._encode_batch
         for start in range(0, len(texts), batch_size):
             batch = tf.constant(texts[start:start + batch_size])
             out[start:start + len(texts[start:start + batch_size])] = run(batch).numpy()
