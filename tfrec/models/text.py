@@ -17,7 +17,6 @@ L2-normalised vector per text.
 from __future__ import annotations
 
 import functools
-
 import hashlib
 import importlib.resources
 import io
