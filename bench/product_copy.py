@@ -24,6 +24,8 @@ reports, under ``shops.<name>``:
     python bench/product_copy.py --data runs/online_retail/data --items 200 --output bench/results/copy.json
     python bench/product_copy.py --data runs/amazon_toys/data --shop amazon_toys --config configs/amazon_toys.yaml \\
         --items 200 --output bench/results/copy.json
+    python bench/product_copy.py --data runs/online_retail/data --skip 200 --items 80 --titles 200 \\
+        --personalised 0 [--without-examples] --output bench/results/copy_choice.json   # choosing the prompts
 
 A second shop is added to an existing ``--output`` file beside the first. (Not ``bench/copy.py``:
 a script of that name would stand in for the standard library's ``copy`` in every script of
@@ -49,6 +51,7 @@ from benchlib import ROOT, machine, write_json
 
 from serving.items import read_items
 from tfrec.config import TextEncoderConfig, load_config
+from tfrec.copywriter import generator as generator_module
 from tfrec.copywriter.generator import Generator, Sampling, instruction
 from tfrec.copywriter.guard import choose, display_title, template
 from tfrec.data.readers import load_catalogue
@@ -201,13 +204,17 @@ def main(argv=None) -> int:
     parser.add_argument("--skip", type=int, default=0,
                         help="start after the N most bought products: settings are chosen on products apart "
                              "from the reported ones (e.g. --skip 200 --items 80)")
+    parser.add_argument("--without-examples", action="store_true",
+                        help="prompts without the worked examples (generator.EXAMPLES): what they add")
     parser.add_argument("--titles", type=int, default=1000, help="titles the perplexities are measured on")
     parser.add_argument("--personalised", type=int, default=50, help="products given a personalised prompt too")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "copy.json")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
     config = load_config(args.config, args.overrides)
-    report = shop_report(args, config)
+    if args.without_examples:
+        generator_module.EXAMPLES = ()
+    report = {**shop_report(args, config), "worked_examples": not args.without_examples}
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
     shops = {**existing.get("shops", {}), args.shop: {**report, "machine": machine(load_before, ("keras-hub",))}}
     write_json(args.output, {"shops": shops})
