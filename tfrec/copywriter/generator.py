@@ -48,9 +48,9 @@ EXAMPLES = (
 """Worked examples ``(title, bought before or None, pitch)`` put before every prompt of the same kind
 (plain or personalised). They name nothing the title does not (no material, colour, size or brand).
 With them, 79 of the bundled shop's 80 products ranked 201 to 280 got a pitch passing the guard,
-against 63 without (the products ``bench/product_copy.py --skip 200 --items 80`` writes for, apart
-from those it reports): the instruction alone made
-a small model claim materials, sizes and brands."""
+against 57 without (``bench/product_copy.py --skip 200 --items 80 [--without-examples]``, products
+apart from those the bench reports; ``bench/results/copy_choice.json``): the instruction alone
+made a small model claim materials, sizes and brands."""
 PROMPT_VERSION = 2
 """Changes whenever the prompts' wording or examples do: a cached pitch from other prompts is not reused."""
 
